@@ -1,0 +1,7 @@
+"""Distillation methods. Each is one module registered under its method name."""
+
+from famkd.distill import kd, vanilla  # noqa: F401  (register the methods)
+from famkd.distill.base import Distiller
+from famkd.distill.registry import create_distiller, list_distillers, register_distiller
+
+__all__ = ["Distiller", "create_distiller", "list_distillers", "register_distiller"]
