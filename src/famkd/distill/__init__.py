@@ -1,6 +1,6 @@
 """Distillation methods. Each is one module registered under its method name."""
 
-from famkd.distill import kd, vanilla  # noqa: F401  (register the methods)
+from famkd.distill import fam_kd, fam_kd_l2l, kd, reviewkd, vanilla  # noqa: F401  (register the methods)
 from famkd.distill.base import Distiller
 from famkd.distill.registry import create_distiller, list_distillers, register_distiller
 

@@ -19,6 +19,8 @@ class Distiller(nn.Module):
     the exported student.
     """
 
+    needs_teacher = True
+
     def __init__(self, student: FeatureModel, teacher: FeatureModel | None):
         super().__init__()
         self.student = student

@@ -10,6 +10,8 @@ from famkd.distill.registry import register_distiller
 
 @register_distiller("vanilla")
 class Vanilla(Distiller):
+    needs_teacher = False
+
     def __init__(self, student, teacher=None, ce_weight: float = 1.0):
         super().__init__(student, None)
         self.ce_weight = ce_weight

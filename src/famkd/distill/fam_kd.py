@@ -1,0 +1,109 @@
+"""FAM-KD, review form (METHOD.md 3.1): cross-attention fusion down the levels, then FAM heads."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from famkd.distill.base import Distiller
+from famkd.distill.levels import Level, feature_mse, level_features, paired_levels, warmup_factor
+from famkd.distill.registry import register_distiller
+from famkd.fam import FrequencyAttention
+from famkd.nn.blocks import projection
+from famkd.nn.cross_attention import CrossAttention
+
+
+class FamReviewHead(nn.Module):
+    """One level of the review form.
+
+    x -> [1x1 projection to C_mid] -> [cross-attention with the projected, upsampled deeper
+    residual] -> [nearest resize to the teacher's side] -> FAM -> BN -> ReLU.
+    Returns (output matched against the teacher, the map passed on as the next residual).
+    The deepest level has no residual, so it builds no residual projection or attention.
+    """
+
+    def __init__(self, level: Level, mid_channels: int, residual_channels: int | None, fam_options: dict):
+        super().__init__()
+        self.student_size = level.student_size
+        self.teacher_size = level.teacher_size
+        self.input_proj = projection(level.student_channels, mid_channels, relu=True) if level.student_channels != mid_channels else None
+        fuse = residual_channels is not None
+        self.residual_proj = projection(residual_channels, mid_channels, relu=True) if fuse and residual_channels != mid_channels else None
+        self.attention = CrossAttention(mid_channels) if fuse else None
+        self.fam = FrequencyAttention(mid_channels, level.teacher_channels, level.teacher_size, **fam_options)
+        self.bn = nn.BatchNorm2d(level.teacher_channels)
+
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if self.input_proj is not None:
+            x = self.input_proj(x)
+        if self.attention is not None:
+            if self.residual_proj is not None:
+                residual = self.residual_proj(residual)
+            residual = F.interpolate(residual, size=(self.student_size, self.student_size), mode="nearest")
+            x = self.attention(x, residual)
+        if self.student_size != self.teacher_size:
+            x = F.interpolate(x, size=(self.teacher_size, self.teacher_size), mode="nearest")
+        return F.relu(self.bn(self.fam(x))), x
+
+
+def mid_channel_counts(levels: list[Level], max_mid_channels: int) -> list[int]:
+    """C_mid per level: the student's channels, capped at `max_mid_channels` when it is > 0."""
+    return [min(lv.student_channels, max_mid_channels) if max_mid_channels > 0 else lv.student_channels for lv in levels]
+
+
+@register_distiller("fam_kd")
+class FamKD(Distiller):
+    """loss = ce_weight * CE + alpha * min(epoch / warmup_epochs, 1) * sum_levels MSE(head(student), teacher).
+
+    Options: alpha (feature loss weight), ce_weight, warmup_epochs, student_preact (match the
+    student's pre-activation maps), hpf / cutoff / order (FAM high-pass filter),
+    max_mid_channels (cap on the head width, 0 = the student's channels), image_size (side
+    of the training images, which fixes every level's size).
+    """
+
+    def __init__(
+        self,
+        student,
+        teacher,
+        alpha: float = 1.0,
+        ce_weight: float = 1.0,
+        warmup_epochs: int = 20,
+        student_preact: bool = False,
+        hpf: str = "ideal",
+        cutoff: float = 0.1,
+        order: int = 2,
+        max_mid_channels: int = 0,
+        image_size: int = 32,
+    ):
+        super().__init__(student, teacher)
+        self.alpha = alpha
+        self.ce_weight = ce_weight
+        self.warmup_epochs = warmup_epochs
+        self.student_preact = student_preact
+        levels = paired_levels(student.feature_info, teacher.feature_info, image_size)
+        mids = mid_channel_counts(levels, max_mid_channels)
+        fam_options = {"hpf": hpf, "cutoff": cutoff, "order": order}
+        # Deepest level first, as the fusion runs from deep to shallow.
+        self.heads = nn.ModuleList(
+            FamReviewHead(levels[i], mids[i], mids[i + 1] if i + 1 < len(levels) else None, fam_options)
+            for i in reversed(range(len(levels)))
+        )
+
+    def head_outputs(self, student_maps: list[Tensor]) -> list[Tensor]:
+        """Head outputs, shallow to deep, from the student's level maps (shallow to deep)."""
+        outputs, residual = [], None
+        for head, x in zip(self.heads, reversed(student_maps)):
+            out, residual = head(x, residual)
+            outputs.append(out)
+        return outputs[::-1]
+
+    def forward(self, images, targets, epoch):
+        student = self.student.forward_features(images)
+        teacher = self.teacher_features(images)
+        count = len(self.heads)
+        outputs = self.head_outputs(level_features(student, count, self.student_preact))
+        feature_loss = feature_mse(outputs, level_features(teacher, count, preact=False))
+        return student.logits, {
+            "ce": self.ce_weight * F.cross_entropy(student.logits, targets),
+            "fam_kd": self.alpha * warmup_factor(epoch, self.warmup_epochs) * feature_loss,
+        }

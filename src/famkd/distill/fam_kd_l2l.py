@@ -1,0 +1,68 @@
+"""FAM-KD, layer-to-layer form (METHOD.md 3.2): one FAM per level, no fusion across levels."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from famkd.distill.base import Distiller
+from famkd.distill.levels import Level, feature_mse, level_features, paired_levels, warmup_factor
+from famkd.distill.registry import register_distiller
+from famkd.fam import FrequencyAttention
+
+
+class FamLayerHead(nn.Module):
+    """Student map -> nearest resize to the teacher's side -> FAM(C_s -> C_t) -> BN."""
+
+    def __init__(self, level: Level, fam_options: dict):
+        super().__init__()
+        self.teacher_size = level.teacher_size
+        self.fam = FrequencyAttention(level.student_channels, level.teacher_channels, level.teacher_size, **fam_options)
+        self.bn = nn.BatchNorm2d(level.teacher_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.teacher_size:
+            x = F.interpolate(x, size=(self.teacher_size, self.teacher_size), mode="nearest")
+        return self.bn(self.fam(x))
+
+
+@register_distiller("fam_kd_l2l")
+class FamKDLayerToLayer(Distiller):
+    """loss = ce_weight * CE + alpha * w(epoch) * sum_levels MSE(BN(FAM(student)), teacher).
+
+    Options as `fam_kd` (alpha, ce_weight, warmup_epochs, student_preact, hpf, cutoff,
+    order, image_size); heads are listed shallow to deep.
+    """
+
+    def __init__(
+        self,
+        student,
+        teacher,
+        alpha: float = 1.0,
+        ce_weight: float = 1.0,
+        warmup_epochs: int = 20,
+        student_preact: bool = False,
+        hpf: str = "ideal",
+        cutoff: float = 0.1,
+        order: int = 2,
+        image_size: int = 32,
+    ):
+        super().__init__(student, teacher)
+        self.alpha = alpha
+        self.ce_weight = ce_weight
+        self.warmup_epochs = warmup_epochs
+        self.student_preact = student_preact
+        fam_options = {"hpf": hpf, "cutoff": cutoff, "order": order}
+        levels = paired_levels(student.feature_info, teacher.feature_info, image_size)
+        self.heads = nn.ModuleList(FamLayerHead(level, fam_options) for level in levels)
+
+    def forward(self, images, targets, epoch):
+        student = self.student.forward_features(images)
+        teacher = self.teacher_features(images)
+        count = len(self.heads)
+        outputs = [head(x) for head, x in zip(self.heads, level_features(student, count, self.student_preact))]
+        feature_loss = feature_mse(outputs, level_features(teacher, count, preact=False))
+        return student.logits, {
+            "ce": self.ce_weight * F.cross_entropy(student.logits, targets),
+            "fam_kd": self.alpha * warmup_factor(epoch, self.warmup_epochs) * feature_loss,
+        }

@@ -1,0 +1,137 @@
+"""ReviewKD (Chen et al., CVPR 2021) as published, and FAM + ReviewKD (METHOD.md 3.3).
+
+Attention-based fusion (ABF) runs from the deepest level (the pooled vector) to the
+shallowest; each level's output head is a 3x3 convolution + BN (ReviewKD) or FAM + BN
+(FAM + ReviewKD). The loss is the hierarchical context loss against the teacher's
+pre-activation maps and pooled vector.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from famkd.distill.base import Distiller
+from famkd.distill.levels import Level, level_features, paired_levels, warmup_factor
+from famkd.distill.registry import register_distiller
+from famkd.fam import FrequencyAttention
+from famkd.nn.blocks import projection
+
+CONTEXT_POOL_SIZES = (4, 2, 1)
+
+
+def hierarchical_context_loss(outputs: list[Tensor], targets: list[Tensor]) -> Tensor:
+    """Sum over levels of a weighted mean of MSEs at full size and at 4x4, 2x2, 1x1 average pools.
+
+    Weights are 1, 1/2, 1/4, 1/8 for the full map and each pooled size used in turn; a pooled
+    size not smaller than the map is skipped; each level divides by the weights it used.
+    """
+    total = 0.0
+    for out, target in zip(outputs, targets):
+        loss, weight, weight_sum = F.mse_loss(out, target), 1.0, 1.0
+        for size in CONTEXT_POOL_SIZES:
+            if size >= out.shape[-1]:
+                continue
+            weight /= 2.0
+            loss = loss + weight * F.mse_loss(F.adaptive_avg_pool2d(out, size), F.adaptive_avg_pool2d(target, size))
+            weight_sum += weight
+        total = total + loss / weight_sum
+    return total
+
+
+class AttentionFusion(nn.Module):
+    """ABF: project x to C_mid, fuse with the deeper residual through two sigmoid maps, resize, output head."""
+
+    def __init__(self, level: Level, mid_channels: int, fuse: bool, output_head: nn.Module):
+        super().__init__()
+        self.student_size = level.student_size
+        self.teacher_size = level.teacher_size
+        self.input_proj = projection(level.student_channels, mid_channels, relu=False)
+        self.attention = nn.Sequential(nn.Conv2d(2 * mid_channels, 2, kernel_size=1), nn.Sigmoid()) if fuse else None
+        self.output_head = output_head
+
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x = self.input_proj(x)
+        if self.attention is not None:
+            residual = F.interpolate(residual, size=(self.student_size, self.student_size), mode="nearest")
+            maps = self.attention(torch.cat([x, residual], dim=1))
+            x = x * maps[:, 0:1] + residual * maps[:, 1:2]
+        if self.student_size != self.teacher_size:
+            x = F.interpolate(x, size=(self.teacher_size, self.teacher_size), mode="nearest")
+        return self.output_head(x), x
+
+
+def conv_output_head(mid_channels: int, level: Level) -> nn.Module:
+    conv = nn.Conv2d(mid_channels, level.teacher_channels, kernel_size=3, padding=1, bias=False)
+    nn.init.kaiming_uniform_(conv.weight, a=1)
+    return nn.Sequential(conv, nn.BatchNorm2d(level.teacher_channels))
+
+
+def fam_output_head(mid_channels: int, level: Level, hpf: str, cutoff: float, order: int) -> nn.Module:
+    fam = FrequencyAttention(mid_channels, level.teacher_channels, level.teacher_size, hpf=hpf, cutoff=cutoff, order=order)
+    return nn.Sequential(fam, nn.BatchNorm2d(level.teacher_channels))
+
+
+class ReviewDistiller(Distiller):
+    """loss = ce_weight * CE + loss_weight * min(epoch / warmup_epochs, 1) * HCL(heads(student), teacher preact).
+
+    C_mid = min(max_mid_channels, the student's pooled channels) at every level;
+    `output_head(C_mid, level)` builds each level's output head.
+    """
+
+    def __init__(self, student, teacher, output_head: Callable[[int, Level], nn.Module], loss_weight: float,
+                 ce_weight: float, warmup_epochs: int, student_preact: bool, max_mid_channels: int, image_size: int):
+        super().__init__(student, teacher)
+        self.loss_weight = loss_weight
+        self.ce_weight = ce_weight
+        self.warmup_epochs = warmup_epochs
+        self.student_preact = student_preact
+        levels = paired_levels(student.feature_info, teacher.feature_info, image_size)
+        mid = min(max_mid_channels, levels[-1].student_channels)
+        deepest = len(levels) - 1
+        self.heads = nn.ModuleList(
+            AttentionFusion(levels[i], mid, i != deepest, output_head(mid, levels[i]))
+            for i in reversed(range(len(levels)))
+        )
+
+    def forward(self, images, targets, epoch):
+        student = self.student.forward_features(images)
+        teacher = self.teacher_features(images)
+        count = len(self.heads)
+        outputs, residual = [], None
+        for head, x in zip(self.heads, reversed(level_features(student, count, self.student_preact))):
+            out, residual = head(x, residual)
+            outputs.append(out)
+        feature_loss = hierarchical_context_loss(outputs[::-1], level_features(teacher, count, preact=True))
+        return student.logits, {
+            "ce": self.ce_weight * F.cross_entropy(student.logits, targets),
+            "reviewkd": self.loss_weight * warmup_factor(epoch, self.warmup_epochs) * feature_loss,
+        }
+
+
+@register_distiller("reviewkd")
+class ReviewKD(ReviewDistiller):
+    """Canonical ReviewKD: 3x3 convolution + BN output heads. Options: loss_weight, ce_weight,
+    warmup_epochs, student_preact, max_mid_channels, image_size."""
+
+    def __init__(self, student, teacher, loss_weight: float = 5.0, ce_weight: float = 1.0, warmup_epochs: int = 20,
+                 student_preact: bool = False, max_mid_channels: int = 512, image_size: int = 32):
+        super().__init__(student, teacher, conv_output_head, loss_weight, ce_weight, warmup_epochs,
+                         student_preact, max_mid_channels, image_size)
+
+
+@register_distiller("fam_reviewkd")
+class FamReviewKD(ReviewDistiller):
+    """FAM + ReviewKD: each 3x3 output convolution replaced by FAM (+ BN). Options: those of
+    `reviewkd` plus the FAM filter's hpf, cutoff, order."""
+
+    def __init__(self, student, teacher, loss_weight: float = 5.0, ce_weight: float = 1.0, warmup_epochs: int = 20,
+                 student_preact: bool = False, max_mid_channels: int = 512, image_size: int = 32,
+                 hpf: str = "ideal", cutoff: float = 0.1, order: int = 2):
+        head = functools.partial(fam_output_head, hpf=hpf, cutoff=cutoff, order=order)
+        super().__init__(student, teacher, head, loss_weight, ce_weight, warmup_epochs,
+                         student_preact, max_mid_channels, image_size)
