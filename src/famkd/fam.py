@@ -153,10 +153,11 @@ class FrequencyAttention(nn.Module):
         mask = highpass_mask(hpf, size, cutoff, order)
         half = size // 2 + 1
         negated = (-torch.arange(size)) % size
-        self.register_buffer("mask", mask.float(), persistent=False)
-        # M(k) and M(-k) on the half spectrum, and the index maps k -> -k used to build K_eff.
-        self.register_buffer("mask_half", mask[:, :half].float(), persistent=False)
-        self.register_buffer("mask_negated_half", mask[negated][:, negated[:half]].float(), persistent=False)
+        # float64 masks (cast on use, so a float64 module is exact); M(k) and M(-k) on the half
+        # spectrum, and the index maps k -> -k used to build K_eff.
+        self.register_buffer("mask", mask, persistent=False)
+        self.register_buffer("mask_half", mask[:, :half].clone(), persistent=False)
+        self.register_buffer("mask_negated_half", mask[negated][:, negated[:half]].clone(), persistent=False)
         self.register_buffer("negated_rows", negated, persistent=False)
         self.register_buffer("negated_cols", negated[:half].clone(), persistent=False)
 
