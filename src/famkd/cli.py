@@ -1,0 +1,158 @@
+"""The `famkd` command.
+
+    famkd train CONFIG [key=value ...] [--print-config]   train a teacher (method vanilla) or a student
+    famkd train --resume RUN_DIR [key=value ...]          continue an interrupted run
+    famkd eval CHECKPOINT [--data DIR] [--model NAME]     top-1 / top-5 on the test split
+    famkd demo ...                                        (famkd.demo)
+    famkd bench ...                                       (famkd.bench)
+
+Subcommands living in other modules provide `add_arguments(parser)` and `run(args) -> int`;
+they are imported only when chosen, so `famkd --help` stays fast. Errors the user can fix
+are printed as one line on stderr with exit status 1; Ctrl-C exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+# name -> (module providing add_arguments/run, one-line help)
+MODULE_COMMANDS = {
+    "demo": ("famkd.demo", "train a teacher and three students on a small dataset and compare them"),
+    "bench": ("famkd.bench", "time the training step of several distillation methods side by side"),
+}
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "items",
+        nargs="*",
+        metavar="CONFIG [key=value ...]",
+        help="a YAML config (e.g. configs/cifar100/fam_kd/resnet56_resnet20.yaml; without one the defaults "
+        "are used) then overrides such as train.epochs=2 data.root=/data teacher.checkpoint=PATH; "
+        "with --resume, overrides only",
+    )
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from checkpoints/last.pt")
+    parser.add_argument("--print-config", action="store_true", help="print the merged config and exit")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from famkd.config import dump_config, load_config
+    from famkd.engine.trainer import resume_config, train
+
+    config_path, overrides = split_train_items(args.items, resuming=args.resume is not None)
+    if args.resume is not None:
+        cfg = resume_config(args.resume, overrides)
+    else:
+        cfg = load_config(config_path, overrides)
+    if args.print_config:
+        print(dump_config(cfg), end="")
+        return 0
+    summary = train(cfg, resume_dir=args.resume)
+    print(
+        f"done: best top-1 {summary['best_acc']:.2f}% (epoch {summary['best_epoch']}), "
+        f"last {summary['last_acc']:.2f}%, {summary['wall_time_s']:.0f} s; run dir {summary['run_dir']}"
+    )
+    return 0
+
+
+def split_train_items(items: list[str], resuming: bool) -> tuple[str | None, list[str]]:
+    """(config path or None, overrides): the first item is the config unless it is a key=value override.
+
+    Without a config file the defaults are the base (e.g. `famkd train student=resnet8 train.epochs=1`).
+    """
+    from famkd.engine.errors import FamkdError
+
+    if resuming:
+        stray = [item for item in items if "=" not in item]
+        if stray:
+            raise FamkdError(
+                f"with --resume, give only key=value overrides (the run's saved config is used), got {stray[0]!r}"
+            )
+        return None, items
+    if not items or ("=" in items[0] and not Path(items[0]).is_file()):
+        config_path, overrides = None, items
+    else:
+        config_path, overrides = items[0], items[1:]
+    stray = [item for item in overrides if "=" not in item]
+    if stray:
+        raise FamkdError(f"expected key=value overrides after the config file, got {stray[0]!r}")
+    return config_path, overrides
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "checkpoint",
+        help="a famkd run directory or checkpoint, an exported student_*.pt, or a community {'model': ...} file",
+    )
+    parser.add_argument("--data", default="", metavar="DIR", help="dataset root (default: data.root, $FAMKD_DATA, ./data)")
+    parser.add_argument("--model", default="", metavar="NAME", help="architecture, needed when the file does not record it")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--batch-size", type=int, default=256)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from famkd.engine.evaluate import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.checkpoint, args.data, args.model, args.device, args.batch_size)
+    print(f"checkpoint: {result['checkpoint']} ({result['arch']})")
+    print(f"data: {result['data']}")
+    print(f"top-1: {result['top1']:.2f}%")
+    print(f"top-5: {result['top5']:.2f}%")
+    return 0
+
+
+def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; a module subcommand's own arguments are added only when it is `chosen`."""
+    parser = argparse.ArgumentParser(
+        prog="famkd", description="Knowledge distillation with Frequency Attention (FAM-KD) and its baselines."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train = commands.add_parser("train", help="train a teacher or distil a student from a config",
+                                description="Train a teacher (method vanilla) or distil a student.")
+    add_train_arguments(train)
+    train.set_defaults(run=run_train)
+    evaluate = commands.add_parser("eval", help="print top-1 and top-5 test accuracy of a checkpoint",
+                                   description="Evaluate a checkpoint on the test split.")
+    add_eval_arguments(evaluate)
+    evaluate.set_defaults(run=run_eval)
+    for name, (module_name, help_text) in MODULE_COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            module = importlib.import_module(module_name)
+            module.add_arguments(sub)
+            sub.set_defaults(run=module.run)
+    return parser
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions whose message tells the user what to fix: shown without a traceback."""
+    from famkd.config import ConfigError
+    from famkd.data.datasets import DataFormatError, DataNotFoundError
+    from famkd.engine.errors import FamkdError
+
+    return (FamkdError, ConfigError, DataNotFoundError, DataFormatError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    chosen = next((item for item in argv if not item.startswith("-")), None)
+    args = build_parser(chosen).parse_args(argv)
+    from famkd.engine.trainer import TrainingInterrupted
+
+    try:
+        return args.run(args)
+    except TrainingInterrupted as stopped:
+        print(f"famkd: {stopped}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("famkd: aborted by Ctrl-C", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except user_errors() as error:
+        print(f"famkd: error: {error}", file=sys.stderr)
+        return EXIT_ERROR

@@ -1,0 +1,92 @@
+"""Test-set evaluation: top-1, top-5 and mean cross-entropy, with one host sync per evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from famkd.config import DataConfig, config_from_dict
+from famkd.data.datasets import build_datasets
+from famkd.data.loader import BatchLoader
+from famkd.engine.checkpoint import load_checkpoint
+from famkd.engine.device import resolve_device
+from famkd.engine.teacher import model_from_checkpoint
+
+
+def topk_correct(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> Tensor:
+    """Number of samples whose label is among the k highest logits, for each k (a float tensor, len(ks)).
+
+    k larger than the number of classes counts every sample as correct.
+    """
+    largest_k = min(max(ks), logits.shape[1])
+    ranked = logits.topk(largest_k, dim=1).indices
+    hits = ranked.eq(labels.unsqueeze(1))
+    return torch.stack([hits[:, : min(k, largest_k)].any(dim=1).sum() for k in ks]).float()
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[tuple[Tensor, Tensor]],
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> dict[str, float]:
+    """Evaluate `model` (called as model(images) -> logits) on every batch of `loader`.
+
+    Returns {"top1", "top5"} in percent and {"loss"}, the mean cross-entropy per image.
+    The model's train/eval mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    totals = None
+    seen = 0
+    for images, labels in loader:
+        with autocast():
+            logits = model(images)
+        batch = torch.cat(
+            [topk_correct(logits, labels), F.cross_entropy(logits.float(), labels, reduction="sum").reshape(1)]
+        )
+        totals = batch if totals is None else totals + batch
+        seen += labels.shape[0]
+    model.train(was_training)
+    if totals is None:
+        raise ValueError("evaluation loader yielded no batches")
+    top1_hits, top5_hits, loss_sum = totals.tolist()
+    return {"top1": 100.0 * top1_hits / seen, "top5": 100.0 * top5_hits / seen, "loss": loss_sum / seen}
+
+
+def evaluate_checkpoint(
+    path: str,
+    data_root: str = "",
+    model_name: str = "",
+    device: str = "auto",
+    batch_size: int = 256,
+) -> dict:
+    """Top-1/top-5 of the model in a checkpoint on its dataset's test split (CIFAR-100 by default).
+
+    `path` is a famkd run directory (its checkpoints/best.pt is used), a famkd checkpoint (the
+    architecture and dataset come from its stored config), an exported student or a community
+    {"model": state_dict} file (these two need `model_name`). `data_root` overrides where the data
+    is read from. Returns {"top1", "top5", "loss", "arch", "checkpoint", "data"}.
+    """
+    checkpoint_path = Path(path)
+    if checkpoint_path.is_dir():
+        checkpoint_path = checkpoint_path / "checkpoints" / "best.pt"
+    checkpoint = load_checkpoint(checkpoint_path)
+    if isinstance(checkpoint.get("config"), dict):
+        data_cfg = config_from_dict(checkpoint["config"]).data
+        data_cfg.train_per_class = 0
+        if data_root:
+            data_cfg.root = data_root
+    else:
+        data_cfg = DataConfig(root=data_root)
+    _, test_set = build_datasets(data_cfg)
+    model, arch = model_from_checkpoint(checkpoint, checkpoint_path, model_name, test_set.num_classes)
+    target = resolve_device(device)
+    loader = BatchLoader(test_set, batch_size, train=False, device=target)
+    result = evaluate(model.to(target), loader)
+    return {**result, "arch": arch, "checkpoint": str(checkpoint_path), "data": test_set.description}

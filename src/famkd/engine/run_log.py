@@ -1,0 +1,110 @@
+"""What a run writes besides checkpoints: metrics.jsonl, TensorBoard scalars, summary.json, progress bar.
+
+metrics.jsonl holds one JSON object per completed epoch:
+  epoch, global_step, lr, loss (sum of the terms), loss_<term> (each term's epoch mean, per image),
+  train_acc, test_acc (top-1), test_top5, test_loss, epoch_time_s, images_per_s,
+  data_wait_fraction (time spent waiting for the loader / training-loop time).
+Accuracies are percentages.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from tqdm import tqdm
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """Every epoch record of a run's metrics.jsonl, in order ([] when there is none)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_text_atomically(path: Path, text: str) -> None:
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(text)
+    os.replace(temp, path)
+
+
+def write_summary(run_dir: str | os.PathLike, summary: dict) -> None:
+    """Write summary.json (pretty-printed, atomically)."""
+    _write_text_atomically(Path(run_dir) / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+
+
+class RunLog:
+    """Appends epoch records to metrics.jsonl and mirrors scalars to TensorBoard.
+
+    Every TensorBoard scalar uses the global step as its x axis, so that a resumed run can
+    purge the events written after its checkpoint (`resume_step`).
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, tensorboard: bool, resume_epoch: int = 0, resume_step: int = 0):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.run_dir / METRICS_FILE
+        self._keep_epochs_up_to(resume_epoch)
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            purge = {"purge_step": resume_step + 1} if resume_epoch or resume_step else {}
+            self.writer = SummaryWriter(str(self.run_dir / TENSORBOARD_DIR), **purge)
+
+    def _keep_epochs_up_to(self, epoch: int) -> None:
+        """Drop records after `epoch` (written before an interruption), so a resumed run has no duplicates."""
+        records = [record for record in read_metrics(self.run_dir) if record["epoch"] <= epoch]
+        _write_text_atomically(self.metrics_path, "".join(json.dumps(record) + "\n" for record in records))
+
+    def log_epoch(self, record: dict) -> None:
+        with self.metrics_path.open("a") as file:
+            file.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            step = record["global_step"]
+            for key, value in record.items():
+                if key not in ("epoch", "global_step") and isinstance(value, (int, float)):
+                    self.writer.add_scalar(f"epoch/{key}", value, step)
+            self.writer.flush()
+
+    def log_scalars(self, scalars: dict[str, float], global_step: int) -> None:
+        """Scalars logged at progress-bar intervals (train/loss, train/acc, ...)."""
+        if self.writer is not None:
+            for key, value in scalars.items():
+                if math.isfinite(value):
+                    self.writer.add_scalar(key, value, global_step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def progress_bar(total: int, epoch: int, epochs: int, initial: int = 0) -> tqdm:
+    """A per-epoch bar (steps, ETA, and loss / acc / img/s set as postfix); hidden when stderr is no terminal."""
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=f"epoch {epoch}/{epochs}",
+        unit="step",
+        leave=False,
+        dynamic_ncols=True,
+        disable=None,
+    )
+
+
+def format_epoch_line(record: dict, epochs: int) -> str:
+    """One line per epoch for the console."""
+    terms = ", ".join(f"{key[5:]} {value:.4f}" for key, value in record.items() if key.startswith("loss_"))
+    return (
+        f"epoch {record['epoch']}/{epochs}  loss {record['loss']:.4f} ({terms})  "
+        f"train {record['train_acc']:.2f}%  test {record['test_acc']:.2f}% (top-5 {record['test_top5']:.2f}%)  "
+        f"lr {record['lr']:.4g}  {record['epoch_time_s']:.1f}s  {record['images_per_s']:.0f} img/s  "
+        f"data wait {100 * record['data_wait_fraction']:.1f}%"
+    )

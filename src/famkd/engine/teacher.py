@@ -1,0 +1,165 @@
+"""Loading model weights from checkpoints: teachers for distillation and models for `famkd eval`.
+
+Three checkpoint layouts are understood:
+- famkd training checkpoints (`checkpoints/last.pt`, `best.pt`): the student is under "student",
+  its architecture under config["student"];
+- the community CIFAR zoo layout `{"model": state_dict, ...}` (optionally with "arch");
+- a plain state dict, such as famkd's exported `student_best.pt`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from famkd.engine.checkpoint import load_checkpoint
+from famkd.engine.errors import FamkdError
+from famkd.models import FeatureModel, create_model
+
+_KEYS_SHOWN = 5
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_sha256(path: str | os.PathLike, expected: str) -> None:
+    """Raise when the file's SHA-256 differs from `expected` (a 64-digit hex string)."""
+    actual = file_sha256(path)
+    if actual != expected.strip().lower():
+        raise FamkdError(
+            f"sha256 mismatch for {path}: expected {expected.strip().lower()}, got {actual}. "
+            "The file is not the checkpoint the config names (corrupt download or another file); "
+            "fix teacher.checkpoint or teacher.sha256."
+        )
+
+
+def split_checkpoint(checkpoint: dict) -> tuple[dict[str, Tensor], str | None]:
+    """The model state dict inside a checkpoint of any supported layout, and the architecture it names."""
+    if isinstance(checkpoint.get("student"), dict) and isinstance(checkpoint.get("config"), dict):
+        return checkpoint["student"], checkpoint["config"].get("student")
+    if isinstance(checkpoint.get("model"), dict):
+        arch = checkpoint.get("arch")
+        return checkpoint["model"], arch if isinstance(arch, str) else None
+    if checkpoint and all(isinstance(value, Tensor) for value in checkpoint.values()):
+        return checkpoint, None
+    raise FamkdError(
+        "unrecognised checkpoint layout (keys: "
+        + ", ".join(sorted(map(str, checkpoint))[:10])
+        + "); expected a famkd checkpoint, {'model': state_dict} or a plain state dict"
+    )
+
+
+def _strip_data_parallel_prefix(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Checkpoints saved from nn.DataParallel prefix every key with 'module.'."""
+    if state_dict and all(key.startswith("module.") for key in state_dict):
+        return {key[len("module.") :]: value for key, value in state_dict.items()}
+    return state_dict
+
+
+def _shown(keys: list[str]) -> str:
+    more = f" (+{len(keys) - _KEYS_SHOWN} more)" if len(keys) > _KEYS_SHOWN else ""
+    return ", ".join(keys[:_KEYS_SHOWN]) + more
+
+
+def state_dict_mismatch(model: torch.nn.Module, state_dict: dict[str, Tensor]) -> str:
+    """A readable description of how `state_dict` fails to fit `model` ("" when it fits)."""
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in expected]
+    wrong_shape = [
+        f"{key} {tuple(state_dict[key].shape)} in the checkpoint vs {tuple(value.shape)} in the model"
+        for key, value in expected.items()
+        if key in state_dict and state_dict[key].shape != value.shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_shown(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_shown(unexpected)}")
+    if wrong_shape:
+        problems.append(f"shape mismatches: {_shown(wrong_shape)}")
+    return "; ".join(problems)
+
+
+def load_model_weights(
+    path: str | os.PathLike,
+    model_name: str = "",
+    num_classes: int = 100,
+    *,
+    sha256: str = "",
+    name_setting: str = "--model",
+) -> tuple[FeatureModel, str]:
+    """Build a zoo model and load the weights of the checkpoint file at `path` into it.
+
+    `sha256`, when set, must match the file. See `model_from_checkpoint` for the rest.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FamkdError(f"checkpoint not found: {path}")
+    if sha256:
+        verify_sha256(path, sha256)
+    return model_from_checkpoint(load_checkpoint(path), path, model_name, num_classes, name_setting=name_setting)
+
+
+def model_from_checkpoint(
+    checkpoint: dict,
+    path: str | os.PathLike,
+    model_name: str = "",
+    num_classes: int = 100,
+    *,
+    name_setting: str = "--model",
+) -> tuple[FeatureModel, str]:
+    """Build a zoo model holding the weights of a loaded `checkpoint` (read from `path`).
+
+    `model_name` picks the architecture; when empty, the name the checkpoint stores is used.
+    `name_setting` is how the user sets the name ("teacher.name", "--model"), used in errors.
+    Returns the model (CPU, eval mode) and the architecture name.
+    """
+    state_dict, stored_arch = split_checkpoint(checkpoint)
+    arch = model_name or stored_arch
+    if not arch:
+        raise FamkdError(f"{path} does not say which architecture it holds; name it with {name_setting}=NAME")
+    try:
+        model = create_model(arch, num_classes=num_classes)
+    except KeyError as error:
+        raise FamkdError(f"{name_setting}: {error.args[0]}") from None
+    state_dict = _strip_data_parallel_prefix(state_dict)
+    mismatch = state_dict_mismatch(model, state_dict)
+    if mismatch:
+        stored = f" (the checkpoint says it holds {stored_arch!r})" if stored_arch and stored_arch != arch else ""
+        raise FamkdError(
+            f"checkpoint {path} does not match architecture {arch!r} with {num_classes} classes{stored}: "
+            f"{mismatch}. Set {name_setting} to the architecture the checkpoint was trained with."
+        )
+    model.load_state_dict(state_dict)
+    model.eval()
+    return model, arch
+
+
+def load_teacher_and_name(cfg, num_classes: int) -> tuple[FeatureModel, str]:
+    """The frozen teacher described by a TeacherConfig (`name`, `checkpoint`, `sha256`) and its architecture.
+
+    An empty `name` is taken from the checkpoint when it records one.
+    """
+    if not cfg.checkpoint:
+        raise FamkdError("teacher.checkpoint is empty; set teacher.checkpoint=PATH")
+    teacher, arch = load_model_weights(
+        cfg.checkpoint, cfg.name, num_classes, sha256=cfg.sha256, name_setting="teacher.name"
+    )
+    teacher.requires_grad_(False)
+    return teacher, arch
+
+
+def load_teacher(cfg, num_classes: int) -> FeatureModel:
+    """The frozen teacher described by a TeacherConfig (see `load_teacher_and_name`)."""
+    return load_teacher_and_name(cfg, num_classes)[0]
