@@ -391,8 +391,12 @@ class Trainer:
             f"device {self.device}, amp {cfg.amp}, {len(self.train_loader)} steps/epoch, run dir {self.run_dir}",
         ]
         if self.epoch or self.partial is not None:
-            where = f"epoch {self.partial.epoch}, step {self.partial.steps_done}" if self.partial else f"epoch {self.epoch}"
-            lines.append(f"resuming after {where}")
+            where = (
+                f"epoch {self.partial.epoch} after step {self.partial.steps_done}"
+                if self.partial is not None
+                else f"after epoch {self.epoch}"
+            )
+            lines.append(f"resuming {where}")
         for line in lines:
             tqdm.write(line)
 

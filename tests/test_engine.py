@@ -1,0 +1,307 @@
+"""Engine units: atomic checkpoints, RNG capture, evaluation counts, schedule, teachers, NaN stops."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import signal
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from famkd.config import ConfigError, TeacherConfig, TrainConfig, load_config
+from famkd.data.datasets import ImageDataset
+from famkd.distill import create_distiller
+from famkd.distill.vanilla import Vanilla
+from famkd.engine import trainer as trainer_module
+from famkd.engine.checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from famkd.engine.errors import FamkdError, NonFiniteLossError
+from famkd.engine.evaluate import evaluate, topk_correct
+from famkd.engine.run_log import RunLog, read_metrics
+from famkd.engine.schedule import build_optimizer, build_scheduler
+from famkd.engine.teacher import load_teacher, load_teacher_and_name
+from famkd.engine.trainer import EpochProgress, StopRequest, distiller_options, train
+from famkd.models import create_model
+
+
+# ---- checkpoints ---------------------------------------------------------------------------
+
+
+def test_checkpoint_round_trip_loads_with_weights_only(tmp_path):
+    state = {"weights": torch.arange(6.0).reshape(2, 3), "epoch": 3, "config": {"train": {"lr": 0.05}}}
+    save_checkpoint(tmp_path / "c.pt", state)
+    loaded = load_checkpoint(tmp_path / "c.pt")
+    assert torch.equal(loaded["weights"], state["weights"])
+    assert loaded["epoch"] == 3 and loaded["config"] == {"train": {"lr": 0.05}}
+    assert os.listdir(tmp_path) == ["c.pt"]
+
+
+def test_failed_checkpoint_write_keeps_the_old_file_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    target = tmp_path / "last.pt"
+    save_checkpoint(target, {"epoch": 1})
+    before = target.read_bytes()
+
+    def save_half_then_fail(obj, file):
+        file.write(b"half a checkpoint")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", save_half_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(target, {"epoch": 2})
+    assert target.read_bytes() == before
+    assert os.listdir(tmp_path) == ["last.pt"]
+
+
+def test_unreadable_checkpoint_is_a_clear_error(tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(FamkdError, match="cannot read checkpoint .*garbage.pt"):
+        load_checkpoint(garbage)
+    with pytest.raises(FamkdError, match="checkpoint not found: .*absent.pt"):
+        load_checkpoint(tmp_path / "absent.pt")
+
+
+def test_rng_state_survives_a_checkpoint_round_trip(tmp_path):
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    np.random.standard_normal()  # leaves a cached gaussian in numpy's state
+    save_checkpoint(tmp_path / "rng.pt", {"rng": capture_rng_state()})
+    expected = (random.random(), np.random.standard_normal(3).tolist(), torch.rand(3).tolist())
+    restore_rng_state(load_checkpoint(tmp_path / "rng.pt")["rng"])
+    assert (random.random(), np.random.standard_normal(3).tolist(), torch.rand(3).tolist()) == expected
+
+
+# ---- evaluation ----------------------------------------------------------------------------
+
+
+def test_evaluate_counts_top1_top5_and_mean_cross_entropy_by_hand():
+    # Label ranks: row 0 first, row 1 third, row 2 last (sixth), row 3 fifth.
+    logits = torch.tensor(
+        [
+            [9.0, 1.0, 2.0, 3.0, 4.0, 5.0],
+            [6.0, 1.0, 4.0, 5.0, 2.0, 3.0],
+            [6.0, 5.0, 4.0, 3.0, 2.0, 1.0],
+            [6.0, 2.0, 5.0, 4.0, 3.0, 1.0],
+        ]
+    )
+    labels = torch.tensor([0, 2, 5, 1])
+    batches = [(logits[:2], labels[:2]), (logits[2:], labels[2:])]
+    result = evaluate(nn.Identity(), batches)
+    assert result["top1"] == 25.0 and result["top5"] == 75.0
+    rows = logits.double().tolist()
+    expected_loss = sum(math.log(sum(math.exp(v) for v in row)) - row[y] for row, y in zip(rows, labels.tolist())) / 4
+    assert result["loss"] == pytest.approx(expected_loss, rel=1e-6)
+
+
+def test_top5_with_fewer_than_five_classes_counts_every_sample():
+    logits = torch.tensor([[0.0, 1.0, 2.0], [2.0, 1.0, 0.0]])
+    assert topk_correct(logits, torch.tensor([0, 0])).tolist() == [1.0, 2.0]
+
+
+# ---- optimiser and schedule ----------------------------------------------------------------
+
+
+def test_multistep_schedule_decays_after_each_milestone_epoch():
+    train_cfg = TrainConfig(lr=0.1, lr_milestones=[2, 4], lr_decay=0.5)
+    distiller = create_distiller("vanilla", student=create_model("resnet8", num_classes=10))
+    optimizer = build_optimizer(distiller, train_cfg)
+    scheduler = build_scheduler(optimizer, train_cfg)
+    used = []
+    for _ in range(6):
+        used.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    expected = [0.1 * 0.5 ** sum(m < epoch for m in (2, 4)) for epoch in range(1, 7)]
+    assert used == pytest.approx(expected, rel=1e-12)
+
+
+def test_optimizer_trains_student_and_heads_but_not_the_teacher():
+    student, teacher = create_model("resnet8", num_classes=10), create_model("resnet8", num_classes=10)
+    distiller = create_distiller("fam_kd", student=student, teacher=teacher, image_size=32)
+    cfg = TrainConfig(lr=0.03, momentum=0.8, weight_decay=1e-3, nesterov=True)
+    optimizer = build_optimizer(distiller, cfg)
+    trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    expected = {id(p) for p in student.parameters()} | {id(p) for p in distiller.head_parameters()}
+    assert trained == expected and not trained & {id(p) for p in teacher.parameters()}
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["momentum"], group["weight_decay"], group["nesterov"]) == (0.03, 0.8, 1e-3, True)
+
+
+# ---- distiller options ---------------------------------------------------------------------
+
+
+def test_unknown_distill_option_names_the_nearest_valid_one():
+    with pytest.raises(ConfigError, match=r"unknown option 'distill.temprature' .*did you mean 'distill.temperature'"):
+        distiller_options("kd", {"temprature": 4.0}, image_size=32)
+
+
+def test_image_size_is_passed_only_to_distillers_that_take_it():
+    assert distiller_options("kd", {"temperature": 2.0}, image_size=32) == {"temperature": 2.0}
+    assert distiller_options("fam_kd", {"alpha": 20.0}, image_size=24) == {"alpha": 20.0, "image_size": 24}
+    assert distiller_options("fam_kd", {"image_size": 16}, image_size=24) == {"image_size": 16}
+
+
+def test_unknown_method_is_a_config_error():
+    with pytest.raises(ConfigError, match="(?i)fam_kdd.*did you mean 'fam_kd'"):
+        distiller_options("fam_kdd", {}, image_size=32)
+
+
+# ---- teachers ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def resnet8_weights():
+    torch.manual_seed(0)
+    return create_model("resnet8", num_classes=10).state_dict()
+
+
+def test_teacher_loads_from_the_community_layout_with_its_recorded_arch(tmp_path, resnet8_weights):
+    path = tmp_path / "teacher.pth"
+    torch.save({"model": resnet8_weights, "epoch": 240, "test_acc": 70.0, "arch": "resnet8"}, path)
+    teacher, arch = load_teacher_and_name(TeacherConfig(checkpoint=str(path)), num_classes=10)
+    assert arch == "resnet8" and not teacher.training
+    assert all(torch.equal(teacher.state_dict()[k], v) for k, v in resnet8_weights.items())
+    assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_teacher_loads_a_famkd_checkpoint_and_strips_data_parallel_prefixes(tmp_path, resnet8_weights):
+    famkd_path, parallel_path = tmp_path / "last.pt", tmp_path / "parallel.pth"
+    torch.save({"student": resnet8_weights, "config": {"student": "resnet8"}}, famkd_path)
+    torch.save({"model": {f"module.{k}": v for k, v in resnet8_weights.items()}}, parallel_path)
+    for path in (famkd_path, parallel_path):
+        teacher = load_teacher(TeacherConfig(name="resnet8", checkpoint=str(path)), num_classes=10)
+        assert torch.equal(teacher.state_dict()["fc.weight"], resnet8_weights["fc.weight"])
+
+
+def test_teacher_sha256_mismatch_shows_both_hashes(tmp_path, resnet8_weights):
+    path = tmp_path / "teacher.pth"
+    torch.save({"model": resnet8_weights}, path)
+    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    load_teacher(TeacherConfig(name="resnet8", checkpoint=str(path), sha256=actual.upper()), num_classes=10)
+    wrong = "0" * 64
+    with pytest.raises(FamkdError) as error:
+        load_teacher(TeacherConfig(name="resnet8", checkpoint=str(path), sha256=wrong), num_classes=10)
+    assert wrong in str(error.value) and actual in str(error.value) and str(path) in str(error.value)
+
+
+def test_teacher_of_the_wrong_architecture_names_checkpoint_arch_and_keys(tmp_path, resnet8_weights):
+    path = tmp_path / "teacher.pth"
+    torch.save({"model": resnet8_weights}, path)
+    with pytest.raises(FamkdError) as error:
+        load_teacher(TeacherConfig(name="resnet20", checkpoint=str(path)), num_classes=10)
+    message = str(error.value)
+    assert str(path) in message and "'resnet20'" in message
+    missing = sorted(set(create_model("resnet20", num_classes=10).state_dict()) - set(resnet8_weights))
+    assert "missing keys: " + missing[0] in message or missing[0] in message
+    assert "teacher.name" in message
+
+
+def test_teacher_with_other_class_count_reports_the_shape_mismatch(tmp_path, resnet8_weights):
+    path = tmp_path / "teacher.pth"
+    torch.save({"model": resnet8_weights}, path)
+    with pytest.raises(FamkdError, match=r"fc.weight \(10, 64\) in the checkpoint vs \(100, 64\) in the model"):
+        load_teacher(TeacherConfig(name="resnet8", checkpoint=str(path)), num_classes=100)
+
+
+def test_plain_state_dict_without_a_name_asks_for_one(tmp_path, resnet8_weights):
+    path = tmp_path / "student_best.pt"
+    torch.save(resnet8_weights, path)
+    with pytest.raises(FamkdError, match="does not say which architecture.*teacher.name=NAME"):
+        load_teacher(TeacherConfig(checkpoint=str(path)), num_classes=10)
+
+
+# ---- run log -------------------------------------------------------------------------------
+
+
+def test_resumed_run_log_drops_epochs_after_the_checkpoint(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "x": e}) + "\n" for e in (1, 2, 3)))
+    log = RunLog(tmp_path, tensorboard=False, resume_epoch=2, resume_step=20)
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2]
+    log.log_epoch({"epoch": 3, "global_step": 30, "x": 33})
+    assert read_metrics(tmp_path)[-1] == {"epoch": 3, "global_step": 30, "x": 33}
+
+
+# ---- progress accounting, NaN and Ctrl-C ---------------------------------------------------
+
+
+def test_epoch_progress_means_and_first_non_finite_step():
+    progress = EpochProgress(epoch=1)
+    logits = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 0])
+    progress.add(logits, labels, {"ce": torch.tensor(2.0), "kd": torch.tensor(1.0)}, global_step=7)
+    assert progress.read() == {"loss_ce": 2.0, "loss_kd": 1.0, "train_acc": 50.0}
+    progress.add(logits, labels, {"ce": torch.tensor(4.0), "kd": torch.tensor(float("nan"))}, global_step=8)
+    progress.add(logits, labels, {"ce": torch.tensor(float("inf")), "kd": torch.tensor(float("nan"))}, global_step=9)
+    assert {n: int(s) for n, s in progress.first_bad_step.items()} == {"ce": 9, "kd": 8}
+    assert progress.images_seen == 6 and progress.steps_done == 3
+
+
+def tiny_datasets(num_classes=10, train_per_class=4, test_per_class=2):
+    generator = torch.Generator().manual_seed(0)
+
+    def split(per_class):
+        labels = torch.arange(num_classes).repeat(per_class)
+        images = torch.randint(0, 256, (len(labels), 3, 32, 32), dtype=torch.uint8, generator=generator)
+        return ImageDataset(images, labels, num_classes, (0.5,) * 3, (0.25,) * 3, "random test images")
+
+    return split(train_per_class), split(test_per_class)
+
+
+def quick_config(tmp_path, *overrides):
+    return load_config(
+        None,
+        [
+            "student=resnet8",
+            "device=cpu",
+            "run.tensorboard=false",
+            f"run.dir={tmp_path / 'run'}",
+            "train.batch_size=8",
+            "train.max_steps_per_epoch=3",
+            "train.log_interval=100",
+            *overrides,
+        ],
+    )
+
+
+def test_nan_loss_stops_naming_the_term_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer_module, "build_datasets", lambda data_cfg: tiny_datasets())
+    calls = []
+    plain_forward = Vanilla.forward
+
+    def forward_with_penalty(self, images, targets, epoch):
+        logits, losses = plain_forward(self, images, targets, epoch)
+        calls.append(epoch)
+        bad = epoch == 2 and calls.count(2) == 2  # second step of the second epoch
+        return logits, {**losses, "penalty": torch.tensor(float("nan") if bad else 0.0)}
+
+    monkeypatch.setattr(Vanilla, "forward", forward_with_penalty)
+    with pytest.raises(NonFiniteLossError) as error:
+        train(quick_config(tmp_path, "train.epochs=3"))
+    message = str(error.value)
+    assert "'penalty' became nan at epoch 2, step 2 of 3 (global step 5)" in message
+    assert "last good checkpoint is kept" in message and "(epoch 1)" in message
+    run = tmp_path / "run"
+    kept = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert kept["epoch"] == 1 and kept["global_step"] == 3
+    assert all(torch.isfinite(v).all() for v in kept["student"].values() if v.is_floating_point())
+    assert [r["epoch"] for r in read_metrics(run)] == [1]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and "penalty" in summary["error"] and summary["epochs_completed"] == 1
+
+
+def test_first_ctrl_c_requests_a_stop_and_the_second_aborts():
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
