@@ -1,0 +1,101 @@
+"""In-memory image datasets and `build_datasets`, the one entry point from a `DataConfig`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from famkd.config import DataConfig
+
+# Per-channel mean and std of the 50000 CIFAR-100 train images, in [0, 1] units.
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+
+
+class DataNotFoundError(FileNotFoundError):
+    """No dataset where we looked and none could be downloaded; the message lists the places and the fix."""
+
+
+class DataFormatError(ValueError):
+    """A dataset directory was found but its files are not what the format requires."""
+
+
+@dataclass
+class ImageDataset:
+    """Decoded images held in memory.
+
+    images: uint8 (N, 3, H, W), contiguous, on the CPU; labels: int64 (N,) in [0, num_classes).
+    mean/std: per-channel normalisation constants in [0, 1] units.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    description: str
+    class_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4 or self.images.shape[1] != 3:
+            raise ValueError(f"images must be uint8 (N, 3, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.dtype != torch.int64 or self.labels.shape != (self.images.shape[0],):
+            raise ValueError(
+                f"labels must be int64 ({self.images.shape[0]},), got {self.labels.dtype} {tuple(self.labels.shape)}"
+            )
+        if len(self.labels) and not 0 <= int(self.labels.min()) <= int(self.labels.max()) < self.num_classes:
+            raise ValueError(f"labels must lie in [0, {self.num_classes}), got [{self.labels.min()}, {self.labels.max()}]")
+        self.images = self.images.contiguous()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def build_datasets(cfg: DataConfig) -> tuple[ImageDataset, ImageDataset]:
+    """(train, test) for `cfg`: CIFAR-100 (pickle or .npy layout) or the synthetic demo set, then subsets."""
+    if cfg.dataset == "synthetic":
+        from famkd.data.synthetic import synthetic_datasets_from_config
+
+        return synthetic_datasets_from_config(cfg)
+    if cfg.dataset != "cifar100":
+        raise ValueError(f"unknown dataset {cfg.dataset!r}: choose cifar100 or synthetic")
+    from famkd.data.cifar100 import load_cifar100
+
+    train, test = load_cifar100(cfg.root, download=cfg.download)
+    if cfg.classes:
+        train, test = keep_classes(train, cfg.classes), keep_classes(test, cfg.classes)
+    if cfg.train_per_class:
+        train = first_per_class(train, cfg.train_per_class)
+    return train, test
+
+
+def keep_classes(dataset: ImageDataset, classes: int) -> ImageDataset:
+    """The images with label < `classes`, in their original order; num_classes becomes `classes`."""
+    if classes > dataset.num_classes:
+        raise ValueError(f"data.classes={classes} but the dataset has only {dataset.num_classes} classes")
+    keep = torch.nonzero(dataset.labels < classes).squeeze(1)
+    return _subset(dataset, keep, num_classes=classes, note=f"classes 0-{classes - 1}")
+
+
+def first_per_class(dataset: ImageDataset, per_class: int) -> ImageDataset:
+    """The first `per_class` images of every class (all of a smaller class), in their original order."""
+    labels = dataset.labels
+    by_class = torch.argsort(labels, stable=True)
+    class_start = torch.searchsorted(labels[by_class], torch.arange(dataset.num_classes))
+    rank_in_class = torch.arange(len(labels)) - class_start[labels[by_class]]
+    keep = torch.sort(by_class[rank_in_class < per_class]).values
+    return _subset(dataset, keep, num_classes=dataset.num_classes, note=f"first {per_class} per class")
+
+
+def _subset(dataset: ImageDataset, keep: torch.Tensor, num_classes: int, note: str) -> ImageDataset:
+    head, _, _ = dataset.description.rpartition(", ")
+    return ImageDataset(
+        images=dataset.images[keep],
+        labels=dataset.labels[keep],
+        num_classes=num_classes,
+        mean=dataset.mean,
+        std=dataset.std,
+        description=f"{head}, {note}, {len(keep)} images",
+        class_names=dataset.class_names[:num_classes],
+    )

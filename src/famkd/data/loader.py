@@ -1,0 +1,96 @@
+"""A batch loader over an in-memory uint8 dataset: gather, crop, flip and normalise as tensor ops.
+
+The images move to the training device once. Each epoch draws its order, crop offsets and
+flips from a CPU generator seeded by (seed, epoch) alone, so an epoch is reproduced exactly
+on resume and on any device. No host synchronisation happens inside an epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from famkd.data.datasets import ImageDataset
+from famkd.data.transforms import crop_offsets, crop_padded, flip_mask, flip_where, normalization_constants, pad_images
+
+CROP_PADDING = 4
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A CPU generator whose stream depends only on (seed, epoch), well mixed for neighbouring values."""
+    mixed = np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(mixed))
+
+
+class BatchLoader:
+    """Yields (float32 normalised images (B, 3, H, W), int64 labels (B,)) on `device`.
+
+    train=True: a shuffled order, random crop (zero padding 4) and horizontal flip, drop_last by
+    default. train=False: the dataset order, no augmentation, the last partial batch kept.
+    max_steps > 0 stops an epoch after that many batches.
+    """
+
+    def __init__(self, dataset: ImageDataset, batch_size: int, *, train: bool, seed: int = 0,
+                 device: torch.device | str = "cpu", drop_last: bool | None = None, max_steps: int = 0,
+                 channels_last: bool = False):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_steps < 0:
+            raise ValueError(f"max_steps must be >= 0 (0 = the whole epoch), got {max_steps}")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.train = train
+        self.seed = seed
+        self.device = torch.device(device)
+        self.drop_last = train if drop_last is None else drop_last
+        self.max_steps = max_steps
+        self.channels_last = channels_last
+        self.epoch = 0
+        self.labels = dataset.labels.to(self.device)
+        images = dataset.images.to(self.device)
+        # Training crops read windows of a once-padded copy; evaluation reads the images as they are.
+        self.images = pad_images(images, CROP_PADDING) if train else images
+        self.image_size = dataset.images.shape[-1]
+        self.scale, self.shift = normalization_constants(dataset.mean, dataset.std, self.device)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order and augmentation the next iteration replays."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        """Batches per epoch, after drop_last and max_steps."""
+        count = len(self.dataset)
+        batches = count // self.batch_size if self.drop_last else math.ceil(count / self.batch_size)
+        return min(batches, self.max_steps) if self.max_steps else batches
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.train:
+            order, offsets, flips = self._draw_epoch()
+        for step in range(len(self)):
+            start = step * self.batch_size
+            stop = min(start + self.batch_size, len(self.dataset))
+            if self.train:
+                indices = order[start:stop]
+                batch = crop_padded(self.images, indices, offsets[start:stop], self.image_size)
+                batch = flip_where(batch, flips[start:stop])
+                labels = self.labels[indices]
+            else:
+                batch, labels = self.images[start:stop], self.labels[start:stop]
+            yield self._normalize(batch), labels
+
+    def _draw_epoch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The epoch's order, crop offsets and flips (one per position), drawn on the CPU, moved once."""
+        generator = epoch_generator(self.seed, self.epoch)
+        count = len(self.dataset)
+        order = torch.randperm(count, generator=generator)
+        offsets = crop_offsets(count, CROP_PADDING, generator)
+        flips = flip_mask(count, generator)
+        return order.to(self.device), offsets.to(self.device), flips.to(self.device)
+
+    def _normalize(self, batch: torch.Tensor) -> torch.Tensor:
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        images = batch.to(torch.float32, memory_format=memory_format)
+        return images.mul_(self.scale).add_(self.shift)

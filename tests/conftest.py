@@ -1,0 +1,27 @@
+"""Shared fixtures: tiny CIFAR-100 copies on disk in both real formats (see tiny_cifar.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tiny_cifar import write_tiny_cifar
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar_npy(tmp_path_factory) -> Path:
+    """Root of a tiny CIFAR-100 in the .npy layout (write_tiny_cifar defaults); pass it as data.root.
+
+    Shared by the whole session: read it, never write into it.
+    """
+    return write_tiny_cifar(tmp_path_factory.mktemp("tiny_cifar_npy"), "npy")
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar_pickle(tmp_path_factory) -> Path:
+    """Root holding cifar-100-python/ with the same images as `tiny_cifar_npy`; pass it as data.root.
+
+    Shared by the whole session: read it, never write into it.
+    """
+    return write_tiny_cifar(tmp_path_factory.mktemp("tiny_cifar_pickle"), "pickle")
