@@ -1,0 +1,237 @@
+"""End to end through the `famkd` command on a tiny CIFAR-100 written in both formats.
+
+A resnet8 teacher is trained with method vanilla (npy layout), then a resnet8 fam_kd student
+(pickle layout holding the same images); the run outputs, exact resume after Ctrl-C, `famkd eval`
+and the error messages are checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from famkd.cli import main
+from famkd.config import config_to_dict, load_config
+from famkd.distill import create_distiller
+from famkd.engine.checkpoint import load_checkpoint
+from famkd.engine.run_log import read_metrics
+from famkd.engine.trainer import TrainingInterrupted, train
+from famkd.models import create_model
+
+TIMING_KEYS = {"epoch_time_s", "images_per_s", "data_wait_fraction"}
+EPOCH_KEYS = {"epoch", "global_step", "lr", "loss", "train_acc", "test_acc", "test_top5", "test_loss"} | TIMING_KEYS
+CHECKPOINT_KEYS = {
+    "student", "heads", "optimizer", "scheduler", "grad_scaler", "epoch", "global_step", "rng", "best_acc",
+    "best_epoch", "last_acc", "teacher_acc", "wall_time_s", "partial_epoch", "config", "versions",
+}
+SHORT_RUN = [
+    "student=resnet8",
+    "device=cpu",
+    "train.epochs=2",
+    "train.batch_size=8",
+    "train.max_steps_per_epoch=2",
+    "train.lr_milestones=[1]",
+    "train.log_interval=2",
+    "run.deterministic=true",
+]
+
+
+@pytest.fixture(scope="module")
+def data_roots(tiny_cifar_npy, tiny_cifar_pickle):
+    """The same tiny CIFAR-100 in the .npy layout and as a cifar-100-python directory."""
+    return {"npy": tiny_cifar_npy, "pickle": tiny_cifar_pickle}
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory, data_roots):
+    run_dir = tmp_path_factory.mktemp("teacher") / "run"
+    assert main(["train", *SHORT_RUN, f"data.root={data_roots['npy']}", f"run.dir={run_dir}"]) == 0
+    return run_dir
+
+
+def fam_kd_overrides(teacher_run, data_roots, run_dir):
+    return [
+        *SHORT_RUN,
+        "method=fam_kd",
+        "teacher.name=resnet8",
+        f"teacher.checkpoint={teacher_run / 'student_best.pt'}",
+        f"data.root={data_roots['pickle']}",
+        "run.tensorboard=false",
+        f"run.dir={run_dir}",
+    ]
+
+
+@pytest.fixture(scope="module")
+def fam_kd_run(tmp_path_factory, teacher_run, data_roots):
+    run_dir = tmp_path_factory.mktemp("fam_kd") / "run"
+    assert main(["train", *fam_kd_overrides(teacher_run, data_roots, run_dir)]) == 0
+    return run_dir
+
+
+def test_teacher_run_writes_metrics_summary_and_checkpoints(teacher_run):
+    records = read_metrics(teacher_run)
+    assert [r["epoch"] for r in records] == [1, 2] and [r["global_step"] for r in records] == [2, 4]
+    assert all(set(r) == EPOCH_KEYS | {"loss_ce"} for r in records)
+    assert [r["lr"] for r in records] == pytest.approx([0.05, 0.005])
+    assert all(r["loss"] == r["loss_ce"] and 0 <= r["data_wait_fraction"] < 1 for r in records)
+
+    summary = json.loads((teacher_run / "summary.json").read_text())
+    accuracies = [r["test_acc"] for r in records]
+    assert summary["status"] == "completed" and summary["method"] == "vanilla" and summary["teacher"] is None
+    assert summary["epochs_completed"] == 2 and summary["best_acc"] == max(accuracies)
+    assert summary["best_epoch"] == accuracies.index(max(accuracies)) + 1
+    assert summary["last_acc"] == accuracies[-1] and summary["teacher_acc"] is None
+    assert summary["student_params"] == sum(p.numel() for p in create_model("resnet8").parameters())
+    assert summary["head_params"] == 0 and summary["wall_time_s"] > 0
+
+    last = load_checkpoint(teacher_run / "checkpoints" / "last.pt")
+    best = load_checkpoint(teacher_run / "checkpoints" / "best.pt")
+    assert set(last) == CHECKPOINT_KEYS and last["epoch"] == 2 and last["partial_epoch"] is None
+    assert best["epoch"] == summary["best_epoch"] and last["heads"] == {}
+    assert last["config"] == config_to_dict(load_config(None, [*SHORT_RUN, *_data_and_dir(last)]))
+    assert set(last["versions"]) == {"famkd", "torch", "torchvision", "python"}
+    for exported, checkpoint in (("student_last.pt", last), ("student_best.pt", best)):
+        weights = torch.load(teacher_run / exported, weights_only=True)
+        assert weights.keys() == checkpoint["student"].keys()
+        assert all(torch.equal(weights[k], checkpoint["student"][k]) for k in weights)
+    assert any(name.startswith("events") for name in os.listdir(teacher_run / "tensorboard"))
+
+
+def _data_and_dir(checkpoint):
+    return [f"data.root={checkpoint['config']['data']['root']}", f"run.dir={checkpoint['config']['run']['dir']}"]
+
+
+def test_fam_kd_student_through_the_cli(fam_kd_run, teacher_run):
+    records = read_metrics(fam_kd_run)
+    assert [r["epoch"] for r in records] == [1, 2]
+    for record in records:
+        terms = {k: v for k, v in record.items() if k.startswith("loss_")}
+        assert "loss_ce" in terms and len(terms) >= 2
+        assert record["loss"] == pytest.approx(sum(terms.values()), rel=1e-12)
+
+    summary = json.loads((fam_kd_run / "summary.json").read_text())
+    teacher_summary = json.loads((teacher_run / "summary.json").read_text())
+    assert summary["method"] == "fam_kd" and summary["teacher"] == "resnet8" and summary["epochs_completed"] == 2
+    # The pickle copy holds the same test images as the npy copy the teacher was evaluated on.
+    assert summary["teacher_acc"] == teacher_summary["best_acc"]
+    reference = create_distiller("fam_kd", student=create_model("resnet8"), teacher=create_model("resnet8"), image_size=32)
+    assert summary["head_params"] == reference.num_head_parameters() > 0
+    last = load_checkpoint(fam_kd_run / "checkpoints" / "last.pt")
+    assert last["heads"].keys() == reference.head_state_dict().keys()
+
+
+def test_interrupted_and_resumed_run_ends_exactly_like_the_uninterrupted_one(
+    fam_kd_run, teacher_run, data_roots, tmp_path
+):
+    run_dir = tmp_path / "interrupted"
+
+    def press_ctrl_c(epoch, step, global_step):
+        if global_step == 3:  # the first step of epoch 2
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted, match=f"famkd train --resume {run_dir}"):
+        train(load_config(None, fam_kd_overrides(teacher_run, data_roots, run_dir)), on_step=press_ctrl_c)
+    saved = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert saved["epoch"] == 1 and saved["partial_epoch"]["steps_done"] == 1 and saved["global_step"] == 3
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    without_timing = lambda records: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]  # noqa: E731
+    assert without_timing(read_metrics(run_dir)) == without_timing(read_metrics(fam_kd_run))
+    resumed, uninterrupted = (load_checkpoint(d / "checkpoints" / "last.pt") for d in (run_dir, fam_kd_run))
+    for part in ("student", "heads"):
+        assert all(torch.equal(resumed[part][k], uninterrupted[part][k]) for k in uninterrupted[part])
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (run_dir, fam_kd_run)]
+    for key in ("best_acc", "last_acc", "best_epoch", "epochs_completed", "teacher_acc", "status"):
+        assert summaries[0][key] == summaries[1][key]
+
+
+def eval_output(capsys, *argv) -> dict[str, float]:
+    assert main(["eval", *argv]) == 0
+    out = capsys.readouterr().out
+    return {name: float(value) for name, value in re.findall(r"^(top-[15]): ([\d.]+)%$", out, re.MULTILINE)}
+
+
+def test_eval_reads_run_dirs_exported_students_and_community_checkpoints(capsys, teacher_run, data_roots, tmp_path):
+    summary = json.loads((teacher_run / "summary.json").read_text())
+    data = ["--data", str(data_roots["npy"])]
+    from_run = eval_output(capsys, str(teacher_run), *data)
+    assert from_run["top-1"] == pytest.approx(summary["best_acc"], abs=0.005)
+    exported = eval_output(capsys, str(teacher_run / "student_best.pt"), "--model", "resnet8", *data)
+    community = tmp_path / "resnet8.pth"
+    torch.save({"model": torch.load(teacher_run / "student_best.pt"), "epoch": 2}, community)
+    assert eval_output(capsys, str(community), "--model", "resnet8", *data) == exported == from_run
+    best_record = read_metrics(teacher_run)[summary["best_epoch"] - 1]
+    assert from_run["top-5"] == pytest.approx(best_record["test_top5"], abs=0.005)
+
+
+def test_print_config_shows_the_merged_config(capsys, tmp_path):
+    config_file = tmp_path / "exp.yaml"
+    config_file.write_text("method: kd\nstudent: resnet8\ntrain: {lr: 0.01}\n")
+    assert main(["train", str(config_file), "train.epochs=7", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed == config_to_dict(load_config(config_file, ["train.epochs=7"]))
+    assert (printed["method"], printed["train"]["lr"], printed["train"]["epochs"]) == ("kd", 0.01, 7)
+
+
+def error_cases(teacher_run, data_roots, tmp_path):
+    teacher = teacher_run / "student_best.pt"
+    data = f"data.root={data_roots['npy']}"
+    kd = ["method=kd", "student=resnet8", "train.batch_size=8", data, f"run.dir={tmp_path / 'run'}"]
+    return {
+        "unknown key": (["train", "train.epoch=2"], "unknown key 'train.epoch' (did you mean 'train.epochs'?)"),
+        "missing data": (
+            ["train", "student=resnet8", f"data.root={tmp_path / 'nowhere'}", "data.download=false"],
+            str(tmp_path / "nowhere"),
+        ),
+        "sha256 mismatch": (
+            ["train", *kd, f"teacher.checkpoint={teacher}", "teacher.name=resnet8", f"teacher.sha256={'ab' * 32}"],
+            f"sha256 mismatch for {teacher}: expected {'ab' * 32}",
+        ),
+        "wrong architecture": (
+            ["train", *kd, f"teacher.checkpoint={teacher}", "teacher.name=resnet20"],
+            f"checkpoint {teacher} does not match architecture 'resnet20'",
+        ),
+        "no teacher": (["train", *kd], "famkd train configs/cifar100/vanilla/"),
+        "unknown distill option": (
+            ["train", *kd, f"teacher.checkpoint={teacher}", "teacher.name=resnet8", "distill.temprature=2"],
+            "did you mean 'distill.temperature'?",
+        ),
+        "resume without checkpoint": (["train", "--resume", str(tmp_path)], "checkpoint not found"),
+        "eval without --model": (["eval", str(teacher), "--data", str(data_roots["npy"])], "--model=NAME"),
+    }
+
+
+CASES = [
+    "unknown key", "missing data", "sha256 mismatch", "wrong architecture", "no teacher",
+    "unknown distill option", "resume without checkpoint", "eval without --model",
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_user_errors_exit_non_zero_with_a_clear_message(case, capsys, teacher_run, data_roots, tmp_path):
+    argv, expected = error_cases(teacher_run, data_roots, tmp_path)[case]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("famkd: error: ") and expected in err and "Traceback" not in err
+    if case == "sha256 mismatch":
+        actual = hashlib.sha256((teacher_run / "student_best.pt").read_bytes()).hexdigest()
+        assert re.findall(r"[0-9a-f]{64}", err) == ["ab" * 32, actual]
+
+
+def test_help_lists_every_subcommand_and_each_has_help(capsys):
+    listing = subprocess.run([sys.executable, "-m", "famkd", "--help"], capture_output=True, text=True, check=True)
+    assert re.findall(r"^    (\w+)", listing.stdout, re.MULTILINE) == ["train", "eval", "demo", "bench"]
+    for command, option in (("train", "--resume"), ("eval", "--model")):
+        with pytest.raises(SystemExit) as done:
+            main([command, "--help"])
+        assert done.value.code == 0 and option in capsys.readouterr().out
