@@ -20,7 +20,6 @@ import torch.nn.functional as F
 import reference_fam_kd as reference
 from famkd.compat import OfficialStateError, load_official_state, map_official_key
 from famkd.distill import create_distiller
-from famkd.distill.levels import warmup_factor
 from famkd.fam import FrequencyAttention
 from famkd.models import create_model
 
@@ -123,9 +122,7 @@ def test_losses_and_gradient_norms_equal_the_published_model(published, case):
     largest = max(spec["grad_norms"].values())
     compared = set()
     for key, norm in spec["grad_norms"].items():
-        mapped = map_official_key(key, distiller)
-        if mapped is None:
-            continue
+        mapped = map_official_key(key, distiller)  # the unused deepest conv1.* has no gradient, so no norm
         compared.add(mapped)
         our_norm = ours[mapped].grad.norm().item()
         if key.endswith("w0.bias"):
@@ -196,7 +193,6 @@ def test_distiller_equals_the_direct_oracle(max_mid_channels, preact):
     oracle_fam_kd = alpha * min(epoch / warmup, 1.0) * feature_loss
     (ce + oracle_fam_kd).backward()
 
-    assert warmup_factor(epoch, warmup) == epoch / warmup
     assert relative_difference(losses["ce"], ce) <= TOLERANCE
     assert relative_difference(losses["fam_kd"], oracle_fam_kd) <= TOLERANCE
     oracle_grads = {f"student.{k}": p.grad for k, p in oracle_student.named_parameters()}
