@@ -35,9 +35,9 @@ class Registry(Generic[T]):
             return self._builders[name]
         except KeyError:
             hint = closest(name, self._builders)
-            suggestion = f" Did you mean {hint!r}?" if hint else ""
+            suggestion = f" (did you mean {hint!r}?)" if hint else ""
             raise KeyError(
-                f"unknown {self.kind} {name!r}.{suggestion} Available: {', '.join(sorted(self._builders))}"
+                f"unknown {self.kind} {name!r}{suggestion}. Available: {', '.join(sorted(self._builders))}"
             ) from None
 
     def names(self) -> list[str]:
