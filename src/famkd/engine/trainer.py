@@ -441,7 +441,7 @@ class Trainer:
                 if self.on_step is not None:
                     self.on_step(progress.epoch, progress.steps_done, self.global_step)
                 if progress.steps_done % cfg.train.log_interval == 0:
-                    self._report_interval(progress, bar, interval_images / (time.perf_counter() - interval_start))
+                    self._report_interval(progress, bar, interval_images, interval_start)
                     interval_start, interval_images = time.perf_counter(), 0
                 if stop.requested and progress.steps_done < steps:
                     self._check_finite(progress)
@@ -468,8 +468,10 @@ class Trainer:
             self.optimizer.step()
         return logits.detach(), losses
 
-    def _report_interval(self, progress: EpochProgress, bar: tqdm, images_per_s: float) -> None:
+    def _report_interval(self, progress: EpochProgress, bar: tqdm, images: int, since: float) -> None:
+        """Sync once, stop on a non-finite loss, show loss / accuracy / img/s since `since` (a perf_counter time)."""
         means = progress.read()
+        images_per_s = images / (time.perf_counter() - since)  # measured after the sync, so device time counts
         self._check_finite(progress, means)
         loss = sum(v for k, v in means.items() if k.startswith("loss_"))
         bar.set_postfix(loss=f"{loss:.4f}", acc=f"{means['train_acc']:.1f}%", img_s=f"{images_per_s:.0f}")
