@@ -65,6 +65,12 @@ def test_yaml_file_states_only_what_differs(tmp_path):
     assert cfg.amp == "off"  # unquoted YAML `off` is read as false and mapped back
 
 
+def test_empty_section_headers_change_nothing(tmp_path):
+    path = write(tmp_path / "exp.yaml", "teacher:\ndistill:\ntrain:\n  epochs: 3\n")
+    cfg = load_config(path)
+    assert cfg.teacher == Config().teacher and cfg.distill == {} and cfg.train.epochs == 3
+
+
 def test_base_file_is_inherited_and_overridden(tmp_path):
     (tmp_path / "common").mkdir()
     write(tmp_path / "common" / "base.yaml", """

@@ -256,6 +256,8 @@ def _merge_into(target: dict, updates: dict, cls: Any, prefix: str) -> None:
         if key not in fields:
             raise ConfigError(_unknown_key_message(prefix, key, cls))
         field_type = fields[key]
+        if value is None and (_is_dataclass_type(field_type) or key in FREE_FORM_SECTIONS):
+            continue  # a section header with every key commented out changes nothing
         if _is_dataclass_type(field_type):
             if not isinstance(value, dict):
                 raise ConfigError(f"{dotted!r} is a section: give a mapping of its keys, got {value!r}")
