@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 
@@ -21,12 +22,17 @@ def run_blocks(blocks: nn.Sequential, x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def channel_shuffle(x: Tensor, groups: int) -> Tensor:
-    """(B, C, H, W) -> same shape; channel i * (C // groups) + k moves to k * groups + i (ShuffleNet's interleave)."""
+    """(B, C, H, W) -> same shape; channel i * (C // groups) + k moves to k * groups + i (ShuffleNet's interleave).
+
+    The result keeps x's memory format (NCHW or channels-last) so the next conv needs no layout change.
+    """
     if groups == 1:
         return x
     batch, channels, height, width = x.shape
-    grouped = x.reshape(batch, groups, channels // groups, height, width)
-    return grouped.transpose(1, 2).reshape(batch, channels, height, width)
+    shuffled = torch.empty_like(x)
+    source = x.reshape(batch, groups, channels // groups, height, width).transpose(1, 2)
+    shuffled.view(batch, channels // groups, groups, height, width).copy_(source)
+    return shuffled
 
 
 def init_conv_kaiming_fan_out(model: nn.Module) -> None:
