@@ -22,7 +22,8 @@ def conv_bn_block(in_channels: int, widths: list[int]) -> nn.Sequential:
     """conv3x3-BN-ReLU per width, without the final ReLU (so the block ends at a BN)."""
     layers: list[nn.Module] = []
     for width in widths:
-        layers += [nn.Conv2d(in_channels, width, kernel_size=3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        conv = nn.Conv2d(in_channels, width, kernel_size=3, padding=1)
+        layers += [conv, nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
         in_channels = width
     return nn.Sequential(*layers[:-1])
 
@@ -45,12 +46,12 @@ class VGG(FeatureModel):
         for index, widths in enumerate(block_widths):
             self.add_module(f"block{index}", conv_bn_block(in_channels, widths))
             in_channels = widths[-1]
-        self.classifier = nn.Linear(512, num_classes)
+        self.classifier = nn.Linear(in_channels, num_classes)
         self._init_weights()
         stage_widths = [widths[-1] for widths in block_widths[1:]]
         self.feature_info = FeatureInfo(
             stages=tuple(StageInfo(f"block{i}", w, s) for i, (w, s) in enumerate(zip(stage_widths, (2, 4, 8, 8)), 1)),
-            pooled_channels=512,
+            pooled_channels=in_channels,
         )
 
     def _init_weights(self) -> None:
