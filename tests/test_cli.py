@@ -202,6 +202,7 @@ def error_cases(teacher_run, data_roots, tmp_path):
             f"checkpoint {teacher} does not match architecture 'resnet20'",
         ),
         "no teacher": (["train", *kd], "famkd train configs/cifar100/vanilla/"),
+        "unknown student": (["train", "student=resnet9", "data.root=/nowhere"], "student: unknown model 'resnet9'"),
         "unknown distill option": (
             ["train", *kd, f"teacher.checkpoint={teacher}", "teacher.name=resnet8", "distill.temprature=2"],
             "did you mean 'distill.temperature'?",
@@ -212,7 +213,7 @@ def error_cases(teacher_run, data_roots, tmp_path):
 
 
 CASES = [
-    "unknown key", "missing data", "sha256 mismatch", "wrong architecture", "no teacher",
+    "unknown key", "missing data", "sha256 mismatch", "wrong architecture", "no teacher", "unknown student",
     "unknown distill option", "resume without checkpoint", "eval without --model",
 ]
 

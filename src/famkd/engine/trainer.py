@@ -59,6 +59,7 @@ from famkd.engine.run_log import RunLog, format_epoch_line, progress_bar, write_
 from famkd.engine.schedule import build_optimizer, build_scheduler
 from famkd.engine.teacher import load_teacher_and_name
 from famkd.models import create_model
+from famkd.models.registry import MODELS
 from famkd.registry import closest
 
 StepHook = Callable[[int, int, int], None]  # (epoch, step within the epoch, global step)
@@ -120,32 +121,46 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
-def distiller_options(method: str, options: dict, image_size: int) -> dict:
-    """`options` checked against the distiller's constructor, plus `image_size` where it takes one.
+def check_distill_options(method: str, options: dict) -> inspect.Signature:
+    """The signature of `method`'s constructor, after checking that it accepts every option.
 
-    An unknown option is a ConfigError naming the nearest valid one.
+    An unknown method or option is a ConfigError naming the nearest valid one.
     """
     try:
         builder = DISTILLERS.get(method)
     except KeyError as error:
         raise ConfigError(f"method: {error.args[0]}") from None
-    parameters = inspect.signature(builder).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    signature = inspect.signature(builder)
+    parameters = signature.parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return signature
     valid = [
-        name
-        for name, p in parameters.items()
-        if name not in ("student", "teacher") and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        name for name, p in parameters.items() if name not in ("student", "teacher") and p.kind is not p.VAR_POSITIONAL
     ]
     for name in options:
-        if name not in valid and not takes_any:
+        if name not in valid:
             near = closest(name, valid)
             hint = f" (did you mean 'distill.{near}'?)" if near else ""
             listed = ", ".join(valid) if valid else "none"
             raise ConfigError(f"unknown option 'distill.{name}' for method {method!r}{hint}; its options: {listed}")
+    return signature
+
+
+def distiller_options(method: str, options: dict, image_size: int) -> dict:
+    """`options` checked against the distiller's constructor, plus `image_size` where it takes one."""
+    parameters = check_distill_options(method, options).parameters
     options = dict(options)
     if "image_size" in parameters and "image_size" not in options:
         options["image_size"] = image_size
     return options
+
+
+def check_model_name(setting: str, name: str) -> None:
+    """A ConfigError naming `setting` when `name` is not in the model zoo."""
+    try:
+        MODELS.get(name)
+    except KeyError as error:
+        raise ConfigError(f"{setting}: {error.args[0]}") from None
 
 
 def missing_teacher_message(cfg: Config) -> str:
@@ -278,6 +293,8 @@ class Trainer:
                 f"{self.run_dir} already holds a run; continue it with `famkd train --resume {self.run_dir}` "
                 "or choose another run.dir"
             )
+        check_distill_options(cfg.method, cfg.distill)  # bad names fail before the data is read
+        check_model_name("student", cfg.student)
         if cfg.method != "vanilla" and not cfg.teacher.checkpoint:
             raise FamkdError(missing_teacher_message(cfg))
 
@@ -319,10 +336,7 @@ class Trainer:
     def _build_models(self) -> None:
         cfg = self.cfg
         num_classes = self.train_set.num_classes
-        try:
-            student = create_model(cfg.student, num_classes=num_classes)
-        except KeyError as error:
-            raise ConfigError(f"student: {error.args[0]}") from None
+        student = create_model(cfg.student, num_classes=num_classes)
         self.teacher = None
         if cfg.method != "vanilla":
             self.teacher, cfg.teacher.name = load_teacher_and_name(cfg.teacher, num_classes)
