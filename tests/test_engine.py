@@ -27,6 +27,7 @@ from famkd.engine.checkpoint import (
 )
 from famkd.engine.errors import FamkdError, NonFiniteLossError
 from famkd.engine.evaluate import evaluate, topk_correct
+from famkd.engine import run_log
 from famkd.engine.run_log import RunLog, read_metrics
 from famkd.engine.schedule import build_optimizer, build_scheduler
 from famkd.engine.teacher import load_teacher, load_teacher_and_name
@@ -305,3 +306,16 @@ def test_first_ctrl_c_requests_a_stop_and_the_second_aborts():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_progress_without_a_terminal_prints_a_line_with_eta(capsys, monkeypatch):
+    clock = iter([100.0, 108.0])  # construction, then the show() call 8 s later
+    monkeypatch.setattr(run_log.time, "perf_counter", lambda: next(clock))
+    display = run_log.EpochProgressDisplay(total=10, epoch=1, epochs=3, line_every_s=5.0)
+    assert display.bar.disable  # pytest captures stderr, so it is no terminal
+    for _ in range(4):
+        display.step()
+    display.show(loss=1.5, accuracy=25.0, images_per_s=100.0)
+    display.close()
+    # 4 steps in 8 s -> 2 s per step, 6 steps left.
+    assert capsys.readouterr().out == "epoch 1/3 step 4/10  loss 1.5000  acc 25.0%  100 img/s  ETA 12 s\n"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -86,17 +87,47 @@ class RunLog:
             self.writer.close()
 
 
-def progress_bar(total: int, epoch: int, epochs: int, initial: int = 0) -> tqdm:
-    """A per-epoch bar (steps, ETA, and loss / acc / img/s set as postfix); hidden when stderr is no terminal."""
-    return tqdm(
-        total=total,
-        initial=initial,
-        desc=f"epoch {epoch}/{epochs}",
-        unit="step",
-        leave=False,
-        dynamic_ncols=True,
-        disable=None,
-    )
+class EpochProgressDisplay:
+    """Progress of one epoch: a tqdm bar (steps, ETA; loss, acc, img/s as postfix) on a terminal,
+    and where stderr is no terminal (log files, pipes) a plain line at most every `line_every_s` seconds.
+    """
+
+    def __init__(self, total: int, epoch: int, epochs: int, initial: int = 0, line_every_s: float = 60.0):
+        self.bar = tqdm(
+            total=total,
+            initial=initial,
+            desc=f"epoch {epoch}/{epochs}",
+            unit="step",
+            leave=False,
+            dynamic_ncols=True,
+            disable=None,
+        )
+        self.total, self.epoch, self.epochs = total, epoch, epochs
+        self.steps = self.first_step = initial
+        self.start = self.last_line = time.perf_counter()
+        self.line_every_s = line_every_s
+
+    def step(self) -> None:
+        self.bar.update(1)
+        self.steps += 1
+
+    def show(self, loss: float, accuracy: float, images_per_s: float) -> None:
+        """Show the running loss, train accuracy (%) and throughput."""
+        if not self.bar.disable:
+            self.bar.set_postfix(loss=f"{loss:.4f}", acc=f"{accuracy:.1f}%", img_s=f"{images_per_s:.0f}")
+            return
+        now = time.perf_counter()
+        if now - self.last_line < self.line_every_s:
+            return
+        self.last_line = now
+        seconds_per_step = (now - self.start) / (self.steps - self.first_step)
+        tqdm.write(
+            f"epoch {self.epoch}/{self.epochs} step {self.steps}/{self.total}  loss {loss:.4f}  "
+            f"acc {accuracy:.1f}%  {images_per_s:.0f} img/s  ETA {seconds_per_step * (self.total - self.steps):.0f} s"
+        )
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def format_epoch_line(record: dict, epochs: int) -> str:

@@ -55,7 +55,7 @@ from famkd.engine.checkpoint import (
 from famkd.engine.device import autocast_factory, resolve_device
 from famkd.engine.errors import FamkdError, NonFiniteLossError
 from famkd.engine.evaluate import evaluate
-from famkd.engine.run_log import RunLog, format_epoch_line, progress_bar, write_summary
+from famkd.engine.run_log import EpochProgressDisplay, RunLog, format_epoch_line, write_summary
 from famkd.engine.schedule import build_optimizer, build_scheduler
 from famkd.engine.teacher import load_teacher_and_name
 from famkd.models import create_model
@@ -442,7 +442,7 @@ class Trainer:
         batches = iter(self.train_loader)
         for _ in range(progress.steps_done):  # the (seed, epoch)-determined order replays exactly
             next(batches)
-        bar = progress_bar(steps, progress.epoch, cfg.train.epochs, initial=progress.steps_done)
+        display = EpochProgressDisplay(steps, progress.epoch, cfg.train.epochs, initial=progress.steps_done)
         session_start = interval_start = time.perf_counter()
         interval_images = 0
         try:
@@ -451,11 +451,11 @@ class Trainer:
                 self.global_step += 1
                 progress.add(logits, labels, losses, self.global_step)
                 interval_images += labels.shape[0]
-                bar.update(1)
+                display.step()
                 if self.on_step is not None:
                     self.on_step(progress.epoch, progress.steps_done, self.global_step)
                 if progress.steps_done % cfg.train.log_interval == 0:
-                    self._report_interval(progress, bar, interval_images, interval_start)
+                    self._report_interval(progress, display, interval_images, interval_start)
                     interval_start, interval_images = time.perf_counter(), 0
                 if stop.requested and progress.steps_done < steps:
                     self._check_finite(progress)
@@ -465,7 +465,7 @@ class Trainer:
             progress.elapsed_s += time.perf_counter() - session_start
             return True
         finally:
-            bar.close()
+            display.close()
 
     def _step(self, images: Tensor, labels: Tensor, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
         """One optimiser step; returns the detached logits and loss terms (no host sync)."""
@@ -482,13 +482,15 @@ class Trainer:
             self.optimizer.step()
         return logits.detach(), losses
 
-    def _report_interval(self, progress: EpochProgress, bar: tqdm, images: int, since: float) -> None:
+    def _report_interval(
+        self, progress: EpochProgress, display: EpochProgressDisplay, images: int, since: float
+    ) -> None:
         """Sync once, stop on a non-finite loss, show loss / accuracy / img/s since `since` (a perf_counter time)."""
         means = progress.read()
         images_per_s = images / (time.perf_counter() - since)  # measured after the sync, so device time counts
         self._check_finite(progress, means)
         loss = sum(v for k, v in means.items() if k.startswith("loss_"))
-        bar.set_postfix(loss=f"{loss:.4f}", acc=f"{means['train_acc']:.1f}%", img_s=f"{images_per_s:.0f}")
+        display.show(loss, means["train_acc"], images_per_s)
         scalars = {f"train/{k}": v for k, v in means.items()}
         scalars.update({"train/loss": loss, "train/images_per_s": images_per_s})
         self.log.log_scalars(scalars, self.global_step)
