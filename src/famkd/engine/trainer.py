@@ -66,6 +66,7 @@ StepHook = Callable[[int, int, int], None]  # (epoch, step within the epoch, glo
 
 LAST_CHECKPOINT = "checkpoints/last.pt"
 BEST_CHECKPOINT = "checkpoints/best.pt"
+COMMUNITY_TEACHERS_URL = "https://github.com/megvii-research/mdistiller/releases/tag/checkpoints"
 
 
 class TrainingInterrupted(FamkdError):
@@ -168,9 +169,9 @@ def missing_teacher_message(cfg: Config) -> str:
     return (
         f"method {cfg.method!r} distils from a teacher, but teacher.checkpoint is not set. Train one with "
         f"`famkd train configs/cifar100/vanilla/{teacher}.yaml` and pass "
-        f"teacher.checkpoint=<its run dir>/student_best.pt, or use a community CIFAR-100 teacher "
-        f"(cifar_teachers.tar of the RepDistiller/mdistiller zoo, {{'model': state_dict}} files) "
-        f"with teacher.checkpoint=PATH"
+        f"teacher.checkpoint=<its run dir>/student_best.pt, or use a community CIFAR-100 teacher: "
+        f"cifar_teachers.tar of the RepDistiller/mdistiller zoo ({COMMUNITY_TEACHERS_URL}), "
+        f"e.g. teacher.checkpoint=cifar_teachers/{teacher}_vanilla/ckpt_epoch_240.pth"
     )
 
 
