@@ -129,6 +129,10 @@ def test_fam_kd_student_through_the_cli(fam_kd_run, teacher_run):
     assert last["heads"].keys() == reference.head_state_dict().keys()
 
 
+def metrics_without_timing(run_dir) -> list[dict]:
+    return [{k: v for k, v in record.items() if k not in TIMING_KEYS} for record in read_metrics(run_dir)]
+
+
 def test_interrupted_and_resumed_run_ends_exactly_like_the_uninterrupted_one(
     fam_kd_run, teacher_run, data_roots, tmp_path
 ):
@@ -145,8 +149,7 @@ def test_interrupted_and_resumed_run_ends_exactly_like_the_uninterrupted_one(
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
 
     assert main(["train", "--resume", str(run_dir)]) == 0
-    without_timing = lambda records: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]  # noqa: E731
-    assert without_timing(read_metrics(run_dir)) == without_timing(read_metrics(fam_kd_run))
+    assert metrics_without_timing(run_dir) == metrics_without_timing(fam_kd_run)
     resumed, uninterrupted = (load_checkpoint(d / "checkpoints" / "last.pt") for d in (run_dir, fam_kd_run))
     for part in ("student", "heads"):
         assert all(torch.equal(resumed[part][k], uninterrupted[part][k]) for k in uninterrupted[part])

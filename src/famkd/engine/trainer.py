@@ -231,7 +231,9 @@ class EpochProgress:
 
     @classmethod
     def from_state_dict(cls, state: dict, device: torch.device) -> "EpochProgress":
-        to_device = lambda tensors: {n: v.to(device) for n, v in tensors.items()}  # noqa: E731
+        def to_device(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+            return {name: value.to(device) for name, value in tensors.items()}
+
         return cls(
             epoch=state["epoch"],
             steps_done=state["steps_done"],
