@@ -1,0 +1,225 @@
+"""Write configs/cifar100/ from the paper's pair table (famkd.recipes) and METHOD.md 4.
+
+    python tools/make_configs.py           rewrite configs/cifar100 (and delete stale .yaml files there)
+    python tools/make_configs.py --check   exit 1 listing the files that differ from what would be written
+
+Each file states only the values that differ from famkd.config's defaults, plus `method`,
+`student` and `teacher.name`, which are always written so a file reads on its own. The
+output is deterministic: the same table always gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from famkd.config import Config, config_to_dict
+from famkd.recipes import CIFAR_PAIRS, LIGHTWEIGHT_STUDENTS, CifarPair
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CIFAR_CONFIG_DIR = REPO_ROOT / "configs" / "cifar100"
+RUN_PREFIX = "configs/cifar100"
+
+# METHOD.md 4: the CIFAR-100 schedule shared by every run; lr comes per student.
+CIFAR_SCHEDULE = {
+    "epochs": 240,
+    "batch_size": 64,
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "lr_milestones": [150, 180, 210],
+    "lr_decay": 0.1,
+}
+LIGHTWEIGHT_LR = 0.01
+DEFAULT_LR = 0.05
+
+FAM_WARMUP_EPOCHS = 20
+KD_OPTIONS = {"temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9}
+REVIEWKD_OPTIONS = {"loss_weight": 5.0, "warmup_epochs": 20}
+
+METHOD_TITLES = {
+    "fam_kd": "FAM-KD (review form)",
+    "fam_kd_l2l": "FAM-KD (layer-to-layer form)",
+    "reviewkd": "ReviewKD",
+    "fam_reviewkd": "FAM + ReviewKD",
+    "kd": "KD",
+}
+DISTILL_METHODS = tuple(METHOD_TITLES)
+
+# Trailing comments on single values: (method, pair name, distill option) -> why the value is what it is.
+VALUE_NOTES = {
+    ("fam_kd", "resnet56_resnet20", "alpha"): "METHOD.md 4 gives 1; the published res56_res20 config file says 0.8",
+}
+
+
+def distill_options(method: str, pair: CifarPair) -> dict:
+    """The distiller options of `method` for `pair` (METHOD.md 4)."""
+    if method in ("fam_kd", "fam_kd_l2l"):
+        return {"alpha": float(pair.alpha), "student_preact": pair.student_preact, "warmup_epochs": FAM_WARMUP_EPOCHS}
+    if method in ("reviewkd", "fam_reviewkd"):
+        return dict(REVIEWKD_OPTIONS)
+    if method == "kd":
+        return dict(KD_OPTIONS)
+    raise ValueError(f"no CIFAR recipe for method {method!r}; known: {', '.join(DISTILL_METHODS)}")
+
+
+def model_lr(model: str) -> float:
+    """0.01 for MobileNetV2/ShuffleNet, 0.05 for everything else (METHOD.md 4)."""
+    return LIGHTWEIGHT_LR if model in LIGHTWEIGHT_STUDENTS else DEFAULT_LR
+
+
+def vanilla_models() -> list[str]:
+    """Every teacher and every student of the pair table, in first-seen order."""
+    names = [name for pair in CIFAR_PAIRS for name in (pair.teacher, pair.student)]
+    return list(dict.fromkeys(names))
+
+
+def differing(values: dict, defaults: dict) -> dict:
+    """The entries of nested `values` that differ from `defaults` (empty sections dropped)."""
+    kept = {}
+    for key, value in values.items():
+        default = defaults.get(key)
+        if isinstance(value, dict) and isinstance(default, dict) and default:
+            value = differing(value, default)
+            if value:
+                kept[key] = value
+        elif value != default or type(value) is not type(default):
+            kept[key] = value
+    return kept
+
+
+def minimal_config(method: str, student: str, teacher: str, distill: dict) -> dict:
+    """The config of one run as a nested dict, reduced to what differs from the defaults."""
+    full = {
+        "method": method,
+        "student": student,
+        "teacher": {"name": teacher},
+        "distill": distill,
+        "train": {**CIFAR_SCHEDULE, "lr": model_lr(student)},
+    }
+    kept = differing(full, config_to_dict(Config()))
+    kept["method"], kept["student"] = method, student  # always written, for readability
+    if teacher:
+        kept["teacher"] = {**kept.get("teacher", {}), "name": teacher}
+    return {key: kept[key] for key in full if key in kept}
+
+
+def yaml_scalar(value: object) -> str:
+    """`value` as a YAML scalar that reads back as the same Python value and type."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(yaml_scalar(item) for item in value) + "]"
+    if isinstance(value, str):
+        return value if value and yaml.safe_load(value) == value else json.dumps(value)
+    raise TypeError(f"cannot write {value!r} ({type(value).__name__}) as a YAML scalar")
+
+
+def yaml_lines(values: dict, notes: dict[str, str], indent: str = "") -> list[str]:
+    """Block-style YAML of nested `values`; `notes` maps a leaf key to a trailing comment."""
+    lines = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            lines.append(f"{indent}{key}:")
+            lines += yaml_lines(value, notes, indent + "  ")
+        else:
+            note = f"  # {notes[key]}" if key in notes else ""
+            lines.append(f"{indent}{key}: {yaml_scalar(value)}{note}")
+    return lines
+
+
+def distill_config_text(method: str, pair: CifarPair) -> str:
+    relative = f"{method}/{pair.name}.yaml"
+    header = (
+        f"# {METHOD_TITLES[method]}, {pair.teacher} -> {pair.student} on CIFAR-100 (METHOD.md 4). "
+        f"Run: famkd train {RUN_PREFIX}/{relative} teacher.checkpoint=PATH"
+    )
+    values = minimal_config(method, pair.student, pair.teacher, distill_options(method, pair))
+    notes = {option: note for (m, name, option), note in VALUE_NOTES.items() if (m, name) == (method, pair.name)}
+    return "\n".join([header, *yaml_lines(values, notes)]) + "\n"
+
+
+def vanilla_config_text(model: str) -> str:
+    role = "a teacher" if any(pair.teacher == model for pair in CIFAR_PAIRS) else "a student baseline"
+    header = (
+        f"# {model} trained from scratch on CIFAR-100 ({role}, METHOD.md 4 schedule). "
+        f"Run: famkd train {RUN_PREFIX}/vanilla/{model}.yaml"
+    )
+    values = minimal_config("vanilla", model, "", {})
+    return "\n".join([header, *yaml_lines(values, {})]) + "\n"
+
+
+def config_texts() -> dict[str, str]:
+    """Relative path under configs/cifar100 (e.g. "fam_kd/resnet56_resnet20.yaml") -> file text."""
+    texts = {f"{method}/{pair.name}.yaml": distill_config_text(method, pair)
+             for method in DISTILL_METHODS for pair in CIFAR_PAIRS}
+    texts.update({f"vanilla/{model}.yaml": vanilla_config_text(model) for model in vanilla_models()})
+    return dict(sorted(texts.items()))
+
+
+def existing_configs(directory: Path) -> list[str]:
+    """Relative paths of the .yaml files under `directory`, sorted."""
+    return sorted(path.relative_to(directory).as_posix() for path in directory.rglob("*.yaml"))
+
+
+def stale_configs(directory: Path) -> list[str]:
+    """Files under `directory` that differ from, are missing from, or are absent from the generated set."""
+    expected = config_texts()
+    present = existing_configs(directory) if directory.is_dir() else []
+    problems = [f"{name} (not generated: delete it)" for name in present if name not in expected]
+    for name, text in expected.items():
+        path = directory / name
+        if not path.is_file():
+            problems.append(f"{name} (missing)")
+        elif path.read_text() != text:
+            problems.append(f"{name} (differs)")
+    return sorted(problems)
+
+
+def write_configs(directory: Path) -> tuple[list[str], list[str]]:
+    """Write every generated file under `directory` and delete other .yaml files there.
+
+    Returns (written relative paths, deleted relative paths).
+    """
+    expected = config_texts()
+    deleted = [name for name in (existing_configs(directory) if directory.is_dir() else []) if name not in expected]
+    for name in deleted:
+        (directory / name).unlink()
+    for name, text in expected.items():
+        path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return list(expected), deleted
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Generate configs/cifar100 from famkd.recipes (METHOD.md 4).")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 listing the files that differ from the generated ones")
+    parser.add_argument("--dir", type=Path, default=CIFAR_CONFIG_DIR,
+                        help=f"config directory (default: {CIFAR_CONFIG_DIR})")
+    args = parser.parse_args(argv)
+    if args.check:
+        problems = stale_configs(args.dir)
+        for problem in problems:
+            print(f"{args.dir / problem}", file=sys.stderr)
+        if problems:
+            print(f"{len(problems)} config file(s) out of step with famkd.recipes: "
+                  "run `python tools/make_configs.py` and commit the result", file=sys.stderr)
+            return 1
+        print(f"{len(config_texts())} config files in {args.dir} match famkd.recipes")
+        return 0
+    written, deleted = write_configs(args.dir)
+    for name in deleted:
+        print(f"deleted {args.dir / name}")
+    print(f"wrote {len(written)} config files under {args.dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
