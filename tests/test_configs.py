@@ -1,0 +1,208 @@
+"""The committed configs/cifar100 files: they load, match the generator, and carry METHOD.md 4's recipe.
+
+The expected values below are copied by hand from METHOD.md 4, not read from famkd.recipes,
+so a wrong entry in the recipe table fails here even though the generator follows it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from famkd.config import Config, config_to_dict, load_config
+from famkd.distill.registry import DISTILLERS, create_distiller
+from famkd.models import create_model
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO_ROOT / "configs" / "cifar100"
+DISTILL_METHODS = ("fam_kd", "fam_kd_l2l", "reviewkd", "fam_reviewkd", "kd")
+LIGHTWEIGHT = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
+
+
+@dataclasses.dataclass(frozen=True)
+class PaperPair:
+    teacher: str
+    student: str
+    alpha: float
+    student_preact: bool
+    lr: float
+
+
+# METHOD.md 4, row by row: alpha, student features (pre-activation?), lr by student family.
+METHOD_PAIRS = (
+    PaperPair("resnet56", "resnet20", 1, False, 0.05),
+    PaperPair("resnet110", "resnet32", 1, False, 0.05),
+    PaperPair("resnet110", "resnet20", 1, False, 0.05),
+    PaperPair("resnet32x4", "resnet8x4", 20, True, 0.05),
+    PaperPair("wrn_40_2", "wrn_16_2", 5, False, 0.05),
+    PaperPair("wrn_40_2", "wrn_40_1", 5, False, 0.05),
+    PaperPair("vgg13", "vgg8", 20, False, 0.05),
+    PaperPair("vgg13", "MobileNetV2", 20, False, 0.01),
+    PaperPair("ResNet50", "MobileNetV2", 20, False, 0.01),
+    PaperPair("resnet32x4", "ShuffleV1", 20, False, 0.01),
+    PaperPair("resnet32x4", "ShuffleV2", 20, False, 0.01),
+    PaperPair("wrn_40_2", "ShuffleV1", 20, False, 0.01),
+)
+VANILLA_MODELS = {
+    "resnet56": 0.05, "resnet110": 0.05, "resnet32x4": 0.05, "wrn_40_2": 0.05, "vgg13": 0.05, "ResNet50": 0.05,
+    "resnet20": 0.05, "resnet32": 0.05, "resnet8x4": 0.05, "wrn_16_2": 0.05, "wrn_40_1": 0.05, "vgg8": 0.05,
+    "MobileNetV2": 0.01, "ShuffleV1": 0.01, "ShuffleV2": 0.01,
+}
+
+
+def load_generator():
+    spec = importlib.util.spec_from_file_location("make_configs", REPO_ROOT / "tools" / "make_configs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+make_configs = load_generator()
+
+
+def committed_configs() -> list[str]:
+    return sorted(path.relative_to(CONFIG_DIR).as_posix() for path in CONFIG_DIR.rglob("*.yaml"))
+
+
+def pair_path(method: str, pair: PaperPair) -> Path:
+    return CONFIG_DIR / method / f"{pair.teacher}_{pair.student}.yaml"
+
+
+def pair_id(pair: PaperPair) -> str:
+    return f"{pair.teacher}_{pair.student}"
+
+
+def test_configs_are_exactly_what_the_generator_writes():
+    generated = make_configs.config_texts()
+    assert committed_configs() == sorted(generated), "run `python tools/make_configs.py` and commit"
+    for name, text in generated.items():
+        assert (CONFIG_DIR / name).read_text() == text, f"{name} is out of step: run `python tools/make_configs.py`"
+
+
+def test_config_set_covers_every_method_pair_and_vanilla_model():
+    expected = {f"{m}/{pair_id(p)}.yaml" for m in DISTILL_METHODS for p in METHOD_PAIRS}
+    expected |= {f"vanilla/{model}.yaml" for model in VANILLA_MODELS}
+    assert set(committed_configs()) == expected
+    assert len(expected) == 5 * 12 + 15
+
+
+@pytest.mark.parametrize("name", committed_configs())
+def test_every_config_loads_and_states_only_what_differs(name):
+    path = CONFIG_DIR / name
+    cfg = load_config(path)
+    method = name.split("/")[0]
+    assert cfg.method == method
+    assert cfg.teacher.checkpoint == "" and cfg.teacher.sha256 == ""  # the user passes the teacher
+
+    lines = path.read_text().splitlines()
+    assert lines[0].startswith("# ") and f"Run: famkd train configs/cifar100/{name}" in lines[0]
+    assert ("teacher.checkpoint=PATH" in lines[0]) == (method != "vanilla")
+    assert not any(line.startswith("#") for line in lines[1:])
+
+    raw = yaml.safe_load(path.read_text())
+    defaults = config_to_dict(Config())
+    assert raw["method"] == method and raw["student"] == cfg.student
+    assert ("teacher" in raw) == (method != "vanilla")
+    for section, values in raw.items():
+        if section in ("method", "student", "teacher", "distill"):
+            continue
+        for key, value in values.items():
+            assert value != defaults[section][key], f"{name}: {section}.{key}={value!r} repeats the default"
+
+
+@pytest.mark.parametrize("method", DISTILL_METHODS)
+@pytest.mark.parametrize("pair", METHOD_PAIRS, ids=pair_id)
+def test_pair_configs_follow_method_md(method, pair):
+    cfg = load_config(pair_path(method, pair))
+    assert (cfg.teacher.name, cfg.student) == (pair.teacher, pair.student)
+    train = cfg.train
+    assert (train.epochs, train.batch_size, train.momentum, train.weight_decay) == (240, 64, 0.9, 5e-4)
+    assert (train.lr_milestones, train.lr_decay, train.nesterov) == ([150, 180, 210], 0.1, False)
+    assert train.lr == pair.lr
+    if method in ("fam_kd", "fam_kd_l2l"):
+        assert cfg.distill == {"alpha": pair.alpha, "student_preact": pair.student_preact, "warmup_epochs": 20}
+    elif method in ("reviewkd", "fam_reviewkd"):
+        assert cfg.distill == {"loss_weight": 5, "warmup_epochs": 20}
+    else:
+        assert cfg.distill == {"temperature": 4, "ce_weight": 0.1, "kd_weight": 0.9}
+
+
+def test_spot_checks_from_method_md():
+    flagship = load_config(CONFIG_DIR / "fam_kd" / "resnet32x4_resnet8x4.yaml")
+    assert (flagship.distill["alpha"], flagship.distill["student_preact"], flagship.train.lr) == (20, True, 0.05)
+    mobile = load_config(CONFIG_DIR / "fam_kd" / "vgg13_MobileNetV2.yaml")
+    assert (mobile.train.lr, mobile.distill["alpha"]) == (0.01, 20)
+    wrn = load_config(CONFIG_DIR / "fam_kd_l2l" / "wrn_40_2_wrn_16_2.yaml")
+    assert (wrn.distill["alpha"], wrn.distill["student_preact"], wrn.train.lr) == (5, False, 0.05)
+    kd = load_config(CONFIG_DIR / "kd" / "resnet110_resnet32.yaml")
+    assert kd.distill == {"temperature": 4, "ce_weight": 0.1, "kd_weight": 0.9}
+
+
+def test_resnet56_resnet20_alpha_follows_method_md_and_says_why():
+    text = (CONFIG_DIR / "fam_kd" / "resnet56_resnet20.yaml").read_text()
+    assert load_config(CONFIG_DIR / "fam_kd" / "resnet56_resnet20.yaml").distill["alpha"] == 1
+    alpha_line = next(line for line in text.splitlines() if line.strip().startswith("alpha:"))
+    assert "METHOD.md" in alpha_line and "0.8" in alpha_line
+
+
+@pytest.mark.parametrize("model", sorted(VANILLA_MODELS))
+def test_vanilla_configs_follow_method_md(model):
+    cfg = load_config(CONFIG_DIR / "vanilla" / f"{model}.yaml")
+    assert (cfg.method, cfg.student, cfg.teacher.name, cfg.distill) == ("vanilla", model, "", {})
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.lr_milestones) == (240, 64, [150, 180, 210])
+    assert cfg.train.lr == VANILLA_MODELS[model]
+
+
+@pytest.mark.parametrize("name", committed_configs())
+def test_distill_options_fit_the_distiller_constructor(name):
+    cfg = load_config(CONFIG_DIR / name)
+    builder = DISTILLERS.get(cfg.method)
+    bound = inspect.signature(builder).bind(student=None, teacher=None, **cfg.distill)
+    for option, value in cfg.distill.items():
+        default = inspect.signature(builder).parameters[option].default
+        assert isinstance(value, type(default)), f"{name}: distill.{option}={value!r} is not a {type(default).__name__}"
+    assert set(bound.arguments) == {"student", "teacher", *cfg.distill}
+
+
+@pytest.mark.parametrize("name, attributes", [
+    ("fam_kd/resnet32x4_resnet8x4.yaml", {"alpha": 20.0, "student_preact": True, "warmup_epochs": 20}),
+    ("fam_kd_l2l/resnet56_resnet20.yaml", {"alpha": 1.0, "student_preact": False, "warmup_epochs": 20}),
+    ("fam_reviewkd/vgg13_MobileNetV2.yaml", {"loss_weight": 5.0, "warmup_epochs": 20, "student_preact": False}),
+])
+def test_distiller_builds_from_config_and_computes_its_losses(name, attributes):
+    cfg = load_config(CONFIG_DIR / name)
+    torch.manual_seed(0)
+    distiller = create_distiller(
+        cfg.method, student=create_model(cfg.student), teacher=create_model(cfg.teacher.name), **cfg.distill
+    )
+    assert {key: getattr(distiller, key) for key in attributes} == attributes
+    images, targets = torch.randn(2, 3, 32, 32), torch.tensor([3, 7])
+    logits, losses = distiller(images, targets, epoch=20)  # past warm-up: the feature loss counts fully
+    assert logits.shape == (2, 100)
+    assert len(losses) == 2 and all(torch.isfinite(loss) and loss > 0 for loss in losses.values())
+
+
+def test_check_mode_lists_changed_missing_and_extra_files(tmp_path, capsys):
+    assert make_configs.main(["--dir", str(tmp_path)]) == 0
+    assert make_configs.main(["--check", "--dir", str(tmp_path)]) == 0
+    edited = tmp_path / "kd" / "vgg13_vgg8.yaml"
+    edited.write_text(edited.read_text().replace("temperature: 4.0", "temperature: 2.0"))
+    (tmp_path / "vanilla" / "vgg8.yaml").unlink()
+    (tmp_path / "kd" / "old_pair.yaml").write_text("method: kd\n")
+    capsys.readouterr()
+    assert make_configs.main(["--check", "--dir", str(tmp_path)]) == 1
+    report = capsys.readouterr().err
+    assert "kd/vgg13_vgg8.yaml (differs)" in report
+    assert "vanilla/vgg8.yaml (missing)" in report
+    assert "kd/old_pair.yaml (not generated" in report
+    assert "fam_kd/" not in report  # untouched files are not listed
+
+    assert make_configs.main(["--dir", str(tmp_path)]) == 0
+    assert not (tmp_path / "kd" / "old_pair.yaml").exists()
+    assert make_configs.main(["--check", "--dir", str(tmp_path)]) == 0
