@@ -234,8 +234,27 @@ def test_user_errors_exit_non_zero_with_a_clear_message(case, capsys, teacher_ru
 
 def test_help_lists_every_subcommand_and_each_has_help(capsys):
     listing = subprocess.run([sys.executable, "-m", "famkd", "--help"], capture_output=True, text=True, check=True)
-    assert re.findall(r"^    (\w+)", listing.stdout, re.MULTILINE) == ["train", "eval", "demo", "bench"]
-    for command, option in (("train", "--resume"), ("eval", "--model")):
+    assert re.findall(r"^    (\w+)", listing.stdout, re.MULTILINE) == ["train", "eval", "demo", "bench", "inspect"]
+    for command, option in (("train", "--resume"), ("eval", "--model"), ("inspect", "--out")):
         with pytest.raises(SystemExit) as done:
             main([command, "--help"])
         assert done.value.code == 0 and option in capsys.readouterr().out
+
+
+def test_inspect_prints_gammas_of_the_run_and_writes_figures(fam_kd_run, tmp_path, capsys):
+    assert main(["inspect", str(fam_kd_run), "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    heads = load_checkpoint(fam_kd_run / "checkpoints" / "last.pt")["heads"]
+    gamma_keys = sorted(k for k in heads if k.endswith(".fam.gamma1"))
+    assert len(gamma_keys) == 4
+    for key in gamma_keys:
+        head = key.removesuffix(".gamma1")
+        row = next(line for line in printed.splitlines() if line.startswith(head + " "))
+        assert row.split()[-2:] == [f"{heads[key].item():.4f}", f"{heads[head + '.gamma2'].item():.4f}"]
+    assert (tmp_path / "fam_filter_spectra.png").stat().st_size > 0
+    assert (tmp_path / "highpass_masks.png").stat().st_size > 0
+
+
+def test_inspect_of_a_run_without_fam_is_a_clear_error(teacher_run, capsys):
+    assert main(["inspect", str(teacher_run)]) == 1
+    assert "no FAM heads" in capsys.readouterr().err

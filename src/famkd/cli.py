@@ -5,6 +5,7 @@
     famkd eval CHECKPOINT [--data DIR] [--model NAME]     top-1 / top-5 on the test split
     famkd demo ...                                        (famkd.demo)
     famkd bench ...                                       (famkd.bench)
+    famkd inspect RUN_DIR [--out DIR]                     (famkd.report.fam_inspect)
 
 Subcommands living in other modules provide `add_arguments(parser)` and `run(args) -> int`;
 they are imported only when chosen, so `famkd --help` stays fast. Errors the user can fix
@@ -25,6 +26,7 @@ EXIT_INTERRUPTED = 130
 MODULE_COMMANDS = {
     "demo": ("famkd.demo", "train a teacher and three students on a small dataset and compare them"),
     "bench": ("famkd.bench", "time the training step of several distillation methods side by side"),
+    "inspect": ("famkd.report.fam_inspect", "show what FAM learned in a run: gamma per level, filter spectra, masks"),
 }
 
 

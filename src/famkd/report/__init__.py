@@ -1,0 +1,1 @@
+"""Tools to look at what a trained FAM-KD run learned."""
