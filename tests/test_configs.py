@@ -171,9 +171,9 @@ def test_distill_options_fit_the_distiller_constructor(name):
 
 
 @pytest.mark.parametrize("name, attributes", [
-    ("fam_kd/resnet32x4_resnet8x4.yaml", {"alpha": 20.0, "student_preact": True, "warmup_epochs": 20}),
-    ("fam_kd_l2l/resnet56_resnet20.yaml", {"alpha": 1.0, "student_preact": False, "warmup_epochs": 20}),
-    ("fam_reviewkd/vgg13_MobileNetV2.yaml", {"loss_weight": 5.0, "warmup_epochs": 20, "student_preact": False}),
+    ("fam_kd/resnet32x4_resnet8x4.yaml", {"feature_weight": 20.0, "student_preact": True, "warmup_epochs": 20}),
+    ("fam_kd_l2l/resnet56_resnet20.yaml", {"feature_weight": 1.0, "student_preact": False, "warmup_epochs": 20}),
+    ("fam_reviewkd/vgg13_MobileNetV2.yaml", {"feature_weight": 5.0, "warmup_epochs": 20, "student_preact": False}),
 ])
 def test_distiller_builds_from_config_and_computes_its_losses(name, attributes):
     cfg = load_config(CONFIG_DIR / name)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from famkd.distill.base import Distiller
-from famkd.distill.levels import Level, feature_mse, level_features, paired_levels, warmup_factor
+from famkd.distill.base import FeatureDistiller
+from famkd.distill.levels import Level, feature_mse, paired_levels, review_chain
 from famkd.distill.registry import register_distiller
 from famkd.fam import FrequencyAttention
 from famkd.nn.blocks import projection
@@ -52,7 +52,7 @@ def mid_channel_counts(levels: list[Level], max_mid_channels: int) -> list[int]:
 
 
 @register_distiller("fam_kd")
-class FamKD(Distiller):
+class FamKD(FeatureDistiller):
     """loss = ce_weight * CE + alpha * min(epoch / warmup_epochs, 1) * sum_levels MSE(head(student), teacher).
 
     Options: alpha (feature loss weight), ce_weight, warmup_epochs, student_preact (match the
@@ -60,6 +60,9 @@ class FamKD(Distiller):
     max_mid_channels (cap on the head width, 0 = the student's channels), image_size (side
     of the training images, which fixes every level's size).
     """
+
+    loss_name = "fam_kd"
+    teacher_preact = False
 
     def __init__(
         self,
@@ -75,35 +78,18 @@ class FamKD(Distiller):
         max_mid_channels: int = 0,
         image_size: int = 32,
     ):
-        super().__init__(student, teacher)
-        self.alpha = alpha
-        self.ce_weight = ce_weight
-        self.warmup_epochs = warmup_epochs
-        self.student_preact = student_preact
+        super().__init__(student, teacher, alpha, ce_weight, warmup_epochs, student_preact)
         levels = paired_levels(student.feature_info, teacher.feature_info, image_size)
         mids = mid_channel_counts(levels, max_mid_channels)
         fam_options = {"hpf": hpf, "cutoff": cutoff, "order": order}
         # Deepest level first, as the fusion runs from deep to shallow.
-        self.heads = nn.ModuleList(
+        self.heads.extend(
             FamReviewHead(levels[i], mids[i], mids[i + 1] if i + 1 < len(levels) else None, fam_options)
             for i in reversed(range(len(levels)))
         )
 
-    def head_outputs(self, student_maps: list[Tensor]) -> list[Tensor]:
-        """Head outputs, shallow to deep, from the student's level maps (shallow to deep)."""
-        outputs, residual = [], None
-        for head, x in zip(self.heads, reversed(student_maps)):
-            out, residual = head(x, residual)
-            outputs.append(out)
-        return outputs[::-1]
+    def head_outputs(self, student_maps):
+        return review_chain(self.heads, student_maps)
 
-    def forward(self, images, targets, epoch):
-        student = self.student.forward_features(images)
-        teacher = self.teacher_features(images)
-        count = len(self.heads)
-        outputs = self.head_outputs(level_features(student, count, self.student_preact))
-        feature_loss = feature_mse(outputs, level_features(teacher, count, preact=False))
-        return student.logits, {
-            "ce": self.ce_weight * F.cross_entropy(student.logits, targets),
-            "fam_kd": self.alpha * warmup_factor(epoch, self.warmup_epochs) * feature_loss,
-        }
+    def feature_loss(self, outputs, targets):
+        return feature_mse(outputs, targets)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from famkd.distill.base import Distiller
-from famkd.distill.levels import Level, feature_mse, level_features, paired_levels, warmup_factor
+from famkd.distill.base import FeatureDistiller
+from famkd.distill.levels import Level, feature_mse, paired_levels
 from famkd.distill.registry import register_distiller
 from famkd.fam import FrequencyAttention
 
@@ -27,12 +27,15 @@ class FamLayerHead(nn.Module):
 
 
 @register_distiller("fam_kd_l2l")
-class FamKDLayerToLayer(Distiller):
+class FamKDLayerToLayer(FeatureDistiller):
     """loss = ce_weight * CE + alpha * w(epoch) * sum_levels MSE(BN(FAM(student)), teacher).
 
     Options as `fam_kd` (alpha, ce_weight, warmup_epochs, student_preact, hpf, cutoff,
     order, image_size); heads are listed shallow to deep.
     """
+
+    loss_name = "fam_kd"
+    teacher_preact = False
 
     def __init__(
         self,
@@ -47,22 +50,13 @@ class FamKDLayerToLayer(Distiller):
         order: int = 2,
         image_size: int = 32,
     ):
-        super().__init__(student, teacher)
-        self.alpha = alpha
-        self.ce_weight = ce_weight
-        self.warmup_epochs = warmup_epochs
-        self.student_preact = student_preact
+        super().__init__(student, teacher, alpha, ce_weight, warmup_epochs, student_preact)
         fam_options = {"hpf": hpf, "cutoff": cutoff, "order": order}
         levels = paired_levels(student.feature_info, teacher.feature_info, image_size)
-        self.heads = nn.ModuleList(FamLayerHead(level, fam_options) for level in levels)
+        self.heads.extend(FamLayerHead(level, fam_options) for level in levels)
 
-    def forward(self, images, targets, epoch):
-        student = self.student.forward_features(images)
-        teacher = self.teacher_features(images)
-        count = len(self.heads)
-        outputs = [head(x) for head, x in zip(self.heads, level_features(student, count, self.student_preact))]
-        feature_loss = feature_mse(outputs, level_features(teacher, count, preact=False))
-        return student.logits, {
-            "ce": self.ce_weight * F.cross_entropy(student.logits, targets),
-            "fam_kd": self.alpha * warmup_factor(epoch, self.warmup_epochs) * feature_loss,
-        }
+    def head_outputs(self, student_maps):
+        return [head(x) for head, x in zip(self.heads, student_maps)]
+
+    def feature_loss(self, outputs, targets):
+        return feature_mse(outputs, targets)

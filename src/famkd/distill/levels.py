@@ -50,3 +50,13 @@ def warmup_factor(epoch: int, warmup_epochs: int) -> float:
 def feature_mse(outputs: list[Tensor], targets: list[Tensor]) -> Tensor:
     """Sum over levels of the mean squared error."""
     return sum(F.mse_loss(out, target) for out, target in zip(outputs, targets))
+
+
+def review_chain(heads, student_maps: list[Tensor]) -> list[Tensor]:
+    """Run review-form heads (deepest first) down the levels, each fusing the previous level's
+    residual; returns their outputs shallow to deep."""
+    outputs, residual = [], None
+    for head, x in zip(heads, reversed(student_maps)):
+        out, residual = head(x, residual)
+        outputs.append(out)
+    return outputs[::-1]

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from famkd.distill.base import Distiller
-from famkd.distill.levels import Level, level_features, paired_levels, warmup_factor
+from famkd.distill.base import FeatureDistiller
+from famkd.distill.levels import Level, paired_levels, review_chain
 from famkd.distill.registry import register_distiller
 from famkd.fam import FrequencyAttention
 from famkd.nn.blocks import projection
@@ -76,41 +76,32 @@ def fam_output_head(mid_channels: int, level: Level, hpf: str, cutoff: float, or
     return nn.Sequential(fam, nn.BatchNorm2d(level.teacher_channels))
 
 
-class ReviewDistiller(Distiller):
+class ReviewDistiller(FeatureDistiller):
     """loss = ce_weight * CE + loss_weight * min(epoch / warmup_epochs, 1) * HCL(heads(student), teacher preact).
 
     C_mid = min(max_mid_channels, the student's pooled channels) at every level;
     `output_head(C_mid, level)` builds each level's output head.
     """
 
+    loss_name = "reviewkd"
+    teacher_preact = True
+
     def __init__(self, student, teacher, output_head: Callable[[int, Level], nn.Module], loss_weight: float,
                  ce_weight: float, warmup_epochs: int, student_preact: bool, max_mid_channels: int, image_size: int):
-        super().__init__(student, teacher)
-        self.loss_weight = loss_weight
-        self.ce_weight = ce_weight
-        self.warmup_epochs = warmup_epochs
-        self.student_preact = student_preact
+        super().__init__(student, teacher, loss_weight, ce_weight, warmup_epochs, student_preact)
         levels = paired_levels(student.feature_info, teacher.feature_info, image_size)
         mid = min(max_mid_channels, levels[-1].student_channels)
         deepest = len(levels) - 1
-        self.heads = nn.ModuleList(
+        self.heads.extend(
             AttentionFusion(levels[i], mid, i != deepest, output_head(mid, levels[i]))
             for i in reversed(range(len(levels)))
         )
 
-    def forward(self, images, targets, epoch):
-        student = self.student.forward_features(images)
-        teacher = self.teacher_features(images)
-        count = len(self.heads)
-        outputs, residual = [], None
-        for head, x in zip(self.heads, reversed(level_features(student, count, self.student_preact))):
-            out, residual = head(x, residual)
-            outputs.append(out)
-        feature_loss = hierarchical_context_loss(outputs[::-1], level_features(teacher, count, preact=True))
-        return student.logits, {
-            "ce": self.ce_weight * F.cross_entropy(student.logits, targets),
-            "reviewkd": self.loss_weight * warmup_factor(epoch, self.warmup_epochs) * feature_loss,
-        }
+    def head_outputs(self, student_maps):
+        return review_chain(self.heads, student_maps)
+
+    def feature_loss(self, outputs, targets):
+        return hierarchical_context_loss(outputs, targets)
 
 
 @register_distiller("reviewkd")
