@@ -21,6 +21,16 @@ def run_blocks(blocks: nn.Sequential, x: Tensor) -> tuple[Tensor, Tensor]:
     return x, preact
 
 
+def run_stages(stages: tuple[nn.Sequential, ...], x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+    """Run stages built of `(output, preact)` blocks; give every stage's output and preact."""
+    outputs, preacts = [], []
+    for stage in stages:
+        x, preact = run_blocks(stage, x)
+        outputs.append(x)
+        preacts.append(preact)
+    return outputs, preacts
+
+
 def channel_shuffle(x: Tensor, groups: int) -> Tensor:
     """(B, C, H, W) -> same shape; channel i * (C // groups) + k moves to k * groups + i (ShuffleNet's interleave).
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from famkd.models.cifar._common import check_num_classes, init_conv_kaiming_fan_out, run_blocks
+from famkd.models.cifar._common import check_num_classes, init_conv_kaiming_fan_out, run_stages
 from famkd.models.features import FeatureInfo, FeatureModel, Features, StageInfo
 from famkd.models.registry import register_model
 
@@ -78,12 +78,8 @@ class CifarBottleneckResNet(FeatureModel):
 
     def forward_features(self, x: Tensor) -> Features:
         x = F.relu(self.bn1(self.conv1(x)), inplace=True)
-        stages, preacts = [], []
-        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-            x, preact = run_blocks(layer, x)
-            stages.append(x)
-            preacts.append(preact)
-        pooled = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        stages, preacts = run_stages((self.layer1, self.layer2, self.layer3, self.layer4), x)
+        pooled = F.adaptive_avg_pool2d(stages[-1], 1).flatten(1)
         return Features(stages, preacts, pooled, self.linear(pooled))
 
 

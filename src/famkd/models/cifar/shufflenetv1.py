@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from famkd.models.cifar._common import channel_shuffle, check_num_classes, run_blocks
+from famkd.models.cifar._common import channel_shuffle, check_num_classes, run_stages
 from famkd.models.features import FeatureInfo, FeatureModel, Features, StageInfo
 from famkd.models.registry import register_model
 
@@ -83,12 +83,8 @@ class ShuffleNetV1(FeatureModel):
 
     def forward_features(self, x: Tensor) -> Features:
         x = F.relu(self.bn1(self.conv1(x)), inplace=True)
-        stages, preacts = [], []
-        for layer in (self.layer1, self.layer2, self.layer3):
-            x, preact = run_blocks(layer, x)
-            stages.append(x)
-            preacts.append(preact)
-        pooled = F.avg_pool2d(x, 4).flatten(1)
+        stages, preacts = run_stages((self.layer1, self.layer2, self.layer3), x)
+        pooled = F.avg_pool2d(stages[-1], 4).flatten(1)
         return Features(stages, preacts, pooled, self.linear(pooled))
 
 
