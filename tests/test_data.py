@@ -461,8 +461,62 @@ def test_synthetic_classes_are_red_and_blue_shape_pairs():
     assert all(name.startswith("red ") and " + blue " in name for name in train.class_names)
 
 
+# Area of each shape at radius 1 (the float64 formulas of the shapes the generator draws).
+UNIT_AREAS = {
+    "disk": np.pi, "square": 1.6 ** 2, "triangle": 1.6 ** 2 / 2, "plus": 2 * 1.2 - 0.6 ** 2,
+    "ring": np.pi * 0.65, "cross": 2 * 1.2 - 0.6 ** 2, "bar": 1.4, "half-disk": np.pi / 2 + 0.2,
+}
+CLEAN = dict(radius=(6.0, 6.0), max_rotation_deg=0.0, colour_jitter=0.0, object_texture=0.0,
+             background_texture=0.0, noise=0.0)
+
+
+def pixels_of_colour(images: torch.Tensor, colour) -> np.ndarray:
+    """(N, 4) count of pixels within 1/255 of `colour` in each 16x16 cell (row-major cells)."""
+    target = np.round(255 * np.array(colour)).reshape(1, 3, 1, 1)
+    hits = (np.abs(images.numpy().astype(np.int64) - target) <= 1).all(axis=1)  # (N, 32, 32)
+    return hits.reshape(len(hits), 2, 16, 2, 16).sum(axis=(2, 4)).reshape(len(hits), 4)
+
+
+def assert_area(count: int, shape: str) -> None:
+    expected = UNIT_AREAS[shape] * 36.0  # radius 6
+    assert abs(count / expected - 1) < 0.25, (count, shape, expected)
+
+
+def test_synthetic_colour_layout_draws_the_class_shapes_in_red_and_blue():
+    from famkd.data.synthetic import KEY_COLOURS
+
+    train, _ = synthetic_datasets(SyntheticSpec(num_classes=64, train_per_class=2, test_per_class=1, **CLEAN))
+    red, blue = pixels_of_colour(train.images, KEY_COLOURS[0]), pixels_of_colour(train.images, KEY_COLOURS[1])
+    for index, label in enumerate(train.labels.tolist()):
+        red_shape, blue_shape = train.class_names[label][len("red "):].split(" + blue ")
+        assert (red[index] > 0).sum() == 1 and (blue[index] > 0).sum() == 1
+        assert red[index].argmax() != blue[index].argmax()
+        assert_area(red[index].max(), red_shape)
+        assert_area(blue[index].max(), blue_shape)
+
+
+def test_synthetic_diagonal_layout_puts_the_class_shape_opposite_the_red_object():
+    from famkd.data.synthetic import DISTRACTOR_COLOURS, KEY_COLOURS
+
+    spec = SyntheticSpec(layout="diagonal", num_classes=16, num_shapes=4, train_per_class=3, test_per_class=1, **CLEAN)
+    train, _ = synthetic_datasets(spec)
+    red = pixels_of_colour(train.images, KEY_COLOURS[0])
+    others = np.stack([pixels_of_colour(train.images, c) for c in (KEY_COLOURS[1], *DISTRACTOR_COLOURS)], axis=1)
+    for index, label in enumerate(train.labels.tolist()):
+        red_shape, opposite_shape = train.class_names[label][len("red "):].split(" + ")
+        red_cell = int(red[index].argmax())
+        assert (red[index] > 0).sum() == 1
+        assert_area(red[index, red_cell], red_shape)
+        colour = int(others[index].sum(axis=1).argmax())  # every non-red object shares one colour
+        cells_with_colour = others[index, colour] > 0
+        assert cells_with_colour.tolist() == [cell != red_cell for cell in range(4)]
+        assert_area(others[index, colour, 3 - red_cell], opposite_shape.removesuffix(" opposite"))
+
+
 def test_synthetic_spec_rejects_impossible_settings():
     with pytest.raises(ValueError, match="num_classes must be in"):
         SyntheticSpec(num_shapes=2, num_classes=5)
     with pytest.raises(ValueError, match="distractors must be"):
         SyntheticSpec(distractors=3)
+    with pytest.raises(ValueError, match="layout must be 'colour' or 'diagonal'"):
+        SyntheticSpec(layout="ring")

@@ -35,6 +35,7 @@ class SyntheticSpec:
     num_classes: int = 16  # <= num_shapes ** 2; classes are the first pairs of a seeded shuffle
     train_per_class: int = 500
     test_per_class: int = 100
+    layout: str = "colour"  # "colour": class = (red shape, blue shape); "diagonal": (red shape, shape opposite it)
     num_shapes: int = 8  # shapes used, the first of SHAPE_NAMES
     distractors: int = 2  # extra objects (0-2) in the free cells, any shape, non-key colours
     radius: tuple[float, float] = (4.5, 7.5)  # object radius range, pixels
@@ -52,6 +53,10 @@ class SyntheticSpec:
             raise ValueError(
                 f"num_classes must be in [1, {self.num_shapes ** 2}] for {self.num_shapes} shapes, got {self.num_classes}"
             )
+        if self.layout not in ("colour", "diagonal"):
+            raise ValueError(f"layout must be 'colour' or 'diagonal', got {self.layout!r}")
+        if self.layout == "diagonal" and self.num_shapes < 3:
+            raise ValueError("the diagonal layout needs num_shapes >= 3 (distractors avoid the class shape)")
         if not 0 <= self.distractors <= 2:
             raise ValueError(f"distractors must be 0, 1 or 2 (the free cells), got {self.distractors}")
         if self.train_per_class < 1 or self.test_per_class < 1:
@@ -70,7 +75,8 @@ def synthetic_datasets(spec: SyntheticSpec = SyntheticSpec()) -> tuple[ImageData
     pixels = train_images.to(torch.float64) / 255.0
     mean = tuple(pixels.mean(dim=(0, 2, 3)).tolist())
     std = tuple(pixels.std(dim=(0, 2, 3), unbiased=False).tolist())
-    names = tuple(f"red {SHAPE_NAMES[red]} + blue {SHAPE_NAMES[blue]}" for red, blue in pairs)
+    second = "blue {}" if spec.layout == "colour" else "{} opposite"
+    names = tuple(f"red {SHAPE_NAMES[red]} + " + second.format(SHAPE_NAMES[other]) for red, other in pairs)
     datasets = []
     for split, images, labels in (("train", train_images, train_labels), ("test", test_images, test_labels)):
         description = (
@@ -105,14 +111,13 @@ def _generate(spec: SyntheticSpec, pairs: list[tuple[int, int]], per_class: int,
     count = per_class * spec.num_classes
     labels = torch.arange(spec.num_classes).repeat(per_class)
     pair_table = torch.tensor(pairs, dtype=torch.int64)
-    shapes = [pair_table[labels, 0], pair_table[labels, 1]]
-    colours = [torch.tensor(KEY_COLOURS[0]).expand(count, 3), torch.tensor(KEY_COLOURS[1]).expand(count, 3)]
-    distractor_colours = torch.tensor(DISTRACTOR_COLOURS)
-    for _ in range(spec.distractors):
-        shapes.append(torch.randint(0, spec.num_shapes, (count,), generator=generator))
-        colours.append(distractor_colours[torch.randint(0, len(DISTRACTOR_COLOURS), (count,), generator=generator)])
-    # Cells hold objects in a random order per image: red, blue, distractors, then empty cells.
-    cell_of_slot = torch.argsort(torch.rand(count, 4, generator=generator), dim=1)
+    red_shape, second_shape = pair_table[labels, 0], pair_table[labels, 1]
+    if spec.layout == "colour":
+        shapes, colours, cell_of_slot = _colour_layout(spec, second_shape, generator)
+    else:
+        shapes, colours, cell_of_slot = _diagonal_layout(spec, second_shape, generator)
+    shapes = [red_shape, *shapes]
+    colours = [torch.tensor(KEY_COLOURS[0]).expand(count, 3), *colours]
     cells = _to_cells(_background(spec, count, generator))  # (N, 4, 3, 16, 16)
     rows = torch.arange(count)
     for slot, (shape, colour) in enumerate(zip(shapes, colours)):
@@ -125,6 +130,45 @@ def _generate(spec: SyntheticSpec, pairs: list[tuple[int, int]], per_class: int,
     canvas += spec.noise * torch.randn(canvas.shape, generator=generator)
     images = (canvas.clamp_(0.0, 1.0) * 255.0).round_().to(torch.uint8)
     return images.contiguous(), labels
+
+
+def _colour_layout(spec: SyntheticSpec, blue_shape: torch.Tensor, generator: torch.Generator):
+    """Shapes and colours of the objects after the red one, and (N, 4) cell of each slot.
+
+    The blue object carries the class; distractors take any shape in a non-key colour; the
+    objects fill the cells in a random order per image.
+    """
+    count = len(blue_shape)
+    shapes = [blue_shape]
+    colours = [torch.tensor(KEY_COLOURS[1]).expand(count, 3)]
+    palette = torch.tensor(DISTRACTOR_COLOURS)
+    for _ in range(spec.distractors):
+        shapes.append(torch.randint(0, spec.num_shapes, (count,), generator=generator))
+        colours.append(palette[torch.randint(0, len(palette), (count,), generator=generator)])
+    cell_of_slot = torch.argsort(torch.rand(count, 4, generator=generator), dim=1)
+    return shapes, colours, cell_of_slot
+
+
+def _diagonal_layout(spec: SyntheticSpec, opposite_shape: torch.Tensor, generator: torch.Generator):
+    """Shapes and colours of the objects after the red one, and (N, 4) cell of each slot.
+
+    The object diagonally opposite the red one carries the class; the distractors in the other
+    two cells share its colour and never its shape, so only the spatial relation tells them apart.
+    """
+    count = len(opposite_shape)
+    palette = torch.tensor((KEY_COLOURS[1], *DISTRACTOR_COLOURS))
+    colour = palette[torch.randint(0, len(palette), (count,), generator=generator)]
+    shapes, colours = [opposite_shape], [colour]
+    for _ in range(spec.distractors):
+        other = torch.randint(0, spec.num_shapes - 1, (count,), generator=generator)
+        shapes.append(other + (other >= opposite_shape).long())
+        colours.append(colour)
+    red_cell = torch.randint(0, 4, (count,), generator=generator)
+    side_cells = torch.where((red_cell == 0) | (red_cell == 3), 1, 0)  # the anti-diagonal's first cell
+    swap = torch.randint(0, 2, (count,), generator=generator)
+    first_side = torch.where(swap == 1, 3 - side_cells, side_cells)
+    cell_of_slot = torch.stack([red_cell, 3 - red_cell, first_side, 3 - first_side], dim=1)
+    return shapes, colours, cell_of_slot
 
 
 def _to_cells(canvas: torch.Tensor) -> torch.Tensor:
