@@ -234,8 +234,8 @@ def test_user_errors_exit_non_zero_with_a_clear_message(case, capsys, teacher_ru
 
 def test_help_lists_every_subcommand_and_each_has_help(capsys):
     listing = subprocess.run([sys.executable, "-m", "famkd", "--help"], capture_output=True, text=True, check=True)
-    assert re.findall(r"^    (\w+)", listing.stdout, re.MULTILINE) == ["train", "eval", "demo", "bench", "inspect"]
-    for command, option in (("train", "--resume"), ("eval", "--model"), ("inspect", "--out")):
+    assert re.findall(r"^    (\w+)", listing.stdout, re.MULTILINE) == ["train", "eval", "demo", "bench", "inspect", "results"]
+    for command, option in (("train", "--resume"), ("eval", "--model"), ("inspect", "--out"), ("results", "--json")):
         with pytest.raises(SystemExit) as done:
             main([command, "--help"])
         assert done.value.code == 0 and option in capsys.readouterr().out

@@ -6,6 +6,7 @@
     famkd demo ...                                        (famkd.demo)
     famkd bench ...                                       (famkd.bench)
     famkd inspect RUN_DIR [--out DIR]                     (famkd.report.fam_inspect)
+    famkd results RUN_DIR [RUN_DIR ...]                   (famkd.report.results)
 
 Subcommands living in other modules provide `add_arguments(parser)` and `run(args) -> int`;
 they are imported only when chosen, so `famkd --help` stays fast. Errors the user can fix
@@ -27,6 +28,7 @@ MODULE_COMMANDS = {
     "demo": ("famkd.demo", "train a teacher and three students on a small dataset and compare them"),
     "bench": ("famkd.bench", "time the training step of several distillation methods side by side"),
     "inspect": ("famkd.report.fam_inspect", "show what FAM learned in a run: gamma per level, filter spectra, masks"),
+    "results": ("famkd.report.results", "best and last accuracy over seeds (mean and std) from run folders"),
 }
 
 
