@@ -455,10 +455,12 @@ def test_build_datasets_makes_the_synthetic_set_from_data_classes_and_train_per_
     assert "synthetic embedded dataset" in train.description
 
 
-def test_synthetic_classes_are_red_and_blue_shape_pairs():
+def test_synthetic_class_names_describe_the_shape_pairs():
     train, _ = synthetic_datasets(SMALL_SPEC)
     assert len(set(train.class_names)) == 6
-    assert all(name.startswith("red ") and " + blue " in name for name in train.class_names)
+    assert all(name.startswith("red ") and name.endswith(" opposite") for name in train.class_names)
+    colour, _ = synthetic_datasets(SyntheticSpec(layout="colour", num_classes=4, train_per_class=1, test_per_class=1))
+    assert all(name.startswith("red ") and " + blue " in name for name in colour.class_names)
 
 
 # Area of each shape at radius 1 (the float64 formulas of the shapes the generator draws).
@@ -485,7 +487,9 @@ def assert_area(count: int, shape: str) -> None:
 def test_synthetic_colour_layout_draws_the_class_shapes_in_red_and_blue():
     from famkd.data.synthetic import KEY_COLOURS
 
-    train, _ = synthetic_datasets(SyntheticSpec(num_classes=64, train_per_class=2, test_per_class=1, **CLEAN))
+    spec = SyntheticSpec(layout="colour", num_shapes=8, num_classes=64, distractors=2, train_per_class=2,
+                         test_per_class=1, **CLEAN)
+    train, _ = synthetic_datasets(spec)
     red, blue = pixels_of_colour(train.images, KEY_COLOURS[0]), pixels_of_colour(train.images, KEY_COLOURS[1])
     for index, label in enumerate(train.labels.tolist()):
         red_shape, blue_shape = train.class_names[label][len("red "):].split(" + blue ")
@@ -498,7 +502,8 @@ def test_synthetic_colour_layout_draws_the_class_shapes_in_red_and_blue():
 def test_synthetic_diagonal_layout_puts_the_class_shape_opposite_the_red_object():
     from famkd.data.synthetic import DISTRACTOR_COLOURS, KEY_COLOURS
 
-    spec = SyntheticSpec(layout="diagonal", num_classes=16, num_shapes=4, train_per_class=3, test_per_class=1, **CLEAN)
+    spec = SyntheticSpec(layout="diagonal", num_classes=16, num_shapes=4, distractors=2, train_per_class=3,
+                         test_per_class=1, **CLEAN)
     train, _ = synthetic_datasets(spec)
     red = pixels_of_colour(train.images, KEY_COLOURS[0])
     others = np.stack([pixels_of_colour(train.images, c) for c in (KEY_COLOURS[1], *DISTRACTOR_COLOURS)], axis=1)
