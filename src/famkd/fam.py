@@ -22,6 +22,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 HIGHPASS_FILTERS = ("ideal", "radial", "gaussian", "butterworth", "none")
 
@@ -107,6 +108,15 @@ def direct_global_branch(x: Tensor, kernel: Tensor, mask: Tensor) -> Tensor:
     return torch.fft.ifft2(mask * product, norm="ortho").real
 
 
+def frequency_major(filter_ri: Tensor) -> Tensor:
+    """The same (C_in, C_out, S, S, 2) values, stored frequency-major.
+
+    Memory order (S, S, C_in, C_out, 2): each frequency's C_in x C_out complex matrix is one
+    contiguous block, which is the layout of the per-frequency GEMM's weight operand.
+    """
+    return filter_ri.permute(2, 3, 0, 1, 4).contiguous().permute(2, 3, 0, 1, 4)
+
+
 class FrequencyAttention(nn.Module):
     """FAM: a learnable global frequency filter plus a 1x1 local branch, mixed by gamma1/gamma2.
 
@@ -122,7 +132,8 @@ class FrequencyAttention(nn.Module):
 
     The complex filter K is stored as a real parameter `global_filter` of shape
     (C_in, C_out, S, S, 2) (real, imaginary), so no complex tensor enters optimisers or
-    collective communication. Under autocast the global branch runs in float32.
+    collective communication; its memory is frequency-major (see `frequency_major`). Under
+    autocast the global branch runs in float32.
     """
 
     def __init__(
@@ -145,7 +156,7 @@ class FrequencyAttention(nn.Module):
         self.order = order
         scale = 1.0 / (in_channels * out_channels)
         kernel = scale * torch.rand(in_channels, out_channels, size, size, dtype=torch.complex64)
-        self.global_filter = nn.Parameter(torch.view_as_real(kernel).clone())
+        self.global_filter = nn.Parameter(frequency_major(torch.view_as_real(kernel)))
         self.local = nn.Conv2d(in_channels, out_channels, kernel_size=1)
         self.gamma1 = nn.Parameter(torch.full((1,), 0.5))
         self.gamma2 = nn.Parameter(torch.full((1,), 0.5))
@@ -153,13 +164,18 @@ class FrequencyAttention(nn.Module):
         mask = highpass_mask(hpf, size, cutoff, order)
         half = size // 2 + 1
         negated = (-torch.arange(size)) % size
-        # float64 masks (cast on use, so a float64 module is exact); M(k) and M(-k) on the half
-        # spectrum, and the index maps k -> -k used to build K_eff.
+        # float64 (cast on use, so a float64 module is exact). On the half spectrum (u, v < S//2 + 1):
+        # K_eff(u, v) = half_weight * K(u, v) + negated_weight * conj(K(-u, -v)), with
+        # half_weight = M(u, v) / 2, negated_weight = M(-u, -v) / 2 (shaped (S, H, 1, 1) to broadcast
+        # over channels) and negated_index the flat index (-u mod S) * S + (-v mod S) of K(-u, -v).
         self.register_buffer("mask", mask, persistent=False)
-        self.register_buffer("mask_half", mask[:, :half].clone(), persistent=False)
-        self.register_buffer("mask_negated_half", mask[negated][:, negated[:half]].clone(), persistent=False)
-        self.register_buffer("negated_rows", negated, persistent=False)
-        self.register_buffer("negated_cols", negated[:half].clone(), persistent=False)
+        self.register_buffer("half_weight", 0.5 * mask[:, :half, None, None].clone(), persistent=False)
+        negated_mask = mask[negated][:, negated[:half]]
+        self.register_buffer("negated_weight", 0.5 * negated_mask[:, :, None, None].clone(), persistent=False)
+        self.register_buffer("negated_index", (negated[:, None] * size + negated[None, :half]).reshape(-1), persistent=False)
+        # For the filter gradient: the half-spectrum flat index (-u mod S) * H + (S - v) of each column v >= H.
+        tail_columns = torch.arange(half, size)
+        self.register_buffer("tail_index", (negated[:, None] * half + (size - tail_columns)[None, :]).reshape(-1), persistent=False)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, size={self.size}, hpf={self.hpf!r}, cutoff={self.cutoff}"
@@ -171,23 +187,25 @@ class FrequencyAttention(nn.Module):
 
     def effective_half_filter(self) -> Tensor:
         """K_eff on the half spectrum, complex (C_in, C_out, S, S//2 + 1), mask folded in."""
-        kernel = self.kernel
-        half = self.size // 2 + 1
-        negated = kernel.index_select(2, self.negated_rows).index_select(3, self.negated_cols)
-        return 0.5 * (self.mask_half.to(kernel.real.dtype) * kernel[..., :half]
-                      + self.mask_negated_half.to(kernel.real.dtype) * negated.conj())
+        return effective_filter(self.global_filter, self.half_weight, self.negated_weight, self.negated_index).permute(2, 3, 0, 1)
 
     def global_branch(self, x: Tensor) -> Tensor:
         """IRFFT2(K_eff . RFFT2(x)): equal to `direct_global_branch` for real x."""
-        batch, size = x.shape[0], self.size
-        spectrum = torch.fft.rfft2(x, norm="ortho")
-        half = spectrum.shape[-1]
-        filt = self.effective_half_filter().to(spectrum.dtype)
-        # One C_in x C_out complex matrix per frequency: a batched GEMM over frequencies.
-        lhs = spectrum.reshape(batch, self.in_channels, -1).permute(2, 0, 1)
-        rhs = filt.reshape(self.in_channels, self.out_channels, -1).permute(2, 0, 1)
-        product = torch.bmm(lhs, rhs).permute(1, 2, 0).reshape(batch, self.out_channels, size, half)
-        return torch.fft.irfft2(product, s=(size, size), norm="ortho")
+        return self._spectral_filter(x, with_local=False)
+
+    def _spectral_filter(self, x: Tensor, with_local: bool) -> Tensor:
+        """SpectralFilter in at least float32 with autocast off: half-precision FFTs only take
+        power-of-two sizes on CUDA, and the spectral GEMM is where precision matters."""
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        if with_local:
+            mixing = (self.gamma1, self.local.weight, self.local.bias, self.gamma2)
+        else:
+            mixing = (torch.ones(1, device=x.device), None, None, None)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return SpectralFilter.apply(
+                x.to(dtype), self.global_filter.to(dtype), *(t if t is None else t.to(dtype) for t in mixing),
+                self.half_weight, self.negated_weight, self.negated_index, self.tail_index,
+            )
 
     def check_input(self, x: Tensor) -> None:
         expected = (self.in_channels, self.size, self.size)
@@ -199,8 +217,209 @@ class FrequencyAttention(nn.Module):
             )
 
     def forward(self, x: Tensor) -> Tensor:
+        """gamma1 * global(x) + gamma2 * local(x), computed as one spectral filter (see SpectralFilter)."""
         self.check_input(x)
-        compute_dtype = torch.promote_types(x.dtype, torch.float32)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            global_out = self.global_branch(x.to(compute_dtype))
-        return self.gamma1 * global_out + self.gamma2 * self.local(x)
+        return self._spectral_filter(x, with_local=True)
+
+
+def effective_filter(global_filter: Tensor, half_weight: Tensor, negated_weight: Tensor, negated_index: Tensor) -> Tensor:
+    """K_eff on the half spectrum, complex (S, S//2 + 1, C_in, C_out), contiguous.
+
+    global_filter: real (C_in, C_out, S, S, 2); the other arguments are FrequencyAttention's buffers.
+    """
+    c_in, c_out, size = global_filter.shape[:3]
+    kernel = torch.view_as_complex(global_filter.permute(2, 3, 0, 1, 4))  # a view when the filter is frequency-major
+    half = half_weight.shape[1]
+    negated = kernel.reshape(size * size, c_in, c_out).index_select(0, negated_index).view(size, half, c_in, c_out)
+    dtype = global_filter.dtype
+    filt = torch.mul(kernel[:, :half], half_weight.to(dtype))
+    return filt.addcmul_(torch.conj_physical_(negated), negated_weight.to(dtype))
+
+
+def block_filter(effective: Tensor, gamma1: Tensor, local_term: Tensor | None) -> Tensor:
+    """The per-frequency real GEMM weight (S * H, 2 C_in, 2 C_out), H = S//2 + 1, of the complex matrix
+    K_total = gamma1 K_eff + local_term at each frequency (effective: K_eff, complex (S, H, C_in, C_out);
+    local_term: real (C_in, C_out), the same at every frequency).
+
+    Each frequency holds [[Kr, Ki], [-Ki, Kr]] interleaved: row 2i + p is input channel i's real
+    (p = 0) or imaginary (p = 1) part, column 2o + q likewise for output channel o, so a row vector
+    [xr_0, xi_0, xr_1, ...] times it gives [yr_0, yi_0, yr_1, ...] = x K_total. Read as complex
+    numbers along the columns, row 2i holds K_total[i] and row 2i + 1 holds i K_total[i].
+    """
+    size, half, c_in, c_out = effective.shape
+    block = effective.real.new_empty(size, half, c_in, 2, c_out, 2)
+    top = torch.view_as_complex(block[:, :, :, 0])
+    if local_term is None:
+        torch.mul(effective, gamma1, out=top)
+    else:
+        torch.addcmul(torch.complex(local_term, torch.zeros_like(local_term)), effective, gamma1, out=top)
+    torch.mul(top, 1j, out=torch.view_as_complex(block[:, :, :, 1]))
+    return block.view(size * half, 2 * c_in, 2 * c_out)
+
+
+def effective_filter_backward(grad: Tensor, half_weight: Tensor, negated_weight: Tensor, tail_index: Tensor) -> Tensor:
+    """Gradient of `effective_filter` with respect to K, complex (S, S, C_in, C_out) (frequency-major).
+
+    grad: complex (S, H, C_in, C_out), d/dRe + i d/dIm of K_eff. K(u, v) receives half_weight * grad(u, v)
+    when v < H, and negated_weight * conj(grad) from the half-spectrum entry (-u, -v) when -v mod S < H:
+    columns H.. receive only the second term (gathered through tail_index), the DC and Nyquist columns
+    both.
+    """
+    size, half, c_in, c_out = grad.shape
+    real_dtype = grad.real.dtype
+    half_weight, negated_weight = half_weight.to(real_dtype), negated_weight.to(real_dtype)
+    by_frequency = grad.new_empty(size, size, c_in, c_out)
+    torch.mul(grad, half_weight, out=by_frequency[:, :half])
+    negated_rows = (-torch.arange(size, device=grad.device)) % size
+    tail = by_frequency[:, half:]
+    if tail.numel():
+        mirrored = grad.reshape(size * half, c_in, c_out).index_select(0, tail_index).view(tail.shape)
+        mirrored_weight = negated_weight.reshape(size * half, 1, 1).index_select(0, tail_index).view(size, -1, 1, 1)
+        torch.conj_physical_(torch.mul(mirrored, mirrored_weight, out=tail))
+    edges = [0, half - 1] if size % 2 == 0 and half > 1 else [0]
+    for column in edges:  # -v = v: both terms land here
+        mirrored = grad[:, column].index_select(0, negated_rows).conj()
+        by_frequency[:, column].addcmul_(mirrored, negated_weight[:, column].index_select(0, negated_rows))
+    return by_frequency
+
+
+def transposed(matrix: Tensor) -> Tensor:
+    """matrix.t() made contiguous. complex64 entries move as float64 bit patterns, which takes
+    torch's blocked 2-D transpose on CPU."""
+    if matrix.dtype == torch.complex64:
+        return matrix.view(torch.float64).t().contiguous().view(torch.complex64)
+    return matrix.t().contiguous()
+
+
+def middle_columns(size: int) -> slice:
+    """Half-spectrum columns strictly between DC and Nyquist: those irfft2 counts twice (once through the mirror)."""
+    half = size // 2 + 1
+    return slice(1, half - 1 if size % 2 == 0 else half)
+
+
+def irfft2_adjoint(grad: Tensor, size: int) -> Tensor:
+    """Gradient, as a half spectrum (B, C, S, H), of the inverse real FFT (`frequency_major_irfft2`)
+    for the real output gradient `grad` (B, C, S, S): rfft2 with the middle columns doubled."""
+    spectrum = torch.fft.rfft2(grad, norm="ortho")
+    spectrum[..., middle_columns(size)] *= 2.0
+    return spectrum
+
+
+def hermitian_half(spectrum: Tensor, size: int) -> Tensor:
+    """Rewrite, in place, a half spectrum laid out (v, n, u) (column, batch, row) so that its inverse
+    real FFT is Re(IFFT2(the spectrum zero-padded to the full plane)): the adjoint of rfft2.
+
+    The middle columns are halved (the inverse real FFT counts each twice) and the DC and Nyquist
+    columns replaced by their Hermitian part (G(u) + conj(G(-u))) / 2, whose inverse is the real part.
+    """
+    half = spectrum.shape[0]
+    negated_rows = (-torch.arange(size, device=spectrum.device)) % size
+    edges = [0, half - 1] if size % 2 == 0 and half > 1 else [0]
+    edge_values = [spectrum[column].clone() for column in edges]
+    spectrum[middle_columns(size)] *= 0.5
+    for column, edge in zip(edges, edge_values):
+        spectrum[column] = 0.5 * (edge + edge.index_select(-1, negated_rows).conj())
+    return spectrum
+
+
+def frequency_major_irfft2(spectrum: Tensor, size: int, adjoint_of_rfft2: bool = False) -> Tensor:
+    """irfft2(s=(S, S), norm="ortho") of a half spectrum stored frequency-major, complex (S * H, n)
+    with row u * H + v; returns real (n, S, S).
+
+    Done as two contiguous 1-D inverse FFTs with a transpose before each (the last one leaves the
+    image in (n, S, S) order), which avoids the extra copies torch.fft.irfft2 makes on CPU. With
+    `adjoint_of_rfft2` the spectrum (a gradient, overwritten) is first made Hermitian so that the
+    result is the gradient of rfft2's input.
+    """
+    count = spectrum.shape[1]
+    half = spectrum.shape[0] // size
+    by_column = transposed(spectrum.view(size, half * count)).view(half, count, size)  # (v, n, u)
+    if adjoint_of_rfft2:
+        hermitian_half(by_column, size)
+    rows = torch.fft.ifft(by_column, dim=-1, norm="ortho")  # (v, n, y)
+    by_pixel_row = transposed(rows.view(half, count * size)).view(count, size, half)  # (n, y, v)
+    return torch.fft.irfft(by_pixel_row, n=size, dim=-1, norm="ortho")
+
+
+class SpectralFilter(torch.autograd.Function):
+    """The whole FAM as one spectral filter: y = IRFFT2(K_total . RFFT2(x)) + gamma2 * b, with
+    K_total(k) = gamma1 K_eff(k) + gamma2 W^T for every half-spectrum frequency k.
+
+    The local branch W x + b (1x1 convolution) mixes channels the same way at every pixel, so in the
+    frequency domain it is the real matrix W^T at every frequency plus the bias at DC; adding it to
+    the filter turns gamma1 * global(x) + gamma2 * local(x) into one filter. With W, b, gamma2 None
+    and gamma1 = 1 it is the global branch alone.
+
+    x: real (B, C_in, S, S); global_filter: real (C_in, C_out, S, S, 2); gamma1, gamma2: (1,);
+    W: (C_out, C_in, 1, 1); b: (C_out,). Returns real (B, C_out, S, S). All frequencies go through one
+    batched real GEMM, (S*H, B, 2 C_in) @ (S*H, 2 C_in, 2 C_out), H = S//2 + 1, whose weight is
+    `block_filter` (mask and gammas folded in, built once per call from the frequency-major parameter).
+    Around it: rfft2 and one transpose into frequency-major order, two transposes and two 1-D inverse
+    FFTs out (and the same for the gradients).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, global_filter: Tensor, gamma1: Tensor, local_weight: Tensor | None,
+                local_bias: Tensor | None, gamma2: Tensor | None, half_weight: Tensor, negated_weight: Tensor,
+                negated_index: Tensor, tail_index: Tensor) -> Tensor:
+        batch, c_in, size = x.shape[:3]
+        c_out = global_filter.shape[1]
+        frequencies = size * (size // 2 + 1)
+        effective = effective_filter(global_filter, half_weight, negated_weight, negated_index)
+        local_term = None if local_weight is None else gamma2 * local_weight.view(c_out, c_in).t()
+        weight = block_filter(effective, gamma1, local_term)
+        spectrum = torch.fft.rfft2(x, norm="ortho")
+        rows = torch.view_as_real(transposed(spectrum.reshape(batch * c_in, frequencies))).view(frequencies, batch, 2 * c_in)
+        product = torch.view_as_complex(torch.bmm(rows, weight).view(frequencies, batch * c_out, 2))
+        if local_bias is not None:  # a constant image is its DC coefficient alone: S * value (ortho)
+            product[0].view(batch, c_out).add_(size * gamma2 * local_bias)
+        ctx.save_for_backward(rows, weight, effective, gamma1, local_weight, local_bias, gamma2,
+                              half_weight, negated_weight, tail_index)
+        ctx.filter_strides = global_filter.stride()
+        return frequency_major_irfft2(product, size).view(batch, c_out, size, size)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        (rows, weight, effective, gamma1, local_weight, local_bias, gamma2,
+         half_weight, negated_weight, tail_index) = ctx.saved_tensors
+        batch, c_out, size = grad.shape[:3]
+        c_in = weight.shape[1] // 2
+        frequencies = weight.shape[0]
+        grad_spectrum = irfft2_adjoint(grad, size)
+        grad_rows = torch.view_as_real(transposed(grad_spectrum.reshape(batch * c_out, frequencies)))
+        grad_rows = grad_rows.view(frequencies, batch, 2 * c_out)
+        grads: list[Tensor | None] = [None] * 10
+        if ctx.needs_input_grad[0]:
+            back = torch.view_as_complex(torch.bmm(grad_rows, weight.transpose(1, 2)).view(frequencies, batch * c_in, 2))
+            grads[0] = frequency_major_irfft2(back, size, adjoint_of_rfft2=True).view(batch, c_in, size, size)
+        if any(ctx.needs_input_grad[1:6]):
+            # dL/dK_total = X^H G per frequency, in complex form: the real GEMM's [[Kr, Ki], [-Ki, Kr]]
+            # structure folded back (row 2i feeds K_total, row 2i + 1 feeds i K_total).
+            spectrum = torch.view_as_complex(rows.view(frequencies, batch, c_in, 2))
+            grad_product = torch.view_as_complex(grad_rows.view(frequencies, batch, c_out, 2))
+            grad_total = torch.bmm(spectrum.transpose(1, 2).conj(), grad_product).view(size, -1, c_in, c_out)
+            # d/dgamma1 = <dK_total, K_eff>, the real inner product of the complex entries.
+            grads[2] = torch.vdot(effective.reshape(-1), grad_total.reshape(-1)).real.reshape(1)
+            by_frequency = effective_filter_backward(grad_total, gamma1 * half_weight.to(gamma1.dtype),
+                                                     gamma1 * negated_weight.to(gamma1.dtype), tail_index)
+            grad_filter = torch.view_as_real(by_frequency).permute(2, 3, 0, 1, 4)
+            if grad_filter.stride() != ctx.filter_strides:  # the gradient takes the parameter's layout
+                grad_filter = grad_filter.new_empty_strided(grad_filter.shape, ctx.filter_strides).copy_(grad_filter)
+            grads[1] = grad_filter
+            if local_weight is not None:
+                summed = grad_total.sum(dim=(0, 1)).real
+                grads[3], grads[4], grads[5] = local_gradients(summed, grad_spectrum, local_weight, local_bias, gamma2, size)
+        return tuple(grads)
+
+
+def local_gradients(summed: Tensor, grad_spectrum: Tensor, local_weight: Tensor, local_bias: Tensor,
+                    gamma2: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of W, b and gamma2. W^T enters K_total at every frequency (`summed`: the real part of
+    dL/dK_total summed over frequencies, (C_in, C_out)); b enters the output's DC coefficient."""
+    c_out, c_in = local_weight.shape[:2]
+    grad_weight = (gamma2 * summed).t().reshape(local_weight.shape)
+    pixel_sums = size * grad_spectrum[:, :, 0, 0].real.sum(0)  # the output gradient summed per channel
+    grad_bias = gamma2 * pixel_sums
+    grad_gamma2 = (summed * local_weight.view(c_out, c_in).t()).sum() + (pixel_sums * local_bias).sum()
+    return grad_weight, grad_bias, grad_gamma2.reshape(1)

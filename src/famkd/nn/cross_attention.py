@@ -5,8 +5,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from famkd.nn.kernels import Kernel
 
 WINDOW = 3
+# Window offset j = 3 * row + col reads position (y + row - 1, x + col - 1), i.e. rows row..row+H of a
+# map zero-padded by one.
+OFFSETS = tuple((row, col) for row in range(WINDOW) for col in range(WINDOW))
 
 
 class CrossAttention(nn.Module):
@@ -18,8 +24,8 @@ class CrossAttention(nn.Module):
     out-of-image window cells have k = v = 0 but still enter the softmax through rel.
     rel[c, j] is rel_h[c, row] for the first C/2 channels and rel_w[c - C/2, col] for the rest.
 
-    The window is read as 9 shifted views of the padded keys and values; no unfolded
-    (9x) copy of them is made.
+    The attention runs as `window_attention`: 9 shifted views of the padded keys and values,
+    no unfolded (9x) copy, and a backward pass that recomputes the softmax instead of storing it.
     """
 
     def __init__(self, channels: int):
@@ -47,18 +53,118 @@ class CrossAttention(nn.Module):
     def forward(self, x: Tensor, residual: Tensor) -> Tensor:
         if residual.shape != x.shape:
             raise ValueError(f"CrossAttention needs x and residual of one shape, got {tuple(x.shape)} and {tuple(residual.shape)}")
-        height, width = x.shape[-2:]
-        query = self.query(residual)
-        keys = F.pad(self.key(x), (1, 1, 1, 1))
-        values = F.pad(self.value(x), (1, 1, 1, 1))
-        bias = self.relative_logit_bias().to(query.dtype)
-        offsets = [(row, col) for row in range(WINDOW) for col in range(WINDOW)]
-        logits = torch.stack([
-            query * (keys[:, :, row:row + height, col:col + width] + bias[:, j, None, None])
-            for j, (row, col) in enumerate(offsets)
-        ])
-        weights = torch.softmax(logits, dim=0)
-        out = weights[0] * values[:, :, :height, :width]
-        for j, (row, col) in enumerate(offsets[1:], start=1):
-            out = out + weights[j] * values[:, :, row:row + height, col:col + width]
+        return window_attention(self.query(residual), self.key(x), self.value(x), self.relative_logit_bias())
+
+
+def window_attention(query: Tensor, keys: Tensor, values: Tensor, bias: Tensor) -> Tensor:
+    """out[b,c,p] = sum_j softmax_j(q[b,c,p] (k[b,c,p+j] + bias[c,j])) v[b,c,p+j] over the 3x3 window, zero padding.
+
+    query, keys, values: (B, C, H, W), any memory format; bias: (C, 9). Computed in at least
+    float32 (half-precision inputs are upcast, the result is cast back).
+    """
+    dtype = query.dtype
+    compute = torch.promote_types(dtype, torch.float32)
+    out = WindowAttention.apply(query.to(compute), keys.to(compute), values.to(compute), bias.to(compute).t().contiguous())
+    return out.to(dtype)
+
+
+def pad_window(x: Tensor) -> Tensor:
+    """Zero padding of one on each side of the last two axes, keeping the memory format."""
+    return F.pad(x, (1, 1, 1, 1))
+
+
+def shifted(padded: Tensor, row: int, col: int, height: int, width: int) -> Tensor:
+    """The (height, width) window of a padded map starting at (row, col): offset (row - 1, col - 1)."""
+    return padded[:, :, row:row + height, col:col + width]
+
+
+def attention_forward(query: Tensor, keys_padded: Tensor, values_padded: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+    """Output and log-sum-exp of the logits, per location. bias: (9, C)."""
+    height, width = query.shape[-2:]
+    logits = [query * (shifted(keys_padded, row, col, height, width) + bias[j, :, None, None])
+              for j, (row, col) in enumerate(OFFSETS)]
+    top = logits[0]
+    for logit in logits[1:]:
+        top = torch.maximum(top, logit)
+    exps = [torch.exp(logit - top) for logit in logits]
+    total = exps[0]
+    weighted = exps[0] * shifted(values_padded, 0, 0, height, width)
+    for j, (row, col) in enumerate(OFFSETS[1:], start=1):
+        total = total + exps[j]
+        weighted = weighted + exps[j] * shifted(values_padded, row, col, height, width)
+    return weighted / total, top + torch.log(total)
+
+
+def attention_query_grads(grad: Tensor, query: Tensor, keys_padded: Tensor, values_padded: Tensor, bias: Tensor,
+                          out: Tensor, log_total: Tensor) -> tuple[Tensor, Tensor]:
+    """Gradients of the query (B, C, H, W) and of the bias (9, C).
+
+    With softmax weights w_j: d logit_j = w_j * grad * (v_j - out), d q = sum_j d logit_j (k_j + bias_j),
+    d bias_j = sum over batch and locations of d logit_j * q.
+    """
+    height, width = query.shape[-2:]
+    grad_query = torch.zeros_like(query)
+    grad_bias = []
+    for j, (row, col) in enumerate(OFFSETS):
+        key = shifted(keys_padded, row, col, height, width) + bias[j, :, None, None]
+        weight = torch.exp(query * key - log_total)
+        grad_logit = weight * grad * (shifted(values_padded, row, col, height, width) - out)
+        grad_query = grad_query + grad_logit * key
+        grad_bias.append((grad_logit * query).sum(dim=(0, 2, 3)))
+    return grad_query, torch.stack(grad_bias)
+
+
+def attention_key_value_grads(keys: Tensor, values: Tensor, bias: Tensor, query_padded: Tensor, grad_padded: Tensor,
+                              out_padded: Tensor, log_total_padded: Tensor) -> tuple[Tensor, Tensor]:
+    """Gradients of the keys and values (B, C, H, W), gathered rather than scattered.
+
+    Position P is window cell j of location P - offset_j, whose weight there is
+    exp(q[P - offset_j] (k[P] + bias_j) - log_total[P - offset_j]). The padded query / grad / out /
+    log_total read as zero / zero / zero / zero outside the map, where grad = 0 cancels every term.
+    """
+    height, width = keys.shape[-2:]
+    grad_keys = torch.zeros_like(keys)
+    grad_values = torch.zeros_like(values)
+    for j, (row, col) in enumerate(OFFSETS):
+        mirror_row, mirror_col = WINDOW - 1 - row, WINDOW - 1 - col  # reads P - offset_j
+        query = shifted(query_padded, mirror_row, mirror_col, height, width)
+        weight = torch.exp(query * (keys + bias[j, :, None, None])
+                           - shifted(log_total_padded, mirror_row, mirror_col, height, width))
+        grad_weighted = shifted(grad_padded, mirror_row, mirror_col, height, width) * weight
+        grad_values = grad_values + grad_weighted
+        grad_keys = grad_keys + query * grad_weighted * (values - shifted(out_padded, mirror_row, mirror_col, height, width))
+    return grad_keys, grad_values
+
+
+ATTENTION_FORWARD = Kernel(attention_forward)
+ATTENTION_QUERY_GRADS = Kernel(attention_query_grads)
+ATTENTION_KEY_VALUE_GRADS = Kernel(attention_key_value_grads)
+
+
+class WindowAttention(torch.autograd.Function):
+    """`window_attention` with a memory-light backward: saves q, padded k and v, out and log-sum-exp
+    (about 5 maps), never the 9 logits or weights."""
+
+    @staticmethod
+    def forward(ctx, query: Tensor, keys: Tensor, values: Tensor, bias: Tensor) -> Tensor:
+        keys_padded, values_padded = pad_window(keys), pad_window(values)
+        out, log_total = ATTENTION_FORWARD(query, keys_padded, values_padded, bias)
+        ctx.save_for_backward(query, keys_padded, values_padded, bias, out, log_total)
         return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        query, keys_padded, values_padded, bias, out, log_total = ctx.saved_tensors
+        grad = grad.contiguous(memory_format=suggested_memory_format(query))
+        grad_query, grad_bias = ATTENTION_QUERY_GRADS(grad, query, keys_padded, values_padded, bias, out, log_total)
+        height, width = query.shape[-2:]
+        grad_keys, grad_values = ATTENTION_KEY_VALUE_GRADS(
+            shifted(keys_padded, 1, 1, height, width), shifted(values_padded, 1, 1, height, width), bias,
+            pad_window(query), pad_window(grad), pad_window(out), pad_window(log_total),
+        )
+        return grad_query, grad_keys, grad_values, grad_bias
+
+
+def suggested_memory_format(x: Tensor) -> torch.memory_format:
+    return torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else torch.contiguous_format

@@ -1,0 +1,83 @@
+"""Pure-tensor kernels that run compiled (torch.compile) when that pays off, eagerly otherwise.
+
+A `Kernel` wraps a function of tensors whose eager form is already correct; compiling it only
+fuses its elementwise work into one loop (C++/OpenMP through a C++ compiler on CPU, Triton on
+CUDA). It compiles when the batch's activations have at least `COMPILE_MIN_NUMEL` elements (the
+first tensor argument, or `size_reference`; below that, as in unit tests, compiling costs more
+than it saves), the device has a compiler, and the environment variable FAMKD_COMPILE_KERNELS
+allows it:
+
+    auto    (default) compile large inputs where a compiler is available
+    always  compile every call (tests use it to check the compiled form)
+    never   always eager
+
+Each input shape and dtype compiles once per process (seconds on CPU; torch keeps the result
+in its on-disk cache for later processes). If compilation fails the kernel warns once and stays
+eager. Inside an outer torch.compile the plain function is traced.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import warnings
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+COMPILE_MIN_NUMEL = 1 << 19
+COMPILE_SETTING = "FAMKD_COMPILE_KERNELS"
+COMPILE_CHOICES = ("auto", "always", "never")
+
+
+def compile_setting() -> str:
+    setting = os.environ.get(COMPILE_SETTING, "auto").strip().lower() or "auto"
+    if setting not in COMPILE_CHOICES:
+        raise ValueError(f"{COMPILE_SETTING}={setting!r}: choose one of {', '.join(COMPILE_CHOICES)}")
+    return setting
+
+
+@functools.cache
+def device_has_compiler(device_type: str) -> bool:
+    """Whether torch.compile's default backend can generate code for `device_type` here."""
+    if device_type == "cpu":
+        return any(shutil.which(name) for name in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if name)
+    if device_type == "cuda":
+        from torch.utils._triton import has_triton
+
+        return has_triton()
+    return False
+
+
+class Kernel:
+    """Callable wrapper of `function`, compiled per the module docstring's rules."""
+
+    def __init__(self, function: Callable[..., tuple[Tensor, ...]]):
+        self.function = function
+        self.compiled: Callable[..., tuple[Tensor, ...]] | None = None  # built on first use: importing the compiler takes seconds
+        self.failed = False
+        functools.update_wrapper(self, function)
+
+    def use_compiled(self, first: Tensor) -> bool:
+        if self.failed or torch.compiler.is_compiling():
+            return False
+        setting = compile_setting()
+        if setting == "never":
+            return False
+        if setting == "auto" and first.numel() < COMPILE_MIN_NUMEL:
+            return False
+        return device_has_compiler(first.device.type)
+
+    def __call__(self, *tensors: Tensor, size_reference: Tensor | None = None) -> tuple[Tensor, ...]:
+        if not self.use_compiled(tensors[0] if size_reference is None else size_reference):
+            return self.function(*tensors)
+        if self.compiled is None:
+            self.compiled = torch.compile(self.function, dynamic=False, fullgraph=True)
+        try:
+            return self.compiled(*tensors)
+        except torch._dynamo.exc.BackendCompilerFailed as error:
+            self.failed = True
+            warnings.warn(f"famkd: compiling {self.function.__name__} failed, running it eagerly ({error})", stacklevel=2)
+            return self.function(*tensors)
