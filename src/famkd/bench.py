@@ -1,0 +1,300 @@
+"""`famkd bench`: time the training step of several distillation methods side by side.
+
+Every method trains its own student (and heads) against one shared, randomly initialised
+teacher, on one fixed random batch of CIFAR shape, with the trainer's optimiser (SGD with
+momentum and weight decay over the student and the heads) and its step: autocast forward,
+summed loss terms, zero_grad, backward, optimiser step. Steps run round-robin across the
+methods, each round starting one method later, so that every method sees the same machine
+load; the first `--warmup` rounds are not timed. A step is timed from its start until the
+device has finished it.
+
+Peak memory, per method:
+- cuda: the peak of torch.cuda.max_memory_allocated over the method's timed steps, less the
+  other methods' resident tensors, i.e. what a process running this method alone would show;
+- cpu: the maximum resident set size of a fresh process that builds only this method and
+  runs two steps (max RSS only ever grows, so it cannot be split within one process).
+
+The JSON output is a list with one object per method: method, ms_per_step (median),
+images_per_s, peak_mem_mb, ratio_to_kd (null when kd was not timed), plus the settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from famkd.config import TrainConfig
+from famkd.distill import create_distiller
+from famkd.distill.base import Distiller
+from famkd.distill.registry import DISTILLERS
+from famkd.engine.device import autocast_factory, resolve_device
+from famkd.engine.errors import FamkdError
+from famkd.engine.schedule import build_optimizer
+from famkd.engine.trainer import distiller_options
+from famkd.models import create_model
+from famkd.models.registry import MODELS
+from famkd.registry import closest
+
+IMAGE_SIZE = 32
+BENCH_EPOCH = 1  # the epoch passed to the distillers; it only scales a loss weight
+MEMORY_CHILD_STEPS = 2  # the second step is the first with momentum buffers and gradients alive
+MEMORY_NOTE = {
+    "cuda": "cuda max allocated during the timed steps, other methods' tensors excluded",
+    "cpu": "max RSS of a fresh process running only this method (baseline_rss_mb: after its imports)",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--teacher", default="resnet32x4", help="teacher model (random weights; only its cost matters)")
+    parser.add_argument("--student", default="resnet8x4", help="student model")
+    parser.add_argument("--methods", default="vanilla,kd,reviewkd,fam_kd",
+                        help="comma-separated distillation methods; include kd to get ratio_to_kd")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per method (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per method before timing")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"), help="autocast precision")
+    parser.add_argument("--channels-last", action="store_true", help="models and images in channels-last layout")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each distiller")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave the default)")
+    parser.add_argument("--num-classes", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-memory", dest="memory", action="store_false",
+                        help="skip the peak-memory measurement (on cpu it starts one process per method)")
+    parser.add_argument("--json", default="", metavar="PATH", help="also write the results as a JSON list here")
+
+
+@dataclass
+class MethodRun:
+    """One method's distiller, optimiser and step times (seconds)."""
+
+    method: str
+    distiller: Distiller
+    step_model: Callable
+    optimizer: torch.optim.Optimizer
+    grad_scaler: torch.amp.GradScaler | None
+    times_s: list[float] = field(default_factory=list)
+    peak_bytes: int = 0
+
+
+def run(args: argparse.Namespace) -> int:
+    methods = parse_methods(args.methods)
+    check_settings(args)
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = benchmark(args, methods, device)
+    if args.memory and device.type == "cpu":
+        for result in results:
+            measured = child_max_rss_mb(args, result["method"])
+            result["peak_mem_mb"] = measured["max_rss_mb"]
+            result["baseline_rss_mb"] = measured["baseline_rss_mb"]
+    print(format_table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def parse_methods(text: str) -> list[str]:
+    methods = [name.strip() for name in text.split(",") if name.strip()]
+    if not methods:
+        raise FamkdError("--methods is empty: give a comma-separated list such as kd,fam_kd")
+    known = DISTILLERS.names()
+    for name in methods:
+        if name not in known:
+            near = closest(name, known)
+            hint = f" (did you mean {near!r}?)" if near else ""
+            raise FamkdError(f"unknown method {name!r} in --methods{hint}; known: {', '.join(known)}")
+    if len(set(methods)) != len(methods):
+        raise FamkdError(f"--methods lists a method twice: {text!r}")
+    return methods
+
+
+def check_settings(args: argparse.Namespace) -> None:
+    for setting, name in (("--teacher", args.teacher), ("--student", args.student)):
+        if name not in MODELS.names():
+            near = closest(name, MODELS.names())
+            hint = f" (did you mean {near!r}?)" if near else ""
+            raise FamkdError(f"{setting}: unknown model {name!r}{hint}")
+    for setting, value, minimum in (("--batch-size", args.batch_size, 1), ("--steps", args.steps, 1),
+                                    ("--warmup", args.warmup, 0), ("--threads", args.threads, 0)):
+        if value < minimum:
+            raise FamkdError(f"{setting} must be >= {minimum}, got {value}")
+
+
+def benchmark(args: argparse.Namespace, methods: list[str], device: torch.device) -> list[dict]:
+    """Time every method round-robin and return one result dict per method (peak_mem_mb None on cpu)."""
+    torch.manual_seed(args.seed)
+    images, labels = random_batch(args.batch_size, args.num_classes, device, args.channels_last)
+    teacher = create_model(args.teacher, num_classes=args.num_classes)
+    teacher.to(device=device, memory_format=memory_format(args.channels_last))
+    runs = [build_method(args, method, teacher, device) for method in methods]
+    autocast = autocast_factory(args.amp, device)
+    for round_index in range(args.warmup + args.steps):
+        shift = round_index % len(runs)
+        for bench_run in runs[shift:] + runs[:shift]:
+            timed = round_index >= args.warmup
+            measure_memory = timed and device.type == "cuda"
+            if measure_memory:
+                resident_before = torch.cuda.memory_allocated(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            start = time.perf_counter()
+            training_step(bench_run, images, labels, autocast)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            elapsed = time.perf_counter() - start
+            if timed:
+                bench_run.times_s.append(elapsed)
+            if measure_memory:
+                own = resident_bytes(bench_run) + images.nbytes + labels.nbytes
+                peak = torch.cuda.max_memory_allocated(device) - resident_before + own
+                bench_run.peak_bytes = max(bench_run.peak_bytes, peak)
+    return summarize(args, runs, device, images.shape[0])
+
+
+def random_batch(batch_size: int, num_classes: int, device: torch.device, channels_last: bool) -> tuple[Tensor, Tensor]:
+    """Normalised-looking random images (B, 3, 32, 32) and labels (B,)."""
+    images = torch.randn(batch_size, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)
+    labels = torch.randint(num_classes, (batch_size,), device=device)
+    return images.contiguous(memory_format=memory_format(channels_last)), labels
+
+
+def memory_format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def build_method(args: argparse.Namespace, method: str, teacher, device: torch.device) -> MethodRun:
+    """The method's distiller around a fresh student, with the trainer's optimiser."""
+    student = create_model(args.student, num_classes=args.num_classes)
+    needs_teacher = DISTILLERS.get(method).needs_teacher
+    options = distiller_options(method, {}, image_size=IMAGE_SIZE)
+    distiller = create_distiller(method, student=student, teacher=teacher if needs_teacher else None, **options)
+    distiller.to(device=device, memory_format=memory_format(args.channels_last))
+    distiller.train()
+    optimizer = build_optimizer(distiller, TrainConfig())
+    grad_scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
+    step_model = torch.compile(distiller) if args.compile else distiller
+    return MethodRun(method, distiller, step_model, optimizer, grad_scaler)
+
+
+def training_step(bench_run: MethodRun, images: Tensor, labels: Tensor, autocast) -> None:
+    """One optimiser step, as the trainer takes it."""
+    with autocast():
+        _, losses = bench_run.step_model(images, labels, BENCH_EPOCH)
+    loss = torch.stack([term.float() for term in losses.values()]).sum()
+    bench_run.optimizer.zero_grad(set_to_none=True)
+    if bench_run.grad_scaler is not None:
+        bench_run.grad_scaler.scale(loss).backward()
+        bench_run.grad_scaler.step(bench_run.optimizer)
+        bench_run.grad_scaler.update()
+    else:
+        loss.backward()
+        bench_run.optimizer.step()
+
+
+def resident_bytes(bench_run: MethodRun) -> int:
+    """Bytes of the tensors the method keeps between steps: parameters, gradients, buffers, optimiser state."""
+    tensors = list(bench_run.distiller.parameters()) + list(bench_run.distiller.buffers())
+    tensors += [p.grad for p in bench_run.distiller.parameters() if p.grad is not None]
+    for state in bench_run.optimizer.state.values():
+        tensors += [value for value in state.values() if isinstance(value, Tensor)]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values())
+
+
+def summarize(args: argparse.Namespace, runs: list[MethodRun], device: torch.device, batch_size: int) -> list[dict]:
+    medians = {r.method: statistics.median(r.times_s) for r in runs}
+    kd_median = medians.get("kd")
+    results = []
+    for bench_run in runs:
+        median = medians[bench_run.method]
+        results.append({
+            "method": bench_run.method,
+            "ms_per_step": 1000.0 * median,
+            "images_per_s": batch_size / median,
+            "peak_mem_mb": bench_run.peak_bytes / 2**20 if device.type == "cuda" and args.memory else None,
+            "ratio_to_kd": median / kd_median if kd_median is not None else None,
+            "ms_per_step_min": 1000.0 * min(bench_run.times_s),
+            "ms_per_step_max": 1000.0 * max(bench_run.times_s),
+            "head_params": bench_run.distiller.num_head_parameters(),
+            **settings_record(args, device),
+        })
+    return results
+
+
+def settings_record(args: argparse.Namespace, device: torch.device) -> dict:
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return {
+        "teacher": args.teacher,
+        "student": args.student,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "device": str(device),
+        "device_name": device_name,
+        "amp": args.amp,
+        "channels_last": args.channels_last,
+        "compile": args.compile,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "peak_mem_measure": MEMORY_NOTE[device.type] if args.memory else "not measured",
+    }
+
+
+def child_max_rss_mb(args: argparse.Namespace, method: str) -> dict[str, float]:
+    """Max RSS (MiB) of a fresh process that builds `method` alone and runs two training steps,
+    and that process's max RSS after its imports, before building anything (baseline_rss_mb)."""
+    settings = dict(vars(args), methods=method, steps=MEMORY_CHILD_STEPS, warmup=0, device="cpu", json="")
+    settings.pop("run", None)
+    code = "import sys; from famkd.bench import memory_child_main; sys.exit(memory_child_main())"
+    completed = subprocess.run([sys.executable, "-c", code], input=json.dumps(settings), capture_output=True, text=True)
+    if completed.returncode != 0:
+        raise FamkdError(f"the memory measurement of {method!r} failed:\n{completed.stderr.strip()}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def memory_child_main() -> int:
+    """Entry point of the memory-measuring process: settings as JSON on stdin, max RSS as JSON on stdout."""
+    args = argparse.Namespace(**json.loads(sys.stdin.read()))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    baseline_mb = max_rss_mb()
+    benchmark(args, [args.methods], torch.device("cpu"))
+    print(json.dumps({"max_rss_mb": max_rss_mb(), "baseline_rss_mb": baseline_mb}))
+    return 0
+
+
+def max_rss_mb() -> float:
+    """This process's maximum resident set size so far, MiB."""
+    max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    bytes_per_unit = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux KiB
+    return max_rss * bytes_per_unit / 2**20
+
+
+def format_table(results: list[dict]) -> str:
+    first = results[0]
+    header = (
+        f"famkd bench: {first['teacher']} -> {first['student']}, batch {first['batch_size']}, "
+        f"{first['device']} ({first['device_name']}), {first['threads']} threads, amp {first['amp']}, "
+        f"channels_last {first['channels_last']}, compile {first['compile']}, torch {first['torch']}; "
+        f"median of {first['steps']} steps after {first['warmup']} warm-up"
+    )
+    lines = [header, f"{'method':<14}{'ms/step':>10}{'img/s':>10}{'peak MiB':>10}{'x kd':>8}"]
+    for r in results:
+        memory = f"{r['peak_mem_mb']:.0f}" if r["peak_mem_mb"] is not None else "-"
+        ratio = f"{r['ratio_to_kd']:.2f}" if r["ratio_to_kd"] is not None else "-"
+        lines.append(f"{r['method']:<14}{r['ms_per_step']:>10.1f}{r['images_per_s']:>10.1f}{memory:>10}{ratio:>8}")
+    lines.append(f"peak memory: {first['peak_mem_measure']}")
+    return "\n".join(lines)
