@@ -179,6 +179,13 @@ def test_a_non_empty_out_dir_is_refused(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 
+def test_data_dir_without_cifar100_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    assert main(["demo", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "CIFAR-100 not found" in err and str(tmp_path / "data") in err
+
+
 def test_demo_help_names_its_options_and_the_synthetic_default(capsys):
     with pytest.raises(SystemExit) as done:
         main(["demo", "--help"])

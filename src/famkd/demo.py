@@ -94,7 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"{CIFAR_DEMO.classes} classes instead of the synthetic dataset",
     )
     parser.add_argument(
-        "--out", default="", metavar="DIR", help="output directory (default: ./famkd-demo-<timestamp>); must not exist"
+        "--out", default="", metavar="DIR", help="output directory, new or empty (default: ./famkd-demo-<timestamp>)"
     )
 
 
