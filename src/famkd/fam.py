@@ -251,8 +251,9 @@ def block_filter(effective: Tensor, gamma1: Tensor, local_term: Tensor | None) -
     top = torch.view_as_complex(block[:, :, :, 0])
     if local_term is None:
         torch.mul(effective, gamma1, out=top)
-    else:
-        torch.addcmul(torch.complex(local_term, torch.zeros_like(local_term)), effective, gamma1, out=top)
+    else:  # real arithmetic on (re, im) pairs: a broadcast complex addcmul is several times slower on CPU
+        local_pair = torch.stack([local_term, torch.zeros_like(local_term)], dim=-1)
+        torch.addcmul(local_pair, torch.view_as_real(effective), gamma1, out=block[:, :, :, 0])
     torch.mul(top, 1j, out=torch.view_as_complex(block[:, :, :, 1]))
     return block.view(size * half, 2 * c_in, 2 * c_out)
 

@@ -39,7 +39,8 @@ class FamReviewHead(nn.Module):
         if self.attention is not None:
             if self.residual_proj is not None:
                 residual = self.residual_proj(residual)
-            residual = F.interpolate(residual, size=(self.student_size, self.student_size), mode="nearest")
+            # The attention upsamples the residual (nearest) to the level's size itself, after its
+            # 1x1 query projection, which commutes with the upsampling.
             x = self.attention(x, residual)
         if self.student_size != self.teacher_size:
             x = F.interpolate(x, size=(self.teacher_size, self.teacher_size), mode="nearest")

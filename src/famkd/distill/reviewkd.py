@@ -58,11 +58,19 @@ class AttentionFusion(nn.Module):
         x = self.input_proj(x)
         if self.attention is not None:
             residual = F.interpolate(residual, size=(self.student_size, self.student_size), mode="nearest")
-            maps = self.attention(torch.cat([x, residual], dim=1))
+            maps = self.attention_maps(x, residual)
             x = x * maps[:, 0:1] + residual * maps[:, 1:2]
         if self.student_size != self.teacher_size:
             x = F.interpolate(x, size=(self.teacher_size, self.teacher_size), mode="nearest")
         return self.output_head(x), x
+
+    def attention_maps(self, x: Tensor, residual: Tensor) -> Tensor:
+        """sigmoid(conv1x1(cat(x, residual))), computed without the concatenated copy: the 1x1
+        convolution of a channel concatenation is the sum of convolutions by the weight's halves."""
+        conv = self.attention[0]
+        channels = x.shape[1]
+        logits = F.conv2d(x, conv.weight[:, :channels]) + F.conv2d(residual, conv.weight[:, channels:], conv.bias)
+        return torch.sigmoid(logits)
 
 
 def conv_output_head(mid_channels: int, level: Level) -> nn.Module:

@@ -26,6 +26,8 @@ class CrossAttention(nn.Module):
 
     The attention runs as `window_attention`: 9 shifted views of the padded keys and values,
     no unfolded (9x) copy, and a backward pass that recomputes the softmax instead of storing it.
+    The residual may come at a lower resolution: a 1x1 convolution commutes with nearest
+    upsampling, so Wq(upsample(r)) is computed as upsample(Wq r), on fewer pixels.
     """
 
     def __init__(self, channels: int):
@@ -51,9 +53,15 @@ class CrossAttention(nn.Module):
         return torch.cat([rows, cols]).reshape(self.channels, WINDOW * WINDOW)
 
     def forward(self, x: Tensor, residual: Tensor) -> Tensor:
-        if residual.shape != x.shape:
-            raise ValueError(f"CrossAttention needs x and residual of one shape, got {tuple(x.shape)} and {tuple(residual.shape)}")
-        return window_attention(self.query(residual), self.key(x), self.value(x), self.relative_logit_bias())
+        """x: (B, C, H, W); residual: (B, C, h, w), nearest-upsampled to (H, W) if smaller."""
+        if residual.shape[:2] != x.shape[:2] or residual.dim() != 4:
+            raise ValueError(f"CrossAttention needs x and residual with the same batch and channels, "
+                             f"got {tuple(x.shape)} and {tuple(residual.shape)}")
+        query = self.query(residual)
+        if query.shape[-2:] != x.shape[-2:]:
+            query = F.interpolate(query, size=x.shape[-2:], mode="nearest")
+        keys, values = F.conv2d(x, torch.cat([self.key.weight, self.value.weight])).chunk(2, dim=1)
+        return window_attention(query, keys, values, self.relative_logit_bias())
 
 
 def window_attention(query: Tensor, keys: Tensor, values: Tensor, bias: Tensor) -> Tensor:

@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-COMPILE_MIN_NUMEL = 1 << 19
+COMPILE_MIN_NUMEL = 1 << 18
 COMPILE_SETTING = "FAMKD_COMPILE_KERNELS"
 COMPILE_CHOICES = ("auto", "always", "never")
 
