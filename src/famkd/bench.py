@@ -21,6 +21,7 @@ images_per_s, peak_mem_mb, ratio_to_kd (null when kd was not timed), plus the se
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import resource
@@ -138,8 +139,9 @@ def benchmark(args: argparse.Namespace, methods: list[str], device: torch.device
     """Time every method round-robin and return one result dict per method (peak_mem_mb None on cpu)."""
     torch.manual_seed(args.seed)
     images, labels = random_batch(args.batch_size, args.num_classes, device, args.channels_last)
-    teacher = create_model(args.teacher, num_classes=args.num_classes)
-    teacher.to(device=device, memory_format=memory_format(args.channels_last))
+    teacher = create_model(args.teacher, num_classes=args.num_classes).to(device)
+    if args.channels_last:
+        to_channels_last(teacher)
     runs = [build_method(args, method, teacher, device) for method in methods]
     autocast = autocast_factory(args.amp, device)
     for round_index in range(args.warmup + args.steps):
@@ -175,13 +177,26 @@ def memory_format(channels_last: bool) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
+def to_channels_last(module: torch.nn.Module) -> None:
+    """Channels-last storage for every 4-D parameter and buffer (the convolution weights).
+
+    Module.to(memory_format=torch.channels_last) also converts 5-D tensors and fails on FAM's
+    (C_in, C_out, S, S, 2) filter, which channels-last does not describe.
+    """
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        if tensor.dim() == 4:
+            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+
+
 def build_method(args: argparse.Namespace, method: str, teacher, device: torch.device) -> MethodRun:
     """The method's distiller around a fresh student, with the trainer's optimiser."""
     student = create_model(args.student, num_classes=args.num_classes)
     needs_teacher = DISTILLERS.get(method).needs_teacher
     options = distiller_options(method, {}, image_size=IMAGE_SIZE)
     distiller = create_distiller(method, student=student, teacher=teacher if needs_teacher else None, **options)
-    distiller.to(device=device, memory_format=memory_format(args.channels_last))
+    distiller.to(device)
+    if args.channels_last:
+        to_channels_last(distiller)
     distiller.train()
     optimizer = build_optimizer(distiller, TrainConfig())
     grad_scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None

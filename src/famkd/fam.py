@@ -247,15 +247,15 @@ def block_filter(effective: Tensor, gamma1: Tensor, local_term: Tensor | None) -
     numbers along the columns, row 2i holds K_total[i] and row 2i + 1 holds i K_total[i].
     """
     size, half, c_in, c_out = effective.shape
-    block = effective.real.new_empty(size, half, c_in, 2, c_out, 2)
-    top = torch.view_as_complex(block[:, :, :, 0])
+    # Real arithmetic on (re, im) pairs (a broadcast complex addcmul is several times slower on CPU),
+    # and no out= into views, which torch.compile cannot trace.
     if local_term is None:
-        torch.mul(effective, gamma1, out=top)
-    else:  # real arithmetic on (re, im) pairs: a broadcast complex addcmul is several times slower on CPU
+        top = torch.view_as_real(effective) * gamma1
+    else:
         local_pair = torch.stack([local_term, torch.zeros_like(local_term)], dim=-1)
-        torch.addcmul(local_pair, torch.view_as_real(effective), gamma1, out=block[:, :, :, 0])
-    torch.mul(top, 1j, out=torch.view_as_complex(block[:, :, :, 1]))
-    return block.view(size * half, 2 * c_in, 2 * c_out)
+        top = torch.addcmul(local_pair, torch.view_as_real(effective), gamma1)
+    bottom = torch.view_as_real(torch.view_as_complex(top) * 1j)
+    return torch.stack([top, bottom], dim=3).view(size * half, 2 * c_in, 2 * c_out)
 
 
 def effective_filter_backward(grad: Tensor, half_weight: Tensor, negated_weight: Tensor, tail_index: Tensor) -> Tensor:
@@ -269,25 +269,25 @@ def effective_filter_backward(grad: Tensor, half_weight: Tensor, negated_weight:
     size, half, c_in, c_out = grad.shape
     real_dtype = grad.real.dtype
     half_weight, negated_weight = half_weight.to(real_dtype), negated_weight.to(real_dtype)
-    by_frequency = grad.new_empty(size, size, c_in, c_out)
-    torch.mul(grad, half_weight, out=by_frequency[:, :half])
+    parts = [grad * half_weight]
+    if size > half:
+        mirrored = grad.reshape(size * half, c_in, c_out).index_select(0, tail_index)
+        mirrored_weight = negated_weight.reshape(size * half, 1, 1).index_select(0, tail_index)
+        parts.append(torch.conj_physical(mirrored * mirrored_weight).view(size, size - half, c_in, c_out))
+    by_frequency = torch.cat(parts, dim=1)
     negated_rows = (-torch.arange(size, device=grad.device)) % size
-    tail = by_frequency[:, half:]
-    if tail.numel():
-        mirrored = grad.reshape(size * half, c_in, c_out).index_select(0, tail_index).view(tail.shape)
-        mirrored_weight = negated_weight.reshape(size * half, 1, 1).index_select(0, tail_index).view(size, -1, 1, 1)
-        torch.conj_physical_(torch.mul(mirrored, mirrored_weight, out=tail))
     edges = [0, half - 1] if size % 2 == 0 and half > 1 else [0]
     for column in edges:  # -v = v: both terms land here
         mirrored = grad[:, column].index_select(0, negated_rows).conj()
-        by_frequency[:, column].addcmul_(mirrored, negated_weight[:, column].index_select(0, negated_rows))
+        by_frequency[:, column] += mirrored * negated_weight[:, column].index_select(0, negated_rows)
     return by_frequency
 
 
 def transposed(matrix: Tensor) -> Tensor:
-    """matrix.t() made contiguous. complex64 entries move as float64 bit patterns, which takes
-    torch's blocked 2-D transpose on CPU."""
-    if matrix.dtype == torch.complex64:
+    """matrix.t() made contiguous. In eager mode complex64 entries move as float64 bit patterns,
+    which takes torch's blocked 2-D transpose on CPU (several times faster than a complex copy);
+    torch.compile does not trace such dtype views, and does its own copy."""
+    if matrix.dtype == torch.complex64 and not torch.compiler.is_compiling():
         return matrix.view(torch.float64).t().contiguous().view(torch.complex64)
     return matrix.t().contiguous()
 
