@@ -1,0 +1,112 @@
+"""The hand-written gradients and layouts of the fast FAM and cross-attention, against autograd
+of their direct float64 definitions; the kernel compilation policy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from famkd.fam import FrequencyAttention, direct_global_branch, frequency_major
+from famkd.nn import kernels
+from famkd.nn.cross_attention import OFFSETS, CrossAttention, window_attention
+
+
+def stacked_window_attention(query, keys, values, bias):
+    """9 stacked logits, softmax over them, weighted sum of the 9 shifted value maps (zero padding)."""
+    height, width = query.shape[-2:]
+    keys, values = F.pad(keys, (1, 1, 1, 1)), F.pad(values, (1, 1, 1, 1))
+    logits = torch.stack([query * (keys[:, :, r:r + height, c:c + width] + bias[:, j, None, None])
+                          for j, (r, c) in enumerate(OFFSETS)])
+    weights = torch.softmax(logits, dim=0)
+    return sum(weights[j] * values[:, :, r:r + height, c:c + width] for j, (r, c) in enumerate(OFFSETS))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 1, 1), (2, 4, 5, 3), (1, 6, 7, 7)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_window_attention_gradients_equal_autograd_of_the_stacked_form(shape, channels_last):
+    generator = torch.Generator().manual_seed(sum(shape))
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    inputs = [torch.randn(*shape, generator=generator, dtype=torch.float64).contiguous(memory_format=memory_format)
+              .requires_grad_() for _ in range(3)]
+    bias = (3 * torch.randn(shape[1], 9, generator=generator, dtype=torch.float64)).requires_grad_()
+    grad = torch.randn(*shape, generator=generator, dtype=torch.float64)
+    fast = window_attention(*inputs, bias)
+    reference = stacked_window_attention(*inputs, bias)
+    assert (fast - reference).abs().max() < 1e-13
+    for a, b in zip(torch.autograd.grad(fast, inputs + [bias], grad), torch.autograd.grad(reference, inputs + [bias], grad)):
+        assert (a - b).abs().max() < 1e-12
+
+
+def test_cross_attention_with_a_lower_resolution_residual_equals_upsampling_it_first():
+    torch.manual_seed(0)
+    attention = CrossAttention(4).double()
+    x = torch.randn(2, 4, 8, 8, dtype=torch.float64)
+    residual = torch.randn(2, 4, 4, 4, dtype=torch.float64, requires_grad=True)
+    low = attention(x, residual)
+    grad_low, = torch.autograd.grad(low.square().sum(), residual)
+    high = attention(x, F.interpolate(residual, size=(8, 8), mode="nearest"))
+    grad_high, = torch.autograd.grad(high.square().sum(), residual)
+    assert (low - high).abs().max() < 1e-13
+    assert (grad_low - grad_high).abs().max() < 1e-12
+
+
+def test_cross_attention_rejects_mismatched_channels():
+    with pytest.raises(ValueError, match="same batch and channels"):
+        CrossAttention(4)(torch.randn(1, 4, 4, 4), torch.randn(1, 6, 4, 4))
+
+
+@pytest.mark.parametrize("size", [1, 6, 7])
+def test_global_branch_gradients_equal_autograd_of_the_direct_form(size):
+    torch.manual_seed(size)
+    fam = FrequencyAttention(3, 4, size, hpf="gaussian", cutoff=0.4).double()
+    x = torch.randn(2, 3, size, size, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(2, 4, size, size, dtype=torch.float64)
+    fast = torch.autograd.grad(fam.global_branch(x), [x, fam.global_filter], grad)
+    direct = torch.autograd.grad(direct_global_branch(x, fam.kernel, fam.mask), [x, fam.global_filter], grad)
+    for a, b in zip(fast, direct):
+        assert (a - b).abs().max() < 1e-12
+
+
+def test_filter_is_frequency_major_and_keeps_its_layout_through_conversion_loading_and_training():
+    fam = FrequencyAttention(3, 5, 6)
+    by_frequency = fam.global_filter.permute(2, 3, 0, 1, 4)
+    assert by_frequency.is_contiguous()
+    state = {k: v.contiguous() for k, v in fam.state_dict().items()}  # a checkpoint in plain layout
+    fam = fam.double()
+    fam.load_state_dict(state)
+    assert torch.equal(fam.global_filter, state["global_filter"].double())
+    optimizer = torch.optim.SGD(fam.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    fam(torch.randn(2, 3, 6, 6, dtype=torch.float64)).square().mean().backward()
+    assert fam.global_filter.grad.stride() == fam.global_filter.stride()
+    optimizer.step()
+    assert fam.global_filter.permute(2, 3, 0, 1, 4).is_contiguous()
+
+
+def test_frequency_major_keeps_values():
+    filt = torch.randn(2, 3, 4, 4, 2)
+    stored = frequency_major(filt)
+    assert torch.equal(stored, filt) and stored.permute(2, 3, 0, 1, 4).is_contiguous()
+
+
+@pytest.mark.parametrize("setting, numel, compiled", [
+    ("never", 1 << 30, False), ("always", 1, True), ("auto", kernels.COMPILE_MIN_NUMEL - 1, False),
+    ("auto", kernels.COMPILE_MIN_NUMEL, True),
+])
+def test_kernel_compiles_only_as_the_setting_and_size_allow(monkeypatch, setting, numel, compiled):
+    monkeypatch.setenv(kernels.COMPILE_SETTING, setting)
+    monkeypatch.setattr(kernels, "device_has_compiler", lambda device_type: True)
+    kernel = kernels.Kernel(lambda t: (t,))
+    assert kernel.use_compiled(torch.empty(numel)) is compiled
+
+
+def test_kernel_without_a_compiler_stays_eager(monkeypatch):
+    monkeypatch.setenv(kernels.COMPILE_SETTING, "always")
+    monkeypatch.setattr(kernels, "device_has_compiler", lambda device_type: False)
+    assert kernels.Kernel(lambda t: (t,)).use_compiled(torch.empty(1)) is False
+
+
+def test_unknown_compile_setting_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv(kernels.COMPILE_SETTING, "sometimes")
+    with pytest.raises(ValueError, match="FAMKD_COMPILE_KERNELS='sometimes': choose one of auto, always, never"):
+        kernels.Kernel(lambda t: (t,)).use_compiled(torch.empty(1))
