@@ -292,10 +292,18 @@ def memory_child_main() -> int:
 
 
 def max_rss_mb() -> float:
-    """This process's maximum resident set size so far, MiB."""
+    """This process's maximum resident set size so far, MiB.
+
+    Linux: VmHWM of /proc/self/status, which belongs to the current program image; getrusage's
+    ru_maxrss would also count the parent's memory, since it survives fork + exec.
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
     max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    bytes_per_unit = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux KiB
-    return max_rss * bytes_per_unit / 2**20
+    return max_rss / 2**20 if sys.platform == "darwin" else max_rss / 1024  # macOS reports bytes, others KiB
 
 
 def format_table(results: list[dict]) -> str:

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# GPU check for famkd (about 5 minutes on one H100; budget 8). Run from anywhere:
+#
+#     python benchmarks/make_cifar_slice.py      # once, where the real CIFAR-100 is (./.cifar_slice is git-ignored)
+#     bash benchmarks/gpu_check.sh
+#
+# Prints, in order:
+#   1. the FAM fast-vs-direct and cross-attention equivalence check on the device (float64);
+#   2. `famkd bench` for resnet32x4 -> resnet8x4 and resnet56 -> resnet20, fp32, then bf16 + channels-last;
+#   3. a 2-epoch fam_kd run (resnet56 -> resnet20, bf16) on ./.cifar_slice (10k real CIFAR-100 images),
+#      with the slice's teacher checkpoint (.cifar_slice/teacher.pth).
+# Settings (environment): DEVICE (cuda), STEPS (20), WARMUP (3), TRAIN_STEPS (0 = whole epochs),
+# PYTHON (python), COMPILE=1 adds a `famkd bench --compile` run of kd,fam_kd. A CPU dry run:
+#     DEVICE=cpu STEPS=2 WARMUP=1 TRAIN_STEPS=2 BATCH=8 bash benchmarks/gpu_check.sh
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+DEVICE=${DEVICE:-cuda}
+STEPS=${STEPS:-20}
+WARMUP=${WARMUP:-3}
+BATCH=${BATCH:-64}
+TRAIN_STEPS=${TRAIN_STEPS:-0}
+PYTHON=${PYTHON:-python}
+COMPILE=${COMPILE:-0}
+SLICE=.cifar_slice
+OUT=${OUT:-gpu_check_results}
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+mkdir -p "$OUT"
+start=$SECONDS
+
+section() { echo; echo "=== $1 ($((SECONDS - start)) s elapsed) ==="; }
+famkd() { "$PYTHON" -m famkd "$@"; }
+
+section "environment"
+"$PYTHON" - "$DEVICE" <<'EOF'
+import sys, torch
+device = sys.argv[1]
+print(f"torch {torch.__version__}, cuda {torch.version.cuda}, device {device}")
+if device == "cuda":
+    if not torch.cuda.is_available():
+        sys.exit("gpu_check: CUDA is not available here; set DEVICE=cpu for a dry run")
+    print(torch.cuda.get_device_name(0), f"{torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB")
+EOF
+
+section "1. FAM and cross-attention equivalence on $DEVICE (float64)"
+"$PYTHON" benchmarks/fam_equivalence.py --device "$DEVICE" --dtype float64
+
+section "2a. famkd bench, fp32"
+for pair in "resnet32x4 resnet8x4" "resnet56 resnet20"; do
+    set -- $pair
+    famkd bench --teacher "$1" --student "$2" --methods vanilla,kd,reviewkd,fam_kd --batch-size "$BATCH" \
+        --steps "$STEPS" --warmup "$WARMUP" --device "$DEVICE" --json "$OUT/$1_$2_fp32.json"
+done
+
+section "2b. famkd bench, bf16 + channels-last"
+for pair in "resnet32x4 resnet8x4" "resnet56 resnet20"; do
+    set -- $pair
+    famkd bench --teacher "$1" --student "$2" --methods vanilla,kd,reviewkd,fam_kd --batch-size "$BATCH" \
+        --steps "$STEPS" --warmup "$WARMUP" --device "$DEVICE" --amp bf16 --channels-last \
+        --json "$OUT/$1_$2_bf16.json"
+done
+
+if [ "$COMPILE" = 1 ]; then
+    section "2c. famkd bench --compile, bf16 + channels-last"
+    famkd bench --teacher resnet32x4 --student resnet8x4 --methods kd,fam_kd --batch-size "$BATCH" \
+        --steps "$STEPS" --warmup "$WARMUP" --device "$DEVICE" --amp bf16 --channels-last --compile \
+        --json "$OUT/resnet32x4_resnet8x4_bf16_compile.json"
+fi
+
+section "3. 2-epoch fam_kd on $SLICE (resnet56 -> resnet20, bf16)"
+if [ ! -f "$SLICE/meta.json" ] || [ ! -f "$SLICE/teacher.pth" ]; then
+    echo "gpu_check: $SLICE is missing; run: python benchmarks/make_cifar_slice.py (and carry $SLICE)" >&2
+    exit 1
+fi
+run_dir="$OUT/fam_kd_slice_run"
+rm -rf "$run_dir"
+famkd train configs/cifar100/fam_kd/resnet56_resnet20.yaml teacher.checkpoint="$SLICE/teacher.pth" \
+    data.root="$SLICE" data.download=false train.epochs=2 train.max_steps_per_epoch="$TRAIN_STEPS" \
+    train.batch_size="$BATCH" device="$DEVICE" amp=bf16 run.dir="$run_dir"
+"$PYTHON" - "$run_dir" <<'EOF'
+import json, sys
+for line in open(f"{sys.argv[1]}/metrics.jsonl"):
+    r = json.loads(line)
+    print(f"epoch {r['epoch']}: {r['images_per_s']:.0f} img/s, data wait {100 * r['data_wait_fraction']:.1f}%, "
+          f"test top-1 {r['test_acc']:.2f}%")
+EOF
+
+section "ratios to kd"
+"$PYTHON" - "$OUT" <<'EOF'
+import json, pathlib, sys
+for path in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
+    for r in json.loads(path.read_text()):
+        if r["method"] != "kd" and r["ratio_to_kd"] is not None:
+            print(f"{path.stem:<36} {r['method']:<9} {r['ratio_to_kd']:.2f} x kd  "
+                  f"({r['ms_per_step']:.1f} ms/step, peak {r['peak_mem_mb']:.0f} MiB)")
+EOF
+echo "gpu_check: done in $((SECONDS - start)) s"
