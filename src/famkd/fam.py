@@ -247,15 +247,21 @@ def block_filter(effective: Tensor, gamma1: Tensor, local_term: Tensor | None) -
     numbers along the columns, row 2i holds K_total[i] and row 2i + 1 holds i K_total[i].
     """
     size, half, c_in, c_out = effective.shape
-    # Real arithmetic on (re, im) pairs (a broadcast complex addcmul is several times slower on CPU),
-    # and no out= into views, which torch.compile cannot trace.
-    if local_term is None:
-        top = torch.view_as_real(effective) * gamma1
+    # Real arithmetic on (re, im) pairs: a broadcast complex addcmul is several times slower on CPU.
+    local_pair = None if local_term is None else torch.stack([local_term, torch.zeros_like(local_term)], dim=-1)
+    if torch.compiler.is_compiling():  # torch.compile cannot trace out= into views
+        top = torch.view_as_real(effective) * gamma1 if local_pair is None else \
+            torch.addcmul(local_pair, torch.view_as_real(effective), gamma1)
+        bottom = torch.view_as_real(torch.view_as_complex(top) * 1j)
+        return torch.stack([top, bottom], dim=3).view(size * half, 2 * c_in, 2 * c_out)
+    block = effective.real.new_empty(size, half, c_in, 2, c_out, 2)
+    top = block[:, :, :, 0]
+    if local_pair is None:
+        torch.mul(torch.view_as_real(effective), gamma1, out=top)
     else:
-        local_pair = torch.stack([local_term, torch.zeros_like(local_term)], dim=-1)
-        top = torch.addcmul(local_pair, torch.view_as_real(effective), gamma1)
-    bottom = torch.view_as_real(torch.view_as_complex(top) * 1j)
-    return torch.stack([top, bottom], dim=3).view(size * half, 2 * c_in, 2 * c_out)
+        torch.addcmul(local_pair, torch.view_as_real(effective), gamma1, out=top)
+    torch.mul(torch.view_as_complex(top), 1j, out=torch.view_as_complex(block[:, :, :, 1]))
+    return block.view(size * half, 2 * c_in, 2 * c_out)
 
 
 def effective_filter_backward(grad: Tensor, half_weight: Tensor, negated_weight: Tensor, tail_index: Tensor) -> Tensor:
