@@ -25,6 +25,7 @@ import time
 import torch
 from torch import Tensor
 
+from famkd.engine.host_memory import retain_freed_memory
 from famkd.fam import FrequencyAttention, direct_global_branch
 
 
@@ -102,6 +103,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
+    retained = retain_freed_memory()  # as the famkd command does
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -111,7 +113,7 @@ def main() -> None:
     grad = torch.randn(args.batch, args.channels, args.size, args.size, device=device)
     forms = build_forms(fam)
     print(f"FrequencyAttention B={args.batch} C={args.channels} S={args.size}, {device}, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}, malloc keeps freed memory: {retained}")
     print(f"fast vs published direct form, float32: max relative difference {check_equivalence(forms, x, grad):.2e}")
     times = {name: [] for name in forms}
     names = list(forms)

@@ -42,6 +42,7 @@ from famkd.distill.base import Distiller
 from famkd.distill.registry import DISTILLERS
 from famkd.engine.device import autocast_factory, resolve_device
 from famkd.engine.errors import FamkdError
+from famkd.engine.host_memory import retain_freed_memory
 from famkd.engine.schedule import build_optimizer
 from famkd.engine.trainer import distiller_options
 from famkd.models import create_model
@@ -283,6 +284,7 @@ def child_max_rss_mb(args: argparse.Namespace, method: str) -> dict[str, float]:
 def memory_child_main() -> int:
     """Entry point of the memory-measuring process: settings as JSON on stdin, max RSS as JSON on stdout."""
     args = argparse.Namespace(**json.loads(sys.stdin.read()))
+    retain_freed_memory()  # as the famkd command does
     if args.threads:
         torch.set_num_threads(args.threads)
     baseline_mb = max_rss_mb()

@@ -9,7 +9,8 @@
     famkd results RUN_DIR [RUN_DIR ...]                   (famkd.report.results)
 
 Subcommands living in other modules provide `add_arguments(parser)` and `run(args) -> int`;
-they are imported only when chosen, so `famkd --help` stays fast. Errors the user can fix
+they are imported only when chosen, so `famkd --help` stays fast. Every command first makes malloc
+keep freed memory (famkd.engine.host_memory). Errors the user can fix
 are printed as one line on stderr with exit status 1; Ctrl-C exits with 130.
 """
 
@@ -147,7 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     chosen = next((item for item in argv if not item.startswith("-")), None)
     args = build_parser(chosen).parse_args(argv)
+    from famkd.engine.host_memory import retain_freed_memory
     from famkd.engine.trainer import TrainingInterrupted
+
+    retain_freed_memory()
 
     try:
         return args.run(args)
