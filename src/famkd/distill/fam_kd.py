@@ -11,6 +11,7 @@ from famkd.distill.registry import register_distiller
 from famkd.fam import FrequencyAttention
 from famkd.nn.blocks import projection
 from famkd.nn.cross_attention import CrossAttention
+from famkd.nn.upsample import upsample_nearest
 
 
 class FamReviewHead(nn.Module):
@@ -43,7 +44,7 @@ class FamReviewHead(nn.Module):
             # 1x1 query projection, which commutes with the upsampling.
             x = self.attention(x, residual)
         if self.student_size != self.teacher_size:
-            x = F.interpolate(x, size=(self.teacher_size, self.teacher_size), mode="nearest")
+            x = upsample_nearest(x, (self.teacher_size, self.teacher_size))
         return F.relu(self.bn(self.fam(x))), x
 
 

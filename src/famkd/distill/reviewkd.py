@@ -20,6 +20,7 @@ from famkd.distill.levels import Level, paired_levels, review_chain
 from famkd.distill.registry import register_distiller
 from famkd.fam import FrequencyAttention
 from famkd.nn.blocks import projection
+from famkd.nn.upsample import add_upsampled, upsample_nearest
 
 CONTEXT_POOL_SIZES = (4, 2, 1)
 
@@ -57,20 +58,25 @@ class AttentionFusion(nn.Module):
     def forward(self, x: Tensor, residual: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x = self.input_proj(x)
         if self.attention is not None:
-            residual = F.interpolate(residual, size=(self.student_size, self.student_size), mode="nearest")
-            maps = self.attention_maps(x, residual)
-            x = x * maps[:, 0:1] + residual * maps[:, 1:2]
+            x = self.fuse(x, residual)
         if self.student_size != self.teacher_size:
-            x = F.interpolate(x, size=(self.teacher_size, self.teacher_size), mode="nearest")
+            x = upsample_nearest(x, (self.teacher_size, self.teacher_size))
         return self.output_head(x), x
 
-    def attention_maps(self, x: Tensor, residual: Tensor) -> Tensor:
-        """sigmoid(conv1x1(cat(x, residual))), computed without the concatenated copy: the 1x1
-        convolution of a channel concatenation is the sum of convolutions by the weight's halves."""
+    def fuse(self, x: Tensor, residual: Tensor) -> Tensor:
+        """x * a + up(residual) * b with (a, b) = sigmoid(conv1x1(cat(x, up(residual)))), up being the
+        nearest upsampling to x's size.
+
+        Computed without the concatenation and without an upsampled copy of the residual: the 1x1
+        convolution of a concatenation is the sum of convolutions by the weight's halves, and a 1x1
+        convolution commutes with nearest upsampling, so the residual's half runs at its own
+        resolution and is broadcast (`add_upsampled`), as is the residual in the weighted sum.
+        """
         conv = self.attention[0]
         channels = x.shape[1]
-        logits = F.conv2d(x, conv.weight[:, :channels]) + F.conv2d(residual, conv.weight[:, channels:], conv.bias)
-        return torch.sigmoid(logits)
+        logits = F.conv2d(x, conv.weight[:, :channels])
+        maps = torch.sigmoid(add_upsampled(logits, F.conv2d(residual, conv.weight[:, channels:], conv.bias)))
+        return add_upsampled(x * maps[:, 0:1], residual, maps[:, 1:2])
 
 
 def conv_output_head(mid_channels: int, level: Level) -> nn.Module:
