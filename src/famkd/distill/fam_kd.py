@@ -11,7 +11,6 @@ from famkd.distill.registry import register_distiller
 from famkd.fam import FrequencyAttention
 from famkd.nn.blocks import projection
 from famkd.nn.cross_attention import CrossAttention
-from famkd.nn.upsample import upsample_nearest
 
 
 class FamReviewHead(nn.Module):
@@ -44,7 +43,7 @@ class FamReviewHead(nn.Module):
             # 1x1 query projection, which commutes with the upsampling.
             x = self.attention(x, residual)
         if self.student_size != self.teacher_size:
-            x = upsample_nearest(x, (self.teacher_size, self.teacher_size))
+            x = F.interpolate(x, size=(self.teacher_size, self.teacher_size), mode="nearest")
         return F.relu(self.bn(self.fam(x))), x
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from famkd.distill.base import FeatureDistiller
 from famkd.distill.levels import Level, feature_mse, paired_levels
 from famkd.distill.registry import register_distiller
 from famkd.fam import FrequencyAttention
-from famkd.nn.upsample import upsample_nearest
 
 
 class FamLayerHead(nn.Module):
@@ -22,7 +22,7 @@ class FamLayerHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.teacher_size:
-            x = upsample_nearest(x, (self.teacher_size, self.teacher_size))
+            x = F.interpolate(x, size=(self.teacher_size, self.teacher_size), mode="nearest")
         return self.bn(self.fam(x))
 
 

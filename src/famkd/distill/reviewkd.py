@@ -20,7 +20,6 @@ from famkd.distill.levels import Level, paired_levels, review_chain
 from famkd.distill.registry import register_distiller
 from famkd.fam import FrequencyAttention
 from famkd.nn.blocks import projection
-from famkd.nn.upsample import add_upsampled, upsample_nearest
 
 CONTEXT_POOL_SIZES = (4, 2, 1)
 
@@ -60,23 +59,32 @@ class AttentionFusion(nn.Module):
         if self.attention is not None:
             x = self.fuse(x, residual)
         if self.student_size != self.teacher_size:
-            x = upsample_nearest(x, (self.teacher_size, self.teacher_size))
+            x = F.interpolate(x, size=(self.teacher_size, self.teacher_size), mode="nearest")
         return self.output_head(x), x
 
     def fuse(self, x: Tensor, residual: Tensor) -> Tensor:
         """x * a + up(residual) * b with (a, b) = sigmoid(conv1x1(cat(x, up(residual)))), up being the
         nearest upsampling to x's size.
 
-        Computed without the concatenation and without an upsampled copy of the residual: the 1x1
-        convolution of a concatenation is the sum of convolutions by the weight's halves, and a 1x1
-        convolution commutes with nearest upsampling, so the residual's half runs at its own
-        resolution and is broadcast (`add_upsampled`), as is the residual in the weighted sum.
+        Computed without the concatenation: the 1x1 convolution of a concatenation is the sum of
+        convolutions by the weight's halves, and a 1x1 convolution commutes with nearest
+        upsampling, so the residual's half runs at the residual's own resolution.
         """
         conv = self.attention[0]
         channels = x.shape[1]
         logits = F.conv2d(x, conv.weight[:, :channels])
         maps = torch.sigmoid(add_upsampled(logits, F.conv2d(residual, conv.weight[:, channels:], conv.bias)))
         return add_upsampled(x * maps[:, 0:1], residual, maps[:, 1:2])
+
+
+def add_upsampled(base: Tensor, low: Tensor, scale: Tensor | None = None) -> Tensor:
+    """base + up(low) (times scale, if given), up being the nearest upsampling to base's size.
+
+    A 1x1 map (the pooled level) is broadcast instead of upsampled. Larger maps are upsampled
+    with F.interpolate: on CPU its backward beats the strided reduction of a blockwise broadcast.
+    """
+    upsampled = low if low.shape[-2:] == (1, 1) else F.interpolate(low, size=base.shape[-2:], mode="nearest")
+    return base + upsampled if scale is None else torch.addcmul(base, upsampled, scale)
 
 
 def conv_output_head(mid_channels: int, level: Level) -> nn.Module:

@@ -8,7 +8,6 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from famkd.nn.kernels import Kernel
-from famkd.nn.upsample import upsample_nearest
 
 WINDOW = 3
 # Window offset j = 3 * row + col reads position (y + row - 1, x + col - 1), i.e. rows row..row+H of a
@@ -60,7 +59,7 @@ class CrossAttention(nn.Module):
                              f"got {tuple(x.shape)} and {tuple(residual.shape)}")
         query = self.query(residual)
         if query.shape[-2:] != x.shape[-2:]:
-            query = upsample_nearest(query, tuple(x.shape[-2:]))
+            query = F.interpolate(query, size=x.shape[-2:], mode="nearest")
         keys, values = F.conv2d(x, torch.cat([self.key.weight, self.value.weight])).chunk(2, dim=1)
         return window_attention(query, keys, values, self.relative_logit_bias())
 
