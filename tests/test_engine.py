@@ -137,6 +137,29 @@ def test_optimizer_trains_student_and_heads_but_not_the_teacher():
     assert (group["lr"], group["momentum"], group["weight_decay"], group["nesterov"]) == (0.03, 0.8, 1e-3, True)
 
 
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_optimizer_steps_follow_the_sgd_formula(nesterov):
+    """Three steps against v = mu v + g + wd p; p -= lr (g + wd p + mu v if nesterov else v), in float64."""
+    torch.manual_seed(0)
+    distiller = create_distiller("vanilla", student=create_model("resnet8", num_classes=10)).double()
+    cfg = TrainConfig(lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=nesterov)
+    optimizer = build_optimizer(distiller, cfg)
+    params = list(distiller.student.parameters())
+    expected = [p.detach().clone() for p in params]
+    velocity = [torch.zeros_like(p) for p in params]
+    for step in range(3):
+        grads = [torch.randn_like(p) for p in params]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        optimizer.step()
+        for i, g in enumerate(grads):
+            d = g + cfg.weight_decay * expected[i]
+            velocity[i] = d if step == 0 else cfg.momentum * velocity[i] + d
+            expected[i] -= cfg.lr * (d + cfg.momentum * velocity[i] if nesterov else velocity[i])
+    for p, e in zip(params, expected):
+        torch.testing.assert_close(p.detach(), e, rtol=1e-12, atol=1e-14)
+
+
 # ---- distiller options ---------------------------------------------------------------------
 
 
