@@ -9,9 +9,9 @@
     famkd results RUN_DIR [RUN_DIR ...]                   (famkd.report.results)
 
 Subcommands living in other modules provide `add_arguments(parser)` and `run(args) -> int`;
-they are imported only when chosen, so `famkd --help` stays fast. Every command first makes malloc
-keep freed memory (famkd.engine.host_memory). Errors the user can fix
-are printed as one line on stderr with exit status 1; Ctrl-C exits with 130.
+they are imported only when chosen, so `famkd --help` stays fast. Every command first has malloc
+keep freed memory (famkd.engine.host_memory). Errors the user can fix are printed as one line
+on stderr with exit status 1; Ctrl-C exits with 130.
 """
 
 from __future__ import annotations
