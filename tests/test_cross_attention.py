@@ -28,14 +28,14 @@ def loop_cross_attention(x, r, wq, wk, wv, rel_h, rel_w):
                             y, z = i + row - 1, j + col - 1
                             inside = 0 <= y < height and 0 <= z < width
                             key = k[b, c, y, z] if inside else 0.0
-                            value = v[b, c, y, z] if inside else 0.0
+                            value = float(v[b, c, y, z].detach()) if inside else 0.0
                             rel = rel_h[c, row] if c < half else rel_w[c - half, col]
                             logits.append(q[b, c, i, j] * (key + rel))
                             values.append(value)
-                    top = max(float(l) for l in logits)
-                    weights = [math.exp(float(l) - top) for l in logits]
+                    top = max(float(l.detach()) for l in logits)
+                    weights = [math.exp(float(l.detach()) - top) for l in logits]
                     total = sum(weights)
-                    out[b, c, i, j] = sum(w / total * float(val) for w, val in zip(weights, values))
+                    out[b, c, i, j] = sum(w / total * val for w, val in zip(weights, values))
     return out
 
 
