@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+import famkd.fam
 from famkd.fam import HIGHPASS_FILTERS, FrequencyAttention, highpass_mask
 
 SIZES = [1, 7, 8, 14, 16, 28, 32, 56]
@@ -52,14 +53,34 @@ def reference_mask(kind: str, size: int, cutoff: float) -> torch.Tensor:
 @pytest.mark.parametrize("channels", CHANNELS)
 @pytest.mark.parametrize("hpf", HIGHPASS_FILTERS)
 def test_fast_form_equals_direct_definition(size, channels, hpf):
+    assert_fast_form_equals_direct_definition(3, channels, size, hpf)
+
+
+def test_fast_form_with_transposes_copied_in_slabs(monkeypatch):
+    """Large batches transpose their spectra in slabs of rows (famkd.fam.transposed); a small
+    slab threshold sends this test's spectra (forward and backward) down that path."""
+    monkeypatch.setattr(famkd.fam, "TRANSPOSE_SLAB_NUMEL", 64)
+    monkeypatch.setattr(famkd.fam, "TRANSPOSE_MIN_SLAB_ROWS", 7)
+    assert_fast_form_equals_direct_definition(32, (6, 5), 8, "ideal")  # (B * C, 40) spectra, B * C >= 160
+
+
+@pytest.mark.parametrize("shape", [(4096, 100), (100, 4096), (1000, 7), (513, 129)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex64])
+def test_transposed_is_an_exact_contiguous_transpose(shape, dtype):
+    matrix = torch.randn(*shape, dtype=dtype)
+    out = famkd.fam.transposed(matrix)
+    assert out.is_contiguous() and torch.equal(out, matrix.t())
+
+
+def assert_fast_form_equals_direct_definition(batch, channels, size, hpf):
     torch.manual_seed(size * 100 + channels[0])
     cutoff = 0.1 if hpf == "ideal" else 0.3
     fam = FrequencyAttention(*channels, size, hpf=hpf, cutoff=cutoff).double()
     with torch.no_grad():
         fam.gamma1.fill_(0.7)
         fam.gamma2.fill_(-1.3)
-    x = torch.randn(3, channels[0], size, size, dtype=torch.float64, requires_grad=True)
-    weight = torch.randn(3, channels[1], size, size, dtype=torch.float64)
+    x = torch.randn(batch, channels[0], size, size, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(batch, channels[1], size, size, dtype=torch.float64)
 
     out = fam(x)
     params = [x, fam.global_filter, fam.gamma1, fam.gamma2, fam.local.weight, fam.local.bias]
@@ -69,7 +90,7 @@ def test_fast_form_equals_direct_definition(size, channels, hpf):
     ref = direct_fam(x, kernel, reference_mask(hpf, size, cutoff), fam.local.weight, fam.local.bias, fam.gamma1, fam.gamma2)
     ref_grads = torch.autograd.grad((ref * weight).sum(), params)
 
-    assert out.shape == (3, channels[1], size, size)
+    assert out.shape == (batch, channels[1], size, size)
     assert (out - ref).abs().max().item() < 1e-12
     for name, g, r in zip(["x", "filter", "gamma1", "gamma2", "local.weight", "local.bias"], grads, ref_grads):
         assert (g - r).abs().max().item() < 1e-11 * max(1.0, r.abs().max().item()), name
