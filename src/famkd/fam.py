@@ -371,8 +371,8 @@ class SpectralFilter(torch.autograd.Function):
     W: (C_out, C_in, 1, 1); b: (C_out,). Returns real (B, C_out, S, S). All frequencies go through one
     batched real GEMM, (S*H, B, 2 C_in) @ (S*H, 2 C_in, 2 C_out), H = S//2 + 1, whose weight is
     `block_filter` (mask and gammas folded in, built once per call from the frequency-major parameter).
-    Around it: rfft2 and one transpose into frequency-major order, two transposes and two 1-D inverse
-    FFTs out (and the same for the gradients).
+    Around it: rfft2 and one transpose into frequency-major order, one transpose back and irfft2
+    (and the same for the gradients).
     """
 
     @staticmethod
