@@ -44,7 +44,7 @@ from famkd.engine.device import autocast_factory, resolve_device
 from famkd.engine.errors import FamkdError
 from famkd.engine.host_memory import retain_freed_memory
 from famkd.engine.schedule import build_optimizer
-from famkd.engine.trainer import distiller_options
+from famkd.engine.trainer import distiller_options, optimizer_step
 from famkd.models import create_model
 from famkd.models.registry import MODELS
 from famkd.registry import closest
@@ -207,17 +207,7 @@ def build_method(args: argparse.Namespace, method: str, teacher, device: torch.d
 
 def training_step(bench_run: MethodRun, images: Tensor, labels: Tensor, autocast) -> None:
     """One optimiser step, as the trainer takes it."""
-    with autocast():
-        _, losses = bench_run.step_model(images, labels, BENCH_EPOCH)
-    loss = torch.stack([term.float() for term in losses.values()]).sum()
-    bench_run.optimizer.zero_grad(set_to_none=True)
-    if bench_run.grad_scaler is not None:
-        bench_run.grad_scaler.scale(loss).backward()
-        bench_run.grad_scaler.step(bench_run.optimizer)
-        bench_run.grad_scaler.update()
-    else:
-        loss.backward()
-        bench_run.optimizer.step()
+    optimizer_step(bench_run.step_model, bench_run.optimizer, bench_run.grad_scaler, autocast, images, labels, BENCH_EPOCH)
 
 
 def resident_bytes(bench_run: MethodRun) -> int:

@@ -273,6 +273,25 @@ class StopRequest:
             signal.signal(signal.SIGINT, self._previous)
 
 
+def optimizer_step(step_model, optimizer: torch.optim.Optimizer, grad_scaler, autocast, images: Tensor, labels: Tensor,
+                   epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
+    """One training step as famkd takes it: the distiller's forward under `autocast`, the loss terms
+    summed in float32, backward (scaled when `grad_scaler`, for fp16) and the optimiser step.
+    Returns the logits and the loss terms."""
+    with autocast():
+        logits, losses = step_model(images, labels, epoch)
+    loss = torch.stack([term.float() for term in losses.values()]).sum()
+    optimizer.zero_grad(set_to_none=True)
+    if grad_scaler is not None:
+        grad_scaler.scale(loss).backward()
+        grad_scaler.step(optimizer)
+        grad_scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return logits, losses
+
+
 class Trainer:
     """Everything one training session holds; `run()` trains the remaining epochs."""
 
@@ -472,17 +491,7 @@ class Trainer:
 
     def _step(self, images: Tensor, labels: Tensor, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
         """One optimiser step; returns the detached logits and loss terms (no host sync)."""
-        with self.autocast():
-            logits, losses = self.step_model(images, labels, epoch)
-        loss = torch.stack([term.float() for term in losses.values()]).sum()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
+        logits, losses = optimizer_step(self.step_model, self.optimizer, self.grad_scaler, self.autocast, images, labels, epoch)
         return logits.detach(), losses
 
     def _report_interval(
