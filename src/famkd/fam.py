@@ -31,6 +31,16 @@ TRANSPOSE_SLAB_NUMEL = 1 << 18
 TRANSPOSE_MIN_SLAB_ROWS = 256
 
 
+def negated_indices(size: int, device: torch.device | None = None) -> Tensor:
+    """(-u) mod S for each FFT index u: where the conjugate-symmetric partner of index u sits."""
+    return (-torch.arange(size, device=device)) % size
+
+
+def self_mirrored_columns(size: int) -> list[int]:
+    """Half-spectrum columns v with -v = v (mod S): DC, and Nyquist when S is even."""
+    return [0, size // 2] if size % 2 == 0 else [0]
+
+
 def signed_frequencies(size: int) -> Tensor:
     """Signed integer frequency of each FFT index along an axis of length `size` (float64)."""
     return torch.fft.fftfreq(size, d=1.0 / size, dtype=torch.float64).round()
@@ -167,7 +177,7 @@ class FrequencyAttention(nn.Module):
 
         mask = highpass_mask(hpf, size, cutoff, order)
         half = size // 2 + 1
-        negated = (-torch.arange(size)) % size
+        negated = negated_indices(size)
         # float64 (cast on use, so a float64 module is exact). On the half spectrum (u, v < S//2 + 1):
         # K_eff(u, v) = half_weight * K(u, v) + negated_weight * conj(K(-u, -v)), with
         # half_weight = M(u, v) / 2, negated_weight = M(-u, -v) / 2 (shaped (S, H, 1, 1) to broadcast
@@ -285,9 +295,8 @@ def effective_filter_backward(grad: Tensor, half_weight: Tensor, negated_weight:
         mirrored_weight = negated_weight.reshape(size * half, 1, 1).index_select(0, tail_index)
         parts.append(torch.conj_physical(mirrored * mirrored_weight).view(size, size - half, c_in, c_out))
     by_frequency = torch.cat(parts, dim=1)
-    negated_rows = (-torch.arange(size, device=grad.device)) % size
-    edges = [0, half - 1] if size % 2 == 0 and half > 1 else [0]
-    for column in edges:  # -v = v: both terms land here
+    negated_rows = negated_indices(size, grad.device)
+    for column in self_mirrored_columns(size):  # -v = v: both terms land here
         mirrored = grad[:, column].index_select(0, negated_rows).conj()
         by_frequency[:, column] += mirrored * negated_weight[:, column].index_select(0, negated_rows)
     return by_frequency
@@ -336,9 +345,8 @@ def hermitian_half(spectrum: Tensor, size: int) -> Tensor:
     The middle columns are halved (the inverse real FFT counts each twice) and the DC and Nyquist
     columns replaced by their Hermitian part (G(u) + conj(G(-u))) / 2, whose inverse is the real part.
     """
-    half = spectrum.shape[-1]
-    negated_rows = (-torch.arange(size, device=spectrum.device)) % size
-    edges = [0, half - 1] if size % 2 == 0 and half > 1 else [0]
+    negated_rows = negated_indices(size, spectrum.device)
+    edges = self_mirrored_columns(size)
     edge_values = [spectrum[..., column].clone() for column in edges]
     spectrum[..., middle_columns(size)] *= 0.5
     for column, edge in zip(edges, edge_values):

@@ -20,7 +20,7 @@ from famkd.distill import Distiller, create_distiller
 from famkd.engine.checkpoint import load_checkpoint
 from famkd.engine.errors import FamkdError
 from famkd.engine.trainer import distiller_options
-from famkd.fam import FrequencyAttention, highpass_mask
+from famkd.fam import FrequencyAttention, highpass_mask, negated_indices
 from famkd.models import create_model
 
 
@@ -54,8 +54,7 @@ def filter_spectrum(fam: FrequencyAttention) -> Tensor:
     full = torch.empty(size, size, dtype=half.dtype)
     full[:, : half.shape[1]] = half
     columns = torch.arange(half.shape[1], size)
-    rows = (-torch.arange(size)) % size
-    full[:, columns] = half[rows][:, (-columns) % size]  # |K_eff(-k)| = |K_eff(k)|
+    full[:, columns] = half[negated_indices(size)][:, (-columns) % size]  # |K_eff(-k)| = |K_eff(k)|
     return torch.fft.fftshift(full)
 
 
