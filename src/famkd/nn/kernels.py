@@ -3,9 +3,8 @@
 A `Kernel` wraps a function of tensors whose eager form is already correct; compiling it only
 fuses its elementwise work into one loop (C++/OpenMP through a C++ compiler on CPU, Triton on
 CUDA). It compiles when the batch's activations have at least `COMPILE_MIN_NUMEL` elements (the
-first tensor argument, or `size_reference`; below that, as in unit tests, compiling costs more
-than it saves), the device has a compiler, and the environment variable FAMKD_COMPILE_KERNELS
-allows it:
+first tensor argument; below that, as in unit tests, compiling costs more than it saves), the
+device has a compiler, and the environment variable FAMKD_COMPILE_KERNELS allows it:
 
     auto    (default) compile large inputs where a compiler is available
     always  compile every call (tests use it to check the compiled form)
@@ -70,8 +69,8 @@ class Kernel:
             return False
         return device_has_compiler(first.device.type)
 
-    def __call__(self, *tensors: Tensor, size_reference: Tensor | None = None) -> tuple[Tensor, ...]:
-        if not self.use_compiled(tensors[0] if size_reference is None else size_reference):
+    def __call__(self, *tensors: Tensor) -> tuple[Tensor, ...]:
+        if not self.use_compiled(tensors[0]):
             return self.function(*tensors)
         if self.compiled is None:
             self.compiled = torch.compile(self.function, dynamic=False, fullgraph=True)
