@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from famkd.distill import create_distiller
+from famkd.distill.levels import level_features
 from famkd.models import create_model
 
 # Matched sizes (residual factors 2 and 8), a student at half the teacher's side (fused map
@@ -61,13 +62,10 @@ def test_review_loss_and_gradients_match_the_direct_form(teacher_name, student_n
     ours = create_distiller("reviewkd", student=student, teacher=teacher).double().train()
     reference = copy.deepcopy(ours)  # train-mode BN updates running stats; keep the two apart
     images = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    levels = len(ours.heads)
     with torch.no_grad():
-        student_features = student.forward_features(images)
-        teacher_maps = [t for t in teacher.forward_features(images).preact[-(len(ours.heads) - 1):]]
-        teacher_maps.append(teacher.forward_features(images).pooled[:, :, None, None])
-    stages = student_features.stages[-(len(ours.heads) - 1):]
-    student_maps = [s.clone().requires_grad_(True) for s in stages] + [
-        student_features.pooled[:, :, None, None].clone().requires_grad_(True)]
+        teacher_maps = level_features(teacher.forward_features(images), levels, preact=True)
+        student_maps = [m.clone().requires_grad_(True) for m in level_features(student.forward_features(images), levels, preact=False)]
     loss = ours.feature_loss(ours.head_outputs(student_maps), teacher_maps)
     expected = direct_review_loss(reference, student_maps, teacher_maps)
     torch.testing.assert_close(loss, expected, rtol=1e-12, atol=0)
