@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from famkd.fam import FrequencyAttention, direct_global_branch, frequency_major
-from famkd.nn import kernels
+from famkd.nn import cross_attention, kernels
 from famkd.nn.cross_attention import OFFSETS, CrossAttention, window_attention
 
 
@@ -110,3 +110,26 @@ def test_unknown_compile_setting_is_a_clear_error(monkeypatch):
     monkeypatch.setenv(kernels.COMPILE_SETTING, "sometimes")
     with pytest.raises(ValueError, match="FAMKD_COMPILE_KERNELS='sometimes': choose one of auto, always, never"):
         kernels.Kernel(lambda t: (t,)).use_compiled(torch.empty(1))
+
+
+def test_compiled_window_attention_matches_the_float64_stacked_form(monkeypatch):
+    """The torch.compile'd kernels (as training runs them on large inputs) against the float64 definition."""
+    if not kernels.device_has_compiler("cpu"):
+        pytest.skip("no C++ compiler: the attention kernels run eagerly here, as the other tests check")
+    monkeypatch.setenv(kernels.COMPILE_SETTING, "always")
+    generator = torch.Generator().manual_seed(7)
+    shape = (2, 6, 8, 8)
+    inputs64 = [torch.randn(*shape, generator=generator, dtype=torch.float64).requires_grad_() for _ in range(3)]
+    bias64 = (3 * torch.randn(shape[1], 9, generator=generator, dtype=torch.float64)).requires_grad_()
+    grad = torch.randn(*shape, generator=generator, dtype=torch.float64)
+    inputs32 = [t.detach().float().requires_grad_() for t in inputs64]
+    bias32 = bias64.detach().float().requires_grad_()
+    compiled = window_attention(*inputs32, bias32)
+    kernel_objects = (cross_attention.ATTENTION_FORWARD, cross_attention.ATTENTION_QUERY_GRADS, cross_attention.ATTENTION_KEY_VALUE_GRADS)
+    reference = stacked_window_attention(*inputs64, bias64)
+    assert torch.allclose(compiled.double(), reference, rtol=1e-5, atol=1e-5)
+    compiled_grads = torch.autograd.grad(compiled, inputs32 + [bias32], grad.float())
+    reference_grads = torch.autograd.grad(reference, inputs64 + [bias64], grad)
+    assert all(k.compiled is not None and not k.failed for k in kernel_objects)
+    for a, b in zip(compiled_grads, reference_grads):
+        assert torch.allclose(a.double(), b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
