@@ -278,12 +278,12 @@ def effective_filter_backward(grad: Tensor, half_weight: Tensor, negated_weight:
     size, half, c_in, c_out = grad.shape
     real_dtype = grad.real.dtype
     half_weight, negated_weight = half_weight.to(real_dtype), negated_weight.to(real_dtype)
-    parts = [grad * half_weight]
+    by_frequency = grad.new_empty(size, size, c_in, c_out)
+    torch.mul(grad, half_weight, out=by_frequency[:, :half])
     if size > half:
-        mirrored = grad.reshape(size * half, c_in, c_out).index_select(0, tail_index)
-        mirrored_weight = negated_weight.reshape(size * half, 1, 1).index_select(0, tail_index)
-        parts.append(torch.conj_physical(mirrored * mirrored_weight).view(size, size - half, c_in, c_out))
-    by_frequency = torch.cat(parts, dim=1)
+        mirrored = grad.reshape(size * half, c_in, c_out).index_select(0, tail_index).view(size, size - half, c_in, c_out)
+        mirrored_weight = negated_weight.reshape(size * half).index_select(0, tail_index).view(size, size - half, 1, 1)
+        torch.conj_physical_(torch.mul(mirrored, mirrored_weight, out=by_frequency[:, half:]))
     negated_rows = negated_indices(size, grad.device)
     for column in self_mirrored_columns(size):  # -v = v: both terms land here
         mirrored = grad[:, column].index_select(0, negated_rows).conj()
