@@ -31,7 +31,7 @@ def test_window_attention_gradients_equal_autograd_of_the_stacked_form(shape, ch
               .requires_grad_() for _ in range(3)]
     bias = (3 * torch.randn(shape[1], 9, generator=generator, dtype=torch.float64)).requires_grad_()
     grad = torch.randn(*shape, generator=generator, dtype=torch.float64)
-    fast = window_attention(*inputs, bias)
+    fast = window_attention(inputs[0], torch.cat(inputs[1:], dim=1), bias)
     reference = stacked_window_attention(*inputs, bias)
     assert (fast - reference).abs().max() < 1e-13
     for a, b in zip(torch.autograd.grad(fast, inputs + [bias], grad), torch.autograd.grad(reference, inputs + [bias], grad)):
@@ -124,7 +124,7 @@ def test_compiled_window_attention_matches_the_float64_stacked_form(monkeypatch)
     grad = torch.randn(*shape, generator=generator, dtype=torch.float64)
     inputs32 = [t.detach().float().requires_grad_() for t in inputs64]
     bias32 = bias64.detach().float().requires_grad_()
-    compiled = window_attention(*inputs32, bias32)
+    compiled = window_attention(inputs32[0], torch.cat(inputs32[1:], dim=1), bias32)
     kernel_objects = (cross_attention.ATTENTION_FORWARD, cross_attention.ATTENTION_QUERY_GRADS, cross_attention.ATTENTION_KEY_VALUE_GRADS)
     reference = stacked_window_attention(*inputs64, bias64)
     assert torch.allclose(compiled.double(), reference, rtol=1e-5, atol=1e-5)

@@ -63,19 +63,20 @@ class CrossAttention(nn.Module):
         query = self.query(residual)
         if query.shape[-2:] != x.shape[-2:]:
             query = F.interpolate(query, size=x.shape[-2:], mode="nearest")
-        keys, values = F.conv2d(x, torch.cat([self.key.weight, self.value.weight])).chunk(2, dim=1)
-        return window_attention(query, keys, values, self.relative_logit_bias())
+        keys_values = F.conv2d(x, torch.cat([self.key.weight, self.value.weight]))
+        return window_attention(query, keys_values, self.relative_logit_bias())
 
 
-def window_attention(query: Tensor, keys: Tensor, values: Tensor, bias: Tensor) -> Tensor:
+def window_attention(query: Tensor, keys_values: Tensor, bias: Tensor) -> Tensor:
     """out[b,c,p] = sum_j softmax_j(q[b,c,p] (k[b,c,p+j] + bias[c,j])) v[b,c,p+j] over the 3x3 window, zero padding.
 
-    query, keys, values: (B, C, H, W), any memory format; bias: (C, 9). Computed in at least
-    float32 (half-precision inputs are upcast, the result is cast back).
+    query: (B, C, H, W); keys_values: (B, 2C, H, W), the keys in its first C channels and the values
+    in the rest (one tensor, so that their gradient is one tensor too); any memory format; bias: (C, 9).
+    Computed in at least float32 (half-precision inputs are upcast, the result is cast back).
     """
     dtype = query.dtype
     compute = torch.promote_types(dtype, torch.float32)
-    out = WindowAttention.apply(query.to(compute), keys.to(compute), values.to(compute), bias.to(compute).t().contiguous())
+    out = WindowAttention.apply(query.to(compute), keys_values.to(compute), bias.to(compute).t().contiguous())
     return out.to(dtype)
 
 
@@ -134,14 +135,15 @@ def attention_query_grads(grad: Tensor, query: Tensor, keys_padded: Tensor, valu
     return grad_query, torch.stack(grad_bias).sum(dim=1)
 
 
-def attention_key_value_grads(keys: Tensor, values: Tensor, bias: Tensor, query_padded: Tensor, grad_padded: Tensor,
-                              out_padded: Tensor, log_total_padded: Tensor) -> tuple[Tensor, Tensor]:
-    """Gradients of the keys and values (B, C, H, W), gathered rather than scattered.
+def attention_key_value_grads(keys_values: Tensor, bias: Tensor, query_padded: Tensor, grad_padded: Tensor,
+                              out_padded: Tensor, log_total_padded: Tensor) -> Tensor:
+    """Gradient of the keys and values, (B, 2C, H, W) as `window_attention` takes them, gathered rather than scattered.
 
     Position P is window cell j of location P - offset_j, whose weight there is
     exp(q[P - offset_j] (k[P] + bias_j) - log_total[P - offset_j]). The padded query / grad / out /
     log_total read as zero / zero / zero / zero outside the map, where grad = 0 cancels every term.
     """
+    keys, values = keys_values.chunk(2, dim=1)
     height, width = keys.shape[-2:]
     grad_keys = torch.zeros_like(keys)
     grad_values = torch.zeros_like(values)
@@ -153,7 +155,7 @@ def attention_key_value_grads(keys: Tensor, values: Tensor, bias: Tensor, query_
         grad_weighted = shifted(grad_padded, mirror_row, mirror_col, height, width) * weight
         grad_values = grad_values + grad_weighted
         grad_keys = grad_keys + query * grad_weighted * (values - shifted(out_padded, mirror_row, mirror_col, height, width))
-    return grad_keys, grad_values
+    return torch.cat([grad_keys, grad_values], dim=1)  # compiled, each half is written in place
 
 
 ATTENTION_FORWARD = Kernel(attention_forward)
@@ -162,28 +164,28 @@ ATTENTION_KEY_VALUE_GRADS = Kernel(attention_key_value_grads)
 
 
 class WindowAttention(torch.autograd.Function):
-    """`window_attention` with a memory-light backward: saves q, padded k and v, out and log-sum-exp
-    (about 5 maps), never the 9 logits or weights."""
+    """`window_attention` with a memory-light backward: saves q, the padded keys and values, out and
+    log-sum-exp (about 5 maps), never the 9 logits or weights."""
 
     @staticmethod
-    def forward(ctx, query: Tensor, keys: Tensor, values: Tensor, bias: Tensor) -> Tensor:
-        keys_padded, values_padded = pad_window(keys), pad_window(values)
-        out, log_total = ATTENTION_FORWARD(query, keys_padded, values_padded, bias)
-        ctx.save_for_backward(query, keys_padded, values_padded, bias, out, log_total)
+    def forward(ctx, query: Tensor, keys_values: Tensor, bias: Tensor) -> Tensor:
+        keys_values_padded = pad_window(keys_values)
+        out, log_total = ATTENTION_FORWARD(query, *keys_values_padded.chunk(2, dim=1), bias)
+        ctx.save_for_backward(query, keys_values_padded, bias, out, log_total)
         return out
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        query, keys_padded, values_padded, bias, out, log_total = ctx.saved_tensors
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        query, keys_values_padded, bias, out, log_total = ctx.saved_tensors
+        keys_padded, values_padded = keys_values_padded.chunk(2, dim=1)
         grad = grad.contiguous(memory_format=suggested_memory_format(query))
         grad_query, grad_bias = ATTENTION_QUERY_GRADS(grad, query, keys_padded, values_padded, bias, out, log_total)
         height, width = query.shape[-2:]
-        grad_keys, grad_values = ATTENTION_KEY_VALUE_GRADS(
-            shifted(keys_padded, 1, 1, height, width), shifted(values_padded, 1, 1, height, width), bias,
-            pad_window(query), pad_window(grad), pad_window(out), pad_window(log_total),
+        grad_keys_values = ATTENTION_KEY_VALUE_GRADS(
+            shifted(keys_values_padded, 1, 1, height, width), bias, pad_window(query), pad_window(grad), pad_window(out), pad_window(log_total),
         )
-        return grad_query, grad_keys, grad_values, grad_bias
+        return grad_query, grad_keys_values, grad_bias
 
 
 def suggested_memory_format(x: Tensor) -> torch.memory_format:
