@@ -5,7 +5,7 @@
 Timed per step: forward, backward of a fixed random output gradient, gradients of the input
 and of every parameter. Three forms share one set of weights:
 
-- fast: famkd.fam.FrequencyAttention (half spectrum, one batched real GEMM, mask folded in);
+- fast: famkd.fam.FrequencyAttention (half spectrum, one batched complex GEMM, mask folded in);
 - published direct form: FFT2, complex einsum over the full spectrum, an fftshift done by
   rolling the real and imaginary parts over every non-batch axis, the centred box of the
   published "ideal" filter zeroed, the inverse shift, IFFT2, real part; the complex filter is a
