@@ -125,7 +125,8 @@ def test_compiled_window_attention_matches_the_float64_stacked_form(monkeypatch)
     inputs32 = [t.detach().float().requires_grad_() for t in inputs64]
     bias32 = bias64.detach().float().requires_grad_()
     compiled = window_attention(inputs32[0], torch.cat(inputs32[1:], dim=1), bias32)
-    kernel_objects = (cross_attention.ATTENTION_FORWARD, cross_attention.ATTENTION_QUERY_GRADS, cross_attention.ATTENTION_KEY_VALUE_GRADS)
+    kernel_objects = (cross_attention.ATTENTION_FORWARD, cross_attention.ATTENTION_QUERY_GRADS,
+                      cross_attention.ATTENTION_KEY_VALUE_GRADS)
     reference = stacked_window_attention(*inputs64, bias64)
     assert torch.allclose(compiled.double(), reference, rtol=1e-5, atol=1e-5)
     compiled_grads = torch.autograd.grad(compiled, inputs32 + [bias32], grad.float())

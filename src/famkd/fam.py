@@ -253,9 +253,10 @@ def effective_filter(global_filter: Tensor, half_weight: Tensor, negated_weight:
 
 
 def total_filter(effective: Tensor, gamma1: Tensor, local_term: Tensor | None) -> tuple[Tensor, Tensor]:
-    """K_total = gamma1 K_eff + local_term at each frequency, and its conjugate, both complex (S * H, C_in, C_out)
-    (effective: K_eff, complex (S, H, C_in, C_out); local_term: real (C_in, C_out), the same at every
-    frequency). The conjugate is the backward GEMM's operand: a conjugated view would be copied there anyway.
+    """K_total = gamma1 K_eff + local_term at each frequency, and its conjugate, both complex
+    (S * H, C_in, C_out) (effective: K_eff, complex (S, H, C_in, C_out); local_term: real (C_in, C_out),
+    the same at every frequency). The conjugate is the backward GEMM's operand: a conjugated view
+    would be copied there anyway.
     """
     size, half, c_in, c_out = effective.shape
     if local_term is None:
@@ -281,8 +282,9 @@ def effective_filter_backward(grad: Tensor, half_weight: Tensor, negated_weight:
     by_frequency = grad.new_empty(size, size, c_in, c_out)
     torch.mul(grad, half_weight, out=by_frequency[:, :half])
     if size > half:
-        mirrored = grad.reshape(size * half, c_in, c_out).index_select(0, tail_index).view(size, size - half, c_in, c_out)
-        mirrored_weight = negated_weight.reshape(size * half).index_select(0, tail_index).view(size, size - half, 1, 1)
+        tail = (size, size - half)
+        mirrored = grad.reshape(size * half, c_in, c_out).index_select(0, tail_index).view(*tail, c_in, c_out)
+        mirrored_weight = negated_weight.reshape(size * half).index_select(0, tail_index).view(*tail, 1, 1)
         torch.conj_physical_(torch.mul(mirrored, mirrored_weight, out=by_frequency[:, half:]))
     negated_rows = negated_indices(size, grad.device)
     for column in self_mirrored_columns(size):  # -v = v: both terms land here

@@ -137,7 +137,8 @@ def attention_query_grads(grad: Tensor, query: Tensor, keys_padded: Tensor, valu
 
 def attention_key_value_grads(keys_values: Tensor, bias: Tensor, query_padded: Tensor, grad_padded: Tensor,
                               out_padded: Tensor, log_total_padded: Tensor) -> Tensor:
-    """Gradient of the keys and values, (B, 2C, H, W) as `window_attention` takes them, gathered rather than scattered.
+    """Gradient of the keys and values, (B, 2C, H, W) as `window_attention` takes them, gathered
+    rather than scattered.
 
     Position P is window cell j of location P - offset_j, whose weight there is
     exp(q[P - offset_j] (k[P] + bias_j) - log_total[P - offset_j]). The padded query / grad / out /
@@ -151,7 +152,7 @@ def attention_key_value_grads(keys_values: Tensor, bias: Tensor, query_padded: T
         mirror_row, mirror_col = WINDOW - 1 - row, WINDOW - 1 - col  # reads P - offset_j
         query = shifted(query_padded, mirror_row, mirror_col, height, width)
         weight = exp(query * (keys + bias[j, :, None, None])
-                           - shifted(log_total_padded, mirror_row, mirror_col, height, width))
+                     - shifted(log_total_padded, mirror_row, mirror_col, height, width))
         grad_weighted = shifted(grad_padded, mirror_row, mirror_col, height, width) * weight
         grad_values = grad_values + grad_weighted
         grad_keys = grad_keys + query * grad_weighted * (values - shifted(out_padded, mirror_row, mirror_col, height, width))
@@ -183,7 +184,8 @@ class WindowAttention(torch.autograd.Function):
         grad_query, grad_bias = ATTENTION_QUERY_GRADS(grad, query, keys_padded, values_padded, bias, out, log_total)
         height, width = query.shape[-2:]
         grad_keys_values = ATTENTION_KEY_VALUE_GRADS(
-            shifted(keys_values_padded, 1, 1, height, width), bias, pad_window(query), pad_window(grad), pad_window(out), pad_window(log_total),
+            shifted(keys_values_padded, 1, 1, height, width), bias,
+            pad_window(query), pad_window(grad), pad_window(out), pad_window(log_total),
         )
         return grad_query, grad_keys_values, grad_bias
 
