@@ -134,3 +134,22 @@ def test_compiled_window_attention_matches_the_float64_stacked_form(monkeypatch)
     assert all(k.compiled is not None and not k.failed for k in kernel_objects)
     for a, b in zip(compiled_grads, reference_grads):
         assert torch.allclose(a.double(), b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+
+
+def test_kernel_runs_shapes_past_the_recompile_limit_eagerly(monkeypatch):
+    """torch.compile refuses (fullgraph) a specialisation past its limit: the kernel must not fail there."""
+    if not kernels.device_has_compiler("cpu"):
+        pytest.skip("no C++ compiler: kernels run eagerly here")
+    monkeypatch.setenv(kernels.COMPILE_SETTING, "always")
+
+    def doubled_plus_one(t):
+        return 2 * t + 1
+
+    kernel = kernels.Kernel(doubled_plus_one)
+    limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"  # torch < 2.7
+    with torch._dynamo.config.patch(**{limit: 2}):
+        for size in range(1, 5):
+            t = torch.arange(float(size))
+            assert torch.equal(kernel(t), 2 * t + 1)
+    assert kernel.compiled is not None and not kernel.failed
+    assert len(kernel.eager_layouts) == 2

@@ -11,8 +11,10 @@ device has a compiler, and the environment variable FAMKD_COMPILE_KERNELS allows
     never   always eager
 
 Each input shape and dtype compiles once per process (seconds on CPU; torch keeps the result
-in its on-disk cache for later processes). If compilation fails the kernel warns once and stays
-eager. Inside an outer torch.compile the plain function is traced.
+in its on-disk cache for later processes), up to torch.compile's limit of specialisations per
+function (torch._dynamo.config.recompile_limit); inputs of further shapes run eagerly. If
+compilation fails the kernel warns once and stays eager. Inside an outer torch.compile the plain
+function is traced.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ COMPILE_CHOICES = ("auto", "always", "never")
 # second one) once it reads more than 4 inputs. The kernels here are elementwise sums over a 3x3
 # window, where recomputing such a value in registers is far cheaper than the memory round trip.
 COMPILE_OPTIONS = {"realize_reads_threshold": 1000}
+# torch.compile keeps a bounded number of specialisations (shapes, strides) per function; with
+# fullgraph, one more is an error, named so in recent torch versions.
+RECOMPILE_LIMIT_HIT = tuple(getattr(torch._dynamo.exc, name) for name in ("FailOnRecompileLimitHit", "FailOnCacheLimitHit")
+                            if hasattr(torch._dynamo.exc, name))
 
 
 def compile_setting() -> str:
@@ -61,6 +67,7 @@ class Kernel:
         self.function = function
         self.compiled: Callable[..., tuple[Tensor, ...]] | None = None  # built on first use: importing the compiler takes seconds
         self.failed = False
+        self.eager_layouts: set[tuple] = set()  # inputs past torch.compile's specialisation limit
         functools.update_wrapper(self, function)
 
     def use_compiled(self, first: Tensor) -> bool:
@@ -76,11 +83,22 @@ class Kernel:
     def __call__(self, *tensors: Tensor) -> tuple[Tensor, ...]:
         if not self.use_compiled(tensors[0]):
             return self.function(*tensors)
+        layout = input_layout(tensors)
+        if layout in self.eager_layouts:
+            return self.function(*tensors)
         if self.compiled is None:
             self.compiled = torch.compile(self.function, dynamic=False, fullgraph=True, options=COMPILE_OPTIONS)
         try:
             return self.compiled(*tensors)
+        except RECOMPILE_LIMIT_HIT:  # the shapes compiled so far stay compiled; these run eagerly
+            self.eager_layouts.add(layout)
+            return self.function(*tensors)
         except torch._dynamo.exc.BackendCompilerFailed as error:
             self.failed = True
             warnings.warn(f"famkd: compiling {self.function.__name__} failed, running it eagerly ({error})", stacklevel=2)
             return self.function(*tensors)
+
+
+def input_layout(tensors: tuple) -> tuple:
+    """What torch.compile specialises a kernel on: each tensor's shape, strides, dtype and device."""
+    return tuple((tuple(t.shape), t.stride(), t.dtype, t.device) if isinstance(t, Tensor) else t for t in tensors)
