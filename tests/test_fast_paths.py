@@ -146,7 +146,7 @@ def test_kernel_runs_shapes_past_the_recompile_limit_eagerly(monkeypatch):
         return 2 * t + 1
 
     kernel = kernels.Kernel(doubled_plus_one)
-    limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"  # torch < 2.7
+    limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"  # older torch
     with torch._dynamo.config.patch(**{limit: 2}):
         for size in range(1, 5):
             t = torch.arange(float(size))
