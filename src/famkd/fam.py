@@ -298,8 +298,9 @@ def contiguous_transpose(matrix: Tensor) -> Tensor:
 
 
 # Compiled, a wide transpose is a tiled loop on every thread: 2x faster than torch's one-thread
-# copy for the (frequencies, B * C) spectra, and 7x for the short ones of small maps.
-WIDE_TRANSPOSE = Kernel(contiguous_transpose)
+# copy for the (frequencies, B * C) spectra, and 7x for the short ones of small maps. One kernel
+# with symbolic sizes serves every level's shapes about as fast as one kernel per shape would.
+WIDE_TRANSPOSE = Kernel(contiguous_transpose, dynamic=True)
 
 
 def transposed(matrix: Tensor) -> Tensor:

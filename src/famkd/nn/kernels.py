@@ -10,11 +10,11 @@ device has a compiler, and the environment variable FAMKD_COMPILE_KERNELS allows
     always  compile every call (tests use it to check the compiled form)
     never   always eager
 
-Each input shape and dtype compiles once per process (seconds on CPU; torch keeps the result
-in its on-disk cache for later processes), up to torch.compile's limit of specialisations per
-function (torch._dynamo.config.recompile_limit); inputs of further shapes run eagerly. If
-compilation fails the kernel warns once and stays eager. Inside an outer torch.compile the plain
-function is traced.
+Each input shape and dtype compiles once per process, or once for all shapes with `dynamic`
+(seconds on CPU; torch keeps the result in its on-disk cache for later processes), up to
+torch.compile's limit of specialisations per function (torch._dynamo.config.recompile_limit);
+inputs of further shapes run eagerly. If compilation fails the kernel warns once and stays eager.
+Inside an outer torch.compile the plain function is traced.
 """
 
 from __future__ import annotations
@@ -63,8 +63,9 @@ def device_has_compiler(device_type: str) -> bool:
 class Kernel:
     """Callable wrapper of `function`, compiled per the module docstring's rules."""
 
-    def __init__(self, function: Callable[..., tuple[Tensor, ...]]):
+    def __init__(self, function: Callable[..., tuple[Tensor, ...]], dynamic: bool = False):
         self.function = function
+        self.dynamic = dynamic  # one compiled kernel for every shape, rather than one per shape
         self.compiled: Callable[..., tuple[Tensor, ...]] | None = None  # built on first use: importing the compiler takes seconds
         self.failed = False
         self.eager_layouts: set[tuple] = set()  # inputs past torch.compile's specialisation limit
@@ -87,7 +88,7 @@ class Kernel:
         if layout in self.eager_layouts:
             return self.function(*tensors)
         if self.compiled is None:
-            self.compiled = torch.compile(self.function, dynamic=False, fullgraph=True, options=COMPILE_OPTIONS)
+            self.compiled = torch.compile(self.function, dynamic=self.dynamic, fullgraph=True, options=COMPILE_OPTIONS)
         try:
             return self.compiled(*tensors)
         except RECOMPILE_LIMIT_HIT:  # the shapes compiled so far stay compiled; these run eagerly
