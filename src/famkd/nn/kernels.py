@@ -28,6 +28,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+KernelOutput = Tensor | tuple[Tensor, ...]
 COMPILE_MIN_NUMEL = 1 << 18
 COMPILE_SETTING = "FAMKD_COMPILE_KERNELS"
 COMPILE_CHOICES = ("auto", "always", "never")
@@ -36,9 +37,8 @@ COMPILE_CHOICES = ("auto", "always", "never")
 # window, where recomputing such a value in registers is far cheaper than the memory round trip.
 COMPILE_OPTIONS = {"realize_reads_threshold": 1000}
 # torch.compile keeps a bounded number of specialisations (shapes, strides) per function; with
-# fullgraph, one more is an error, named so in recent torch versions.
-RECOMPILE_LIMIT_HIT = tuple(getattr(torch._dynamo.exc, name) for name in ("FailOnRecompileLimitHit", "FailOnCacheLimitHit")
-                            if hasattr(torch._dynamo.exc, name))
+# fullgraph, one more raises this (in the torch versions that name it; older ones fall back themselves).
+RECOMPILE_LIMIT_HIT = (torch._dynamo.exc.FailOnRecompileLimitHit,) if hasattr(torch._dynamo.exc, "FailOnRecompileLimitHit") else ()
 
 
 def compile_setting() -> str:
@@ -63,10 +63,10 @@ def device_has_compiler(device_type: str) -> bool:
 class Kernel:
     """Callable wrapper of `function`, compiled per the module docstring's rules."""
 
-    def __init__(self, function: Callable[..., tuple[Tensor, ...]], dynamic: bool = False):
+    def __init__(self, function: Callable[..., KernelOutput], dynamic: bool = False):
         self.function = function
         self.dynamic = dynamic  # one compiled kernel for every shape, rather than one per shape
-        self.compiled: Callable[..., tuple[Tensor, ...]] | None = None  # built on first use: importing the compiler takes seconds
+        self.compiled: Callable[..., KernelOutput] | None = None  # built on first use: importing the compiler takes seconds
         self.failed = False
         self.eager_layouts: set[tuple] = set()  # inputs past torch.compile's specialisation limit
         functools.update_wrapper(self, function)
@@ -81,7 +81,7 @@ class Kernel:
             return False
         return device_has_compiler(first.device.type)
 
-    def __call__(self, *tensors: Tensor) -> tuple[Tensor, ...]:
+    def __call__(self, *tensors: Tensor) -> KernelOutput:
         if not self.use_compiled(tensors[0]):
             return self.function(*tensors)
         layout = input_layout(tensors)
