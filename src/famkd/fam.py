@@ -312,14 +312,14 @@ def transposed(matrix: Tensor) -> Tensor:
     torch.compile does not trace such dtype views, and does its own copy.
     """
     if torch.compiler.is_compiling():
-        return matrix.t().contiguous()
+        return contiguous_transpose(matrix)
     if matrix.dtype == torch.complex64:
         return transposed(matrix.view(torch.float64)).view(torch.complex64)
     rows, columns = matrix.shape
     if rows < 4 * columns:
         return WIDE_TRANSPOSE(matrix)
     if matrix.numel() < TRANSPOSE_SLAB_NUMEL:
-        return matrix.t().contiguous()
+        return contiguous_transpose(matrix)
     out = matrix.new_empty(columns, rows)
     slab = max(TRANSPOSE_MIN_SLAB_ROWS, TRANSPOSE_SLAB_NUMEL // columns)
     for start in range(0, rows, slab):

@@ -84,15 +84,14 @@ class Kernel:
     def __call__(self, *tensors: Tensor) -> KernelOutput:
         if not self.use_compiled(tensors[0]):
             return self.function(*tensors)
-        layout = input_layout(tensors)
-        if layout in self.eager_layouts:
+        if self.eager_layouts and input_layout(tensors) in self.eager_layouts:
             return self.function(*tensors)
         if self.compiled is None:
             self.compiled = torch.compile(self.function, dynamic=self.dynamic, fullgraph=True, options=COMPILE_OPTIONS)
         try:
             return self.compiled(*tensors)
         except RECOMPILE_LIMIT_HIT:  # the shapes compiled so far stay compiled; these run eagerly
-            self.eager_layouts.add(layout)
+            self.eager_layouts.add(input_layout(tensors))
             return self.function(*tensors)
         except torch._dynamo.exc.BackendCompilerFailed as error:
             self.failed = True
