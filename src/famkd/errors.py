@@ -1,0 +1,29 @@
+"""The one base class of the errors famkd reports to the user as a single line.
+
+Every error whose message says what was wrong and how to fix it derives from `FamkdError`; the
+`famkd` command prints those without a traceback. The standard exception each one also is
+(ValueError for bad values, FileNotFoundError for missing data) keeps `except` clauses written
+against the standard library working.
+"""
+
+from __future__ import annotations
+
+
+class FamkdError(Exception):
+    """A problem the user can fix (bad config value, missing data, wrong checkpoint, ...)."""
+
+
+class ConfigError(FamkdError, ValueError):
+    """A configuration file, override or method option that cannot be turned into valid settings."""
+
+
+class FamkdDeprecationWarning(FutureWarning):
+    """An old name that still works but will go away; the message names its replacement."""
+
+
+class NonFiniteLossError(FamkdError):
+    """A loss term became NaN or infinite; the run stopped and kept its last good checkpoint."""
+
+
+class TrainingInterrupted(FamkdError):
+    """Ctrl-C stopped the run after saving a resumable checkpoint."""
