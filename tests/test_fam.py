@@ -59,8 +59,8 @@ def test_fast_form_equals_direct_definition(size, channels, hpf):
 def test_fast_form_with_transposes_copied_in_slabs(monkeypatch):
     """Large batches transpose their spectra in slabs of rows (famkd.fam.transposed); a small
     slab threshold sends this test's spectra (forward and backward) down that path."""
-    monkeypatch.setattr(famkd.fam, "TRANSPOSE_SLAB_NUMEL", 64)
-    monkeypatch.setattr(famkd.fam, "TRANSPOSE_MIN_SLAB_ROWS", 7)
+    monkeypatch.setattr(famkd.fam.spectral, "TRANSPOSE_SLAB_NUMEL", 64)
+    monkeypatch.setattr(famkd.fam.spectral, "TRANSPOSE_MIN_SLAB_ROWS", 7)
     assert_fast_form_equals_direct_definition(32, (6, 5), 8, "ideal")  # (B * C, 40) spectra, B * C >= 160
 
 

@@ -1,4 +1,4 @@
-"""Windowed per-channel cross-attention used to fuse a level with the deeper residual (METHOD.md 3.1)."""
+"""Windowed per-channel cross-attention used to fuse a level with the deeper residual (docs/method.md)."""
 
 from __future__ import annotations
 
