@@ -1,10 +1,12 @@
 """Copy a class-balanced slice of a CIFAR-100 .npy layout (default: 10,000 training images, 100 per
 class, and 2,000 test images) into ./.cifar_slice, in the same .npy layout, for benchmarks/gpu_check.sh.
 
-    python benchmarks/make_cifar_slice.py [--source /work/shared/data/cifar100] [--out .cifar_slice]
+    python benchmarks/make_cifar_slice.py [--source DIR] [--out .cifar_slice] [--teacher FILE]
 
+--source defaults to $FAMKD_DATA when set, else ../shared/data/cifar100 beside the repository.
 The first N images of each class are kept, in the original order. A teacher checkpoint is copied
-alongside when one is found (--teacher). .cifar_slice/ is git-ignored: never commit data.
+alongside when one is found (--teacher, default: cifar100_teachers/resnet56.pth beside the source
+directory). .cifar_slice/ is git-ignored: never commit data.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_SOURCE = os.environ.get("FAMKD_DATA", "/work/shared/data/cifar100")
-DEFAULT_TEACHER = "/work/shared/data/cifar100_teachers/resnet56.pth"
+SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+DEFAULT_SOURCE = os.environ.get("FAMKD_DATA") or str(SHARED_DATA / "cifar100")
+TEACHER_BESIDE_SOURCE = Path("cifar100_teachers") / "resnet56.pth"
 
 
 def first_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
@@ -60,18 +63,23 @@ def write_slice(source: Path, out: Path, train_per_class: int, test_per_class: i
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", default=DEFAULT_SOURCE, help="a CIFAR-100 .npy layout directory (with meta.json)")
+    parser.add_argument("--source", default=DEFAULT_SOURCE,
+                        help="a CIFAR-100 .npy layout directory (with meta.json); "
+                             "default: $FAMKD_DATA, else ../shared/data/cifar100 beside the repository")
     parser.add_argument("--out", default=".cifar_slice")
     parser.add_argument("--train-per-class", type=int, default=100)
     parser.add_argument("--test-per-class", type=int, default=20)
-    parser.add_argument("--teacher", default=DEFAULT_TEACHER, help="teacher checkpoint copied as OUT/teacher.pth if it exists")
+    parser.add_argument("--teacher", default="",
+                        help="teacher checkpoint copied as OUT/teacher.pth if it exists "
+                             "(default: cifar100_teachers/resnet56.pth beside the source directory)")
     args = parser.parse_args()
     source, out = Path(args.source), Path(args.out)
     if not (source / "meta.json").is_file():
-        print(f"make_cifar_slice: {source} is not a CIFAR-100 .npy layout (no meta.json); pass --source", file=sys.stderr)
+        print(f"make_cifar_slice: {source} is not a CIFAR-100 .npy layout (no meta.json); pass --source",
+              file=sys.stderr)
         return 1
     counts = write_slice(source, out, args.train_per_class, args.test_per_class)
-    teacher = Path(args.teacher)
+    teacher = Path(args.teacher) if args.teacher else source.resolve().parent / TEACHER_BESIDE_SOURCE
     if teacher.is_file():
         shutil.copyfile(teacher, out / "teacher.pth")
     size_mb = sum(f.stat().st_size for f in out.iterdir()) / 2**20

@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import urllib.error
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from famkd.data import (
     ImageDataset,
     SyntheticSpec,
     build_datasets,
+    dataset_image_size,
     synthetic_datasets,
 )
 from famkd.data.cifar100 import load_cifar100
@@ -39,9 +41,10 @@ from famkd.data.transforms import (
     random_crop,
     random_hflip,
 )
+from famkd.errors import ConfigError, FamkdError
+from real_data import REAL_CIFAR100, REAL_CIFAR100_WHERE
 from tiny_cifar import tiny_cifar_arrays, write_tiny_cifar
 
-REAL_CIFAR = Path("/work/shared/data/cifar100")
 HOW_TO_GET = "download cifar-100-python.tar.gz (torchvision.datasets.CIFAR100(root, download=True))"
 
 
@@ -72,7 +75,7 @@ def test_cifar_loads_exactly_what_was_written(fmt, tiny_cifar_npy, tiny_cifar_pi
 
 
 def test_both_formats_give_identical_tensors(tiny_cifar_npy, tiny_cifar_pickle):
-    for from_npy, from_pickle in zip(load(tiny_cifar_npy), load(tiny_cifar_pickle)):
+    for from_npy, from_pickle in zip(load(tiny_cifar_npy), load(tiny_cifar_pickle), strict=True):
         assert torch.equal(from_npy.images, from_pickle.images)
         assert torch.equal(from_npy.labels, from_pickle.labels)
         assert from_npy.class_names == from_pickle.class_names
@@ -191,6 +194,100 @@ def test_download_goes_into_the_first_place_and_is_then_loaded(tmp_path, monkeyp
     assert len(train) == 2 and str(tmp_path / "env" / "cifar-100-python") in train.description
 
 
+def record_torchvision_calls(monkeypatch: pytest.MonkeyPatch,
+                             fetch: Callable[[Path], object]) -> list[tuple[str, bool, bool]]:
+    """Replace torchvision's CIFAR100 by one that records (root, train, download), then runs `fetch(root)`."""
+    import torchvision.datasets
+
+    calls: list[tuple[str, bool, bool]] = []
+
+    def fake_cifar100(root: str, train: bool, download: bool) -> None:
+        calls.append((root, train, download))
+        fetch(Path(root))
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", fake_cifar100)
+    return calls
+
+
+def test_default_config_neither_downloads_nor_creates_a_missing_root(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = record_torchvision_calls(monkeypatch, fetch=lambda root: write_tiny_cifar(root, "pickle"))
+    missing = tmp_path / "absent" / "cifar"
+    assert DataConfig().download is False
+    for load_with_defaults in (lambda: build_datasets(DataConfig(root=str(missing))),
+                               lambda: load_cifar100(str(missing))):
+        with pytest.raises(DataNotFoundError) as err:
+            load_with_defaults()
+        message = str(err.value)
+        assert f"  - {missing} (data.root; also its cifar-100-python/ and cifar100/): does not exist" in message
+        assert message.endswith(f"or add data.download=true to fetch cifar-100-python with torchvision into {missing}.")
+    assert calls == []
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("failure", [OSError("connection reset by peer"), RuntimeError("File not found or corrupted.")])
+def test_failed_download_removes_the_folders_it_created(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        failure: Exception) -> None:
+    def partial_download(root: Path) -> None:
+        (root / "cifar-100-python").mkdir()
+        (root / "cifar-100-python.tar.gz").write_bytes(b"first bytes")
+        raise failure
+
+    calls = record_torchvision_calls(monkeypatch, fetch=partial_download)
+    target = tmp_path / "new" / "cifar"
+    with pytest.raises(DataNotFoundError) as err:
+        build_datasets(DataConfig(root=str(target), download=True))
+    assert f"Then: download into {target} failed: {failure}." in str(err.value)
+    assert "add data.download=true" not in str(err.value)
+    assert calls == [(str(target), True, True)]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_download_into_an_existing_folder_removes_only_what_it_added(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    def partial_download(root: Path) -> None:
+        (root / "cifar-100-python").mkdir()
+        (root / "cifar-100-python" / "train").write_bytes(b"half a pickle")
+        (root / "cifar-100-python.tar.gz").write_bytes(b"first bytes")
+        raise OSError("connection reset by peer")
+
+    record_torchvision_calls(monkeypatch, fetch=partial_download)
+    (tmp_path / "notes.txt").write_text("kept")
+    with pytest.raises(DataNotFoundError, match="failed: connection reset by peer"):
+        load_cifar100(str(tmp_path), download=True)
+    assert [path.name for path in tmp_path.iterdir()] == ["notes.txt"]
+    assert (tmp_path / "notes.txt").read_text() == "kept"
+
+
+def test_download_true_fetches_into_the_missing_data_root_and_loads_it(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = record_torchvision_calls(monkeypatch, fetch=lambda root: write_tiny_cifar(root, "pickle"))
+    target = tmp_path / "new" / "cifar"
+    train, test = build_datasets(DataConfig(root=str(target), download=True, classes=4))
+    assert calls == [(str(target), True, True)]
+    reference = tiny_cifar_arrays()
+    test_keep = reference["test_labels"] < 4
+    assert torch.equal(test.images, nchw(reference["test_images"][test_keep]))
+    assert test.labels.tolist() == reference["test_labels"][test_keep].tolist()
+    assert (len(train), len(test), train.num_classes) == (24, 12, 4)
+    assert f"CIFAR-100 (pickle layout at {target / 'cifar-100-python'}), train" in train.description
+    build_datasets(DataConfig(root=str(target), download=True))
+    assert len(calls) == 1  # found on disk the second time: not fetched again
+
+
+def test_data_errors_are_famkd_errors_that_keep_their_standard_base(tiny_cifar_npy: Path) -> None:
+    assert issubclass(DataNotFoundError, FamkdError) and issubclass(DataNotFoundError, FileNotFoundError)
+    assert issubclass(DataFormatError, FamkdError) and issubclass(DataFormatError, ValueError)
+    with pytest.raises(ConfigError, match="data.classes=101 but the dataset has only 100 classes"):
+        load(tiny_cifar_npy, classes=101)
+    with pytest.raises(ConfigError, match="data.classes=10 but the synthetic dataset has only 9 classes"):
+        build_datasets(DataConfig(dataset="synthetic", classes=10))
+    with pytest.raises(ConfigError, match="unknown dataset 'imagenet': choose cifar100 or synthetic"):
+        build_datasets(DataConfig(dataset="imagenet"))
+    with pytest.raises(ConfigError, match="distractors must be 0, 1 or 2"):
+        SyntheticSpec(distractors=3)
+
+
 def test_npy_shard_of_the_wrong_dtype_is_a_format_error(tmp_path):
     root = write_tiny_cifar(tmp_path, "npy", num_classes=2, train_per_class=2, test_per_class=1)
     np.save(root / "test_images_0.npy", np.zeros((2, 32, 32, 3), dtype=np.float32))
@@ -229,19 +326,20 @@ def test_python3_pickles_with_str_keys_load_too(tmp_path):
     assert torch.equal(train.images, nchw(reference["train_images"]))
 
 
-@pytest.mark.skipif(not (REAL_CIFAR / "meta.json").is_file(), reason="real CIFAR-100 not at /work/shared/data/cifar100")
+@pytest.mark.skipif(not (REAL_CIFAR100 / "meta.json").is_file(),
+                    reason=f"no real CIFAR-100 .npy layout in {REAL_CIFAR100_WHERE}")
 def test_real_cifar100_counts_and_published_channel_means():
-    train, test = load(REAL_CIFAR)
+    train, test = load(REAL_CIFAR100)
     assert (len(train), len(test), train.num_classes) == (50000, 10000, 100)
     assert torch.bincount(train.labels).tolist() == [500] * 100
     assert test.labels[:5].tolist() == [49, 33, 72, 51, 71]
-    published = json.loads((REAL_CIFAR / "meta.json").read_text())["channel_stats_0_1"]
+    published = json.loads((REAL_CIFAR100 / "meta.json").read_text())["channel_stats_0_1"]
     pixel_sums = train.images.sum(dim=(0, 2, 3), dtype=torch.float64)
     means = (pixel_sums / (255.0 * 50000 * 32 * 32)).tolist()
     assert means == pytest.approx([0.5070751592371323, 0.48654887331495095, 0.4409178433670343], abs=1e-6)
     assert means == pytest.approx(published["train_mean"], abs=1e-6)
-    assert CIFAR100_MEAN == pytest.approx(published["train_mean"], abs=1e-4)
-    assert CIFAR100_STD == pytest.approx(published["train_std"], abs=1e-4)
+    assert pytest.approx(published["train_mean"], abs=1e-4) == CIFAR100_MEAN
+    assert pytest.approx(published["train_std"], abs=1e-4) == CIFAR100_STD
 
 
 # batched augmentation against per-sample loops
@@ -270,7 +368,7 @@ def test_crop_and_flip_match_a_per_sample_reference():
     generator = torch.Generator().manual_seed(3)
     offsets = crop_offsets(40, 2, generator)
     flips = flip_mask(40, generator)
-    assert 0 <= offsets.min() and offsets.max() <= 4 and len(set(offsets.flatten().tolist())) == 5
+    assert offsets.min() >= 0 and offsets.max() <= 4 and len(set(offsets.flatten().tolist())) == 5
     assert 0 < flips.sum() < 40
     indices = torch.arange(40)
     cropped = flip_where(crop_padded(pad_images(images, 2), indices, offsets, 8), flips)
@@ -306,7 +404,8 @@ def test_normalize_matches_a_float64_formula():
     images = random_images(count=4)
     mean, std = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
     out = normalize(images, mean, std)
-    expected = (images.numpy().astype(np.float64) / 255.0 - np.array(mean)[:, None, None]) / np.array(std)[:, None, None]
+    pixels = images.numpy().astype(np.float64) / 255.0
+    expected = (pixels - np.array(mean)[:, None, None]) / np.array(std)[:, None, None]
     assert out.dtype == torch.float32
     np.testing.assert_allclose(out.numpy(), expected, rtol=0, atol=2e-6)
 
@@ -320,7 +419,8 @@ def small_dataset(count=50, size=8, num_classes=5) -> ImageDataset:
                         mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3), description="random test images, 50 images")
 
 
-def reference_epoch(dataset: ImageDataset, seed: int, epoch: int, batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def reference_epoch(dataset: ImageDataset, seed: int, epoch: int,
+                    batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """The batches a train loader should yield, rebuilt from the documented (seed, epoch) draws."""
     generator = epoch_generator(seed, epoch)
     order = torch.randperm(len(dataset), generator=generator).numpy()
@@ -341,7 +441,7 @@ def test_train_batches_match_the_reference_epoch():
     batches = list(loader)
     expected = reference_epoch(dataset, seed=7, epoch=3, batch_size=16)
     assert len(loader) == len(batches) == len(expected) == 3  # drop_last: 50 // 16
-    for (images, labels), (ref_images, ref_labels) in zip(batches, expected):
+    for (images, labels), (ref_images, ref_labels) in zip(batches, expected, strict=True):
         assert images.dtype == torch.float32 and images.shape == (16, 3, 8, 8)
         np.testing.assert_allclose(images.numpy(), ref_images, rtol=0, atol=2e-6)
         assert np.array_equal(labels.numpy(), ref_labels)
@@ -356,10 +456,10 @@ def test_an_epoch_depends_only_on_seed_and_epoch():
     first.set_epoch(5)
     list(first)
     second.set_epoch(2)  # a resumed run starts its loader directly at the epoch
-    for (a, la), (b, lb) in zip(epoch_two, second):
+    for (a, la), (b, lb) in zip(epoch_two, second, strict=True):
         assert torch.equal(a, b) and torch.equal(la, lb)
     first.set_epoch(2)
-    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(epoch_two, first))
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(epoch_two, first, strict=True))
 
 
 def test_epochs_and_seeds_differ_and_each_epoch_is_a_permutation():
@@ -396,7 +496,7 @@ def test_max_steps_caps_the_epoch():
     full = BatchLoader(dataset, 8, train=True, seed=0)
     full.set_epoch(1)
     assert len(loader) == len(batches) == 2 and len(full) == 6
-    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(batches, full))
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(batches, full, strict=False))
     assert len(BatchLoader(dataset, 8, train=False, max_steps=100)) == 7
     assert len(BatchLoader(dataset, 8, train=True, drop_last=False)) == 7
 
@@ -455,6 +555,15 @@ def test_build_datasets_makes_the_synthetic_set_from_data_classes_and_train_per_
     assert "synthetic embedded dataset" in train.description
 
 
+def test_dataset_image_size_is_the_side_of_the_built_images(tiny_cifar_npy: Path) -> None:
+    for config in (DataConfig(dataset="synthetic", classes=2, train_per_class=1), DataConfig(root=str(tiny_cifar_npy))):
+        train, test = build_datasets(config)
+        assert dataset_image_size(config) == 32
+        assert train.images.shape[-2:] == test.images.shape[-2:] == (32, 32)
+    with pytest.raises(ConfigError, match="unknown dataset 'imagenet': choose cifar100 or synthetic"):
+        dataset_image_size(DataConfig(dataset="imagenet"))
+
+
 def test_synthetic_class_names_describe_the_shape_pairs():
     train, _ = synthetic_datasets(SMALL_SPEC)
     assert len(set(train.class_names)) == 6
@@ -472,11 +581,12 @@ CLEAN = dict(radius=(6.0, 6.0), max_rotation_deg=0.0, colour_jitter=0.0, object_
              background_texture=0.0, noise=0.0)
 
 
-def pixels_of_colour(images: torch.Tensor, colour) -> np.ndarray:
+def pixels_of_colour(images: torch.Tensor, colour: tuple[float, float, float]) -> np.ndarray:
     """(N, 4) count of pixels within 1/255 of `colour` in each 16x16 cell (row-major cells)."""
     target = np.round(255 * np.array(colour)).reshape(1, 3, 1, 1)
     hits = (np.abs(images.numpy().astype(np.int64) - target) <= 1).all(axis=1)  # (N, 32, 32)
-    return hits.reshape(len(hits), 2, 16, 2, 16).sum(axis=(2, 4)).reshape(len(hits), 4)
+    count = len(images)
+    return hits.reshape(count, 2, 16, 2, 16).sum(axis=(2, 4)).reshape(count, 4)
 
 
 def assert_area(count: int, shape: str) -> None:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from famkd.models import Features, FeatureModel, create_model, list_models
+from real_data import REAL_CIFAR100, REAL_CIFAR100_WHERE, RESNET56_TEACHER, TEACHERS_WHERE
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "cifar_zoo.json").read_text())["models"]
 MODEL_NAMES = [
@@ -30,9 +31,6 @@ MODEL_NAMES = [
     "vgg8", "vgg11", "vgg13", "vgg16", "vgg19",
     "MobileNetV2", "ShuffleV1", "ShuffleV2", "ResNet50",
 ]
-SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-RESNET56_TEACHER = SHARED_DATA / "cifar100_teachers" / "resnet56.pth"
-CIFAR100 = SHARED_DATA / "cifar100"
 # the normalisation the resnet56 teacher was trained with (its README)
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
@@ -240,20 +238,20 @@ def test_unknown_name_suggests_the_closest():
         create_model("resnet8x")
 
 
-@pytest.mark.skipif(not RESNET56_TEACHER.exists(), reason=f"no real teacher checkpoint at {RESNET56_TEACHER}")
+@pytest.mark.skipif(not RESNET56_TEACHER.exists(), reason=f"no resnet56.pth in {TEACHERS_WHERE}")
 def test_shared_resnet56_teacher_loads_strictly():
     checkpoint = torch.load(RESNET56_TEACHER, map_location="cpu", weights_only=True)
     create_model("resnet56").load_state_dict(checkpoint["model"], strict=True)
 
 
-@pytest.mark.skipif(not (RESNET56_TEACHER.exists() and (CIFAR100 / "test_images_0.npy").exists()),
-                    reason=f"needs the real teacher {RESNET56_TEACHER} and CIFAR-100 test split in {CIFAR100}")
+@pytest.mark.skipif(not (RESNET56_TEACHER.exists() and (REAL_CIFAR100 / "test_images_0.npy").exists()),
+                    reason=f"needs resnet56.pth in {TEACHERS_WHERE} and CIFAR-100 in {REAL_CIFAR100_WHERE}")
 def test_shared_resnet56_teacher_classifies_real_test_images():
     """200 real test images: the teacher reaches 69% on all 10,000; a wrong forward gives ~1%."""
     model = create_model("resnet56")
     model.load_state_dict(torch.load(RESNET56_TEACHER, map_location="cpu", weights_only=True)["model"])
-    images = np.load(CIFAR100 / "test_images_0.npy", mmap_mode="r")[:200]
-    labels = torch.from_numpy(np.load(CIFAR100 / "test_fine_labels.npy")[:200])
+    images = np.load(REAL_CIFAR100 / "test_images_0.npy", mmap_mode="r")[:200]
+    labels = torch.from_numpy(np.load(REAL_CIFAR100 / "test_fine_labels.npy")[:200])
     x = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float() / 255
     x = (x - torch.tensor(CIFAR100_MEAN).view(1, 3, 1, 1)) / torch.tensor(CIFAR100_STD).view(1, 3, 1, 1)
     with torch.no_grad():

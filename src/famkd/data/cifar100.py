@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,32 +22,35 @@ PICKLE_DIR_NAME = "cifar-100-python"
 NPY_DIR_NAME = "cifar100"
 IMAGE_SIZE = 32
 HOW_TO_GET = (
-    "To get it: download cifar-100-python.tar.gz (torchvision.datasets.CIFAR100(root, download=True)) "
-    "or point data.root / FAMKD_DATA at a cifar-100-python directory or an .npy layout directory."
+    "download cifar-100-python.tar.gz (torchvision.datasets.CIFAR100(root, download=True))",
+    "point data.root / FAMKD_DATA at a cifar-100-python directory or an .npy layout directory",
 )
 
 
-def load_cifar100(root: str = "", download: bool = True) -> tuple[ImageDataset, ImageDataset]:
-    """(train, test) CIFAR-100 from the first place that holds it, downloading when absent and allowed.
+def load_cifar100(root: str = "", download: bool = False) -> tuple[ImageDataset, ImageDataset]:
+    """(train, test) CIFAR-100 from the first place that holds it; downloaded only when `download` is set.
 
     `root` set: only there (the directory itself, or its `cifar-100-python` / `cifar100` child).
-    `root` empty: $FAMKD_DATA when set, then ./data. A download goes into the first of these places.
+    `root` empty: $FAMKD_DATA when set, then ./data. Without `download` nothing is created and the
+    error says where it looked. With `download`, torchvision fetches cifar-100-python into the
+    first of these places, creating it; a failed download removes again what it made.
     """
     places = candidate_roots(root)
     for place, _ in places:
         found = find_cifar100(place)
         if found is not None:
             return _load(*found)
-    download_note = "download disabled (data.download=false)"
-    if download:
-        target = places[0][0]
-        try:
-            _download(target)
-        except (OSError, RuntimeError) as err:
-            download_note = f"download into {target} failed: {err}"
-        else:
-            return _load(target / PICKLE_DIR_NAME, "pickle")
-    raise DataNotFoundError(_not_found_message(places, download_note, explicit_root=bool(root)))
+    explicit_root = bool(root)
+    if not download:
+        note = "download disabled (data.download=false)"
+        raise DataNotFoundError(_not_found_message(places, note, explicit_root, offer_download=True))
+    target = places[0][0]
+    try:
+        _download(target)
+    except (OSError, RuntimeError) as err:
+        note = f"download into {target} failed: {err}"
+        raise DataNotFoundError(_not_found_message(places, note, explicit_root, offer_download=False)) from err
+    return _load(target / PICKLE_DIR_NAME, "pickle")
 
 
 def candidate_roots(root: str) -> list[tuple[Path, str]]:
@@ -105,13 +109,14 @@ def _read_npy_split(directory: Path, split: str) -> tuple[torch.Tensor, torch.Te
     if not isinstance(shard_names, list) or not shard_names:
         raise DataFormatError(f"{directory / 'meta.json'} must list the {split} images under '{split}_image_shards'")
     shards = [_open_npy(directory / name, np.uint8) for name in shard_names]
-    for name, shard in zip(shard_names, shards):
+    for name, shard in zip(shard_names, shards, strict=True):
         if shard.ndim != 4 or shard.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
             raise DataFormatError(f"{directory / name}: expected uint8 (N, 32, 32, 3) NHWC images, got {shard.shape}")
-    labels = _open_npy(directory / f"{split}_fine_labels.npy", np.int64)
+    labels_path = directory / f"{split}_fine_labels.npy"
+    labels = _open_npy(labels_path, np.int64)
     count = sum(len(shard) for shard in shards)
     if labels.shape != (count,):
-        raise DataFormatError(f"{directory / f'{split}_fine_labels.npy'}: expected shape ({count},), got {labels.shape}")
+        raise DataFormatError(f"{labels_path}: expected shape ({count},), got {labels.shape}")
     images = torch.empty((count, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
     start = 0
     for shard in shards:
@@ -205,14 +210,42 @@ def _read_pickle_class_names(directory: Path) -> list[str]:
 
 
 def _download(target: Path) -> None:
-    """Fetch and extract cifar-100-python into `target` with torchvision (network errors propagate)."""
+    """Fetch and extract cifar-100-python into `target` with torchvision (network errors propagate).
+
+    On failure what the download made is removed before the error propagates: the folders it
+    created when `target` did not exist, else the entries it added to `target`.
+    """
     from torchvision.datasets import CIFAR100
 
-    target.mkdir(parents=True, exist_ok=True)
-    CIFAR100(root=str(target), train=True, download=True)
+    created = _topmost_missing(target)
+    entries_before = set() if created is not None else set(target.iterdir())
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        CIFAR100(root=str(target), train=True, download=True)
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        else:
+            for entry in set(target.iterdir()) - entries_before:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+        raise
 
 
-def _not_found_message(places: list[tuple[Path, str]], download_note: str, explicit_root: bool) -> str:
+def _topmost_missing(path: Path) -> Path | None:
+    """The outermost of `path` and its parents that does not exist (what mkdir(parents=True) creates), or None."""
+    missing = None
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            break
+        missing = candidate
+    return missing
+
+
+def _not_found_message(places: list[tuple[Path, str]], download_note: str, explicit_root: bool,
+                       offer_download: bool) -> str:
     lines = ["CIFAR-100 not found. Looked in:"]
     for place, origin in places:
         state = "does not exist" if not place.exists() else "holds no cifar-100-python files and no meta.json"
@@ -220,5 +253,8 @@ def _not_found_message(places: list[tuple[Path, str]], download_note: str, expli
     if explicit_root:
         lines.append("  ($FAMKD_DATA and ./data were not searched because data.root is set.)")
     lines.append(f"Then: {download_note}.")
-    lines.append(HOW_TO_GET)
+    ways = list(HOW_TO_GET)
+    if offer_download:
+        ways.append(f"add data.download=true to fetch cifar-100-python with torchvision into {places[0][0]}")
+    lines.append(f"To get it: {'; '.join(ways[:-1])}; or {ways[-1]}.")
     return "\n".join(lines)

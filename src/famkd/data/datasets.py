@@ -1,4 +1,4 @@
-"""In-memory image datasets and `build_datasets`, the one entry point from a `DataConfig`."""
+"""In-memory image datasets, the errors of the data package, and class/per-class subsets."""
 
 from __future__ import annotations
 
@@ -6,18 +6,18 @@ from dataclasses import dataclass
 
 import torch
 
-from famkd.config import DataConfig
+from famkd.errors import ConfigError, FamkdError
 
 # Per-channel mean and std of the 50000 CIFAR-100 train images, in [0, 1] units.
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
 
-class DataNotFoundError(FileNotFoundError):
-    """No dataset where we looked and none could be downloaded; the message lists the places and the fix."""
+class DataNotFoundError(FamkdError, FileNotFoundError):
+    """No dataset where we looked and none was downloaded; the message lists the places and the fix."""
 
 
-class DataFormatError(ValueError):
+class DataFormatError(FamkdError, ValueError):
     """A dataset directory was found but its files are not what the format requires."""
 
 
@@ -45,35 +45,19 @@ class ImageDataset:
                 f"labels must be int64 ({self.images.shape[0]},), got {self.labels.dtype} {tuple(self.labels.shape)}"
             )
         if len(self.labels) and not 0 <= int(self.labels.min()) <= int(self.labels.max()) < self.num_classes:
-            raise ValueError(f"labels must lie in [0, {self.num_classes}), got [{self.labels.min()}, {self.labels.max()}]")
+            raise ValueError(
+                f"labels must lie in [0, {self.num_classes}), got [{self.labels.min()}, {self.labels.max()}]"
+            )
         self.images = self.images.contiguous()
 
     def __len__(self) -> int:
         return len(self.labels)
 
 
-def build_datasets(cfg: DataConfig) -> tuple[ImageDataset, ImageDataset]:
-    """(train, test) for `cfg`: CIFAR-100 (pickle or .npy layout) or the synthetic demo set, then subsets."""
-    if cfg.dataset == "synthetic":
-        from famkd.data.synthetic import synthetic_datasets_from_config
-
-        return synthetic_datasets_from_config(cfg)
-    if cfg.dataset != "cifar100":
-        raise ValueError(f"unknown dataset {cfg.dataset!r}: choose cifar100 or synthetic")
-    from famkd.data.cifar100 import load_cifar100
-
-    train, test = load_cifar100(cfg.root, download=cfg.download)
-    if cfg.classes:
-        train, test = keep_classes(train, cfg.classes), keep_classes(test, cfg.classes)
-    if cfg.train_per_class:
-        train = first_per_class(train, cfg.train_per_class)
-    return train, test
-
-
 def keep_classes(dataset: ImageDataset, classes: int) -> ImageDataset:
     """The images with label < `classes`, in their original order; num_classes becomes `classes`."""
     if classes > dataset.num_classes:
-        raise ValueError(f"data.classes={classes} but the dataset has only {dataset.num_classes} classes")
+        raise ConfigError(f"data.classes={classes} but the dataset has only {dataset.num_classes} classes")
     keep = torch.nonzero(dataset.labels < classes).squeeze(1)
     return _subset(dataset, keep, num_classes=classes, note=f"classes 0-{classes - 1}")
 

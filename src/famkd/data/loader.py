@@ -8,7 +8,7 @@ on resume and on any device. No host synchronisation happens inside an epoch.
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch

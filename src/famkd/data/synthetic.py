@@ -27,6 +27,7 @@ import torch
 
 from famkd.config import DataConfig
 from famkd.data.datasets import ImageDataset
+from famkd.errors import ConfigError
 
 SHAPE_NAMES = ("disk", "square", "triangle", "plus", "ring", "cross", "bar", "half-disk")
 KEY_COLOURS = ((0.90, 0.15, 0.15), (0.15, 0.25, 0.90))  # red, blue: their objects carry the class
@@ -55,19 +56,18 @@ class SyntheticSpec:
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_shapes <= len(SHAPE_NAMES):
-            raise ValueError(f"num_shapes must be in [1, {len(SHAPE_NAMES)}], got {self.num_shapes}")
+            raise ConfigError(f"num_shapes must be in [1, {len(SHAPE_NAMES)}], got {self.num_shapes}")
         if not 1 <= self.num_classes <= self.num_shapes ** 2:
-            raise ValueError(
-                f"num_classes must be in [1, {self.num_shapes ** 2}] for {self.num_shapes} shapes, got {self.num_classes}"
-            )
+            raise ConfigError(f"num_classes must be in [1, {self.num_shapes ** 2}] for {self.num_shapes} shapes, "
+                              f"got {self.num_classes}")
         if self.layout not in ("colour", "diagonal"):
-            raise ValueError(f"layout must be 'colour' or 'diagonal', got {self.layout!r}")
+            raise ConfigError(f"layout must be 'colour' or 'diagonal', got {self.layout!r}")
         if self.layout == "diagonal" and self.num_shapes < 3:
-            raise ValueError("the diagonal layout needs num_shapes >= 3 (distractors avoid the class shape)")
+            raise ConfigError("the diagonal layout needs num_shapes >= 3 (distractors avoid the class shape)")
         if not 0 <= self.distractors <= 2:
-            raise ValueError(f"distractors must be 0, 1 or 2 (the free cells), got {self.distractors}")
+            raise ConfigError(f"distractors must be 0, 1 or 2 (the free cells), got {self.distractors}")
         if self.train_per_class < 1 or self.test_per_class < 1:
-            raise ValueError("train_per_class and test_per_class must be >= 1")
+            raise ConfigError("train_per_class and test_per_class must be >= 1")
 
 
 IMAGE_SIZE = 32
@@ -94,14 +94,15 @@ def synthetic_datasets(spec: SyntheticSpec = SyntheticSpec()) -> tuple[ImageData
     return datasets[0], datasets[1]
 
 
-def synthetic_datasets_from_config(cfg: DataConfig, spec: SyntheticSpec = SyntheticSpec()) -> tuple[ImageDataset, ImageDataset]:
+def synthetic_datasets_from_config(cfg: DataConfig,
+                                   spec: SyntheticSpec = SyntheticSpec()) -> tuple[ImageDataset, ImageDataset]:
     """`synthetic_datasets` with data.classes and data.train_per_class (when non-zero) replacing the spec's."""
-    changes = {}
-    if cfg.classes:
-        changes["num_classes"] = cfg.classes
-    if cfg.train_per_class:
-        changes["train_per_class"] = cfg.train_per_class
-    return synthetic_datasets(dataclasses.replace(spec, **changes))
+    most_classes = spec.num_shapes ** 2
+    if cfg.classes > most_classes:
+        raise ConfigError(f"data.classes={cfg.classes} but the synthetic dataset has only {most_classes} classes")
+    num_classes = cfg.classes or spec.num_classes
+    train_per_class = cfg.train_per_class or spec.train_per_class
+    return synthetic_datasets(dataclasses.replace(spec, num_classes=num_classes, train_per_class=train_per_class))
 
 
 def _class_pairs(spec: SyntheticSpec) -> list[tuple[int, int]]:
@@ -127,7 +128,7 @@ def _generate(spec: SyntheticSpec, pairs: list[tuple[int, int]], per_class: int,
     colours = [torch.tensor(KEY_COLOURS[0]).expand(count, 3), *colours]
     cells = _to_cells(_background(spec, count, generator))  # (N, 4, 3, 16, 16)
     rows = torch.arange(count)
-    for slot, (shape, colour) in enumerate(zip(shapes, colours)):
+    for slot, (shape, colour) in enumerate(zip(shapes, colours, strict=True)):
         mask, texture = _draw_object(spec, shape, generator)
         jittered = colour + spec.colour_jitter * torch.randn(count, 3, generator=generator)
         fill = jittered[:, :, None, None] * texture[:, None]

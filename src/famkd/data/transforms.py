@@ -9,7 +9,7 @@ epoch's parameters from one seeded generator and replay them exactly.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
