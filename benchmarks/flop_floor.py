@@ -18,7 +18,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from famkd.distill import create_distiller
 from famkd.distill.levels import level_features
-from famkd.engine.trainer import distiller_options
 from famkd.models import create_model
 
 PAIRS = (("resnet32x4", "resnet8x4"), ("resnet56", "resnet20"))
@@ -44,10 +43,10 @@ def main() -> int:
         print(f"{teacher_name}->{student_name}: teacher forward {teacher_macs:.0f}M, student forward {student_macs:.0f}M, "
               f"KD step {kd_step:.0f}M MACs/image")
         for method in args.methods.split(","):
-            distiller = create_distiller(method, student=student, teacher=teacher,
-                                         **distiller_options(method, {}, image_size=32)).train()
+            distiller = create_distiller(method, student=student, teacher=teacher, image_size=32).train()
+            preact = distiller.options.student_preact
             with torch.no_grad():
-                maps = level_features(student.forward_features(images), len(distiller.heads), distiller.student_preact)
+                maps = level_features(student.forward_features(images), len(distiller.heads), preact)
             heads = mega_macs(lambda: distiller.head_outputs(maps), 2)
             floor = (kd_step + (1 + BACKWARD_FACTOR) * heads) / kd_step
             print(f"  {teacher_name}->{student_name} {method} heads {heads:.0f}M MACs/image, floor {floor:.2f}x kd")

@@ -24,7 +24,8 @@ from famkd.config import config_to_dict, load_config
 from famkd.distill import create_distiller
 from famkd.engine.checkpoint import load_checkpoint
 from famkd.engine.run_log import read_metrics
-from famkd.engine.trainer import TrainingInterrupted, train
+from famkd.engine.trainer import train
+from famkd.errors import TrainingInterrupted
 from famkd.models import create_model
 
 TIMING_KEYS = {"epoch_time_s", "images_per_s", "data_wait_fraction"}
@@ -258,3 +259,78 @@ def test_inspect_prints_gammas_of_the_run_and_writes_figures(fam_kd_run, tmp_pat
 def test_inspect_of_a_run_without_fam_is_a_clear_error(teacher_run, capsys):
     assert main(["inspect", str(teacher_run)]) == 1
     assert "no FAM heads" in capsys.readouterr().err
+
+
+# ---- the method's options, checked at load and recorded ------------------------------------
+
+FAM_KD_CONFIG = "configs/cifar100/fam_kd/resnet56_resnet20.yaml"
+# Every fam_kd option with the value the resnet56 -> resnet20 recipe gives or the default (docs/method.md).
+FAM_KD_OPTIONS = {
+    "loss_weight": 1.0, "ce_weight": 1.0, "warmup_epochs": 20, "student_preact": False,
+    "hpf": "ideal", "cutoff": 0.1, "order": 2, "max_mid_channels": 0,
+}
+
+
+def test_print_config_lists_every_method_option_with_its_value(capsys):
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert main(["train", os.path.join(repo, FAM_KD_CONFIG), "distill.cutoff=0.3", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["distill"] == {**FAM_KD_OPTIONS, "cutoff": 0.3}
+
+
+def test_run_config_and_checkpoints_record_every_method_option(fam_kd_run):
+    assert yaml.safe_load((fam_kd_run / "config.yaml").read_text())["distill"] == FAM_KD_OPTIONS
+    for name in ("last.pt", "best.pt"):
+        assert load_checkpoint(fam_kd_run / "checkpoints" / name)["config"]["distill"] == FAM_KD_OPTIONS
+
+
+def test_a_typo_in_a_method_option_fails_before_any_data_or_teacher_is_read(capsys, monkeypatch, tmp_path):
+    from famkd.engine import trainer
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("data or teacher touched before the config was checked")
+
+    monkeypatch.setattr(trainer, "build_datasets", must_not_run)
+    monkeypatch.setattr(trainer, "load_teacher_and_name", must_not_run)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    missing_root = tmp_path / "nonexistent"
+    argv = ["train", os.path.join(repo, FAM_KD_CONFIG), "distill.hpf=gausian", f"data.root={missing_root}",
+            f"teacher.checkpoint={tmp_path / 'teacher.pth'}"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("famkd: error: distill.hpf='gausian' is not allowed (did you mean 'gaussian'?)")
+    assert not missing_root.exists()
+
+
+def test_an_old_option_name_prints_one_deprecation_line(capsys):
+    assert main(["train", "method=fam_kd", "distill.alpha=20", "--print-config"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "famkd: warning: distill.alpha is deprecated for method 'fam_kd'; use distill.loss_weight " \
+                  "(the same setting)\n"
+    assert yaml.safe_load(out)["distill"]["loss_weight"] == 20.0
+
+
+def test_inspect_without_matplotlib_says_which_extra_to_install(fam_kd_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now fails as if not installed
+    out_dir = tmp_path / "figures"
+    assert main(["inspect", str(fam_kd_run), "--out", str(out_dir)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "matplotlib" in err and "pip install 'famkd[plot]'" in err
+    assert not out_dir.exists()
+
+
+def test_a_fam_training_run_prints_no_line_from_torchs_logger(teacher_run, data_roots, tmp_path):
+    """Kernels compiled for the CPU import torch.utils.cpp_extension, which logs a CUDA_HOME warning on a
+    machine with a CUDA toolkit and no GPU; a famkd run shows famkd's own output only."""
+    overrides = fam_kd_overrides(teacher_run, data_roots, tmp_path / "run")
+    overrides = [o for o in overrides if not o.startswith(("train.epochs=", "train.max_steps_per_epoch="))]
+    env = dict(os.environ, FAMKD_COMPILE_KERNELS="always")
+    completed = subprocess.run(
+        [sys.executable, "-m", "famkd", "train", *overrides, "train.epochs=1", "train.max_steps_per_epoch=1"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr
+    lines = (completed.stdout + completed.stderr).splitlines()
+    torch_lines = [line for line in lines if "CUDA_HOME" in line or re.match(r"^[IWE]\d{4} \d\d:\d\d", line)]
+    assert torch_lines == [] and any(line.startswith("famkd train: method fam_kd") for line in lines)

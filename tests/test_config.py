@@ -17,6 +17,8 @@ from famkd.config import (
     parse_override,
     valid_keys,
 )
+from famkd.distill import list_options
+from famkd.errors import FamkdDeprecationWarning
 
 
 def write(path, text):
@@ -33,17 +35,17 @@ def test_defaults_match_the_published_cifar_recipe():
     assert (cfg.train.momentum, cfg.train.weight_decay, cfg.train.lr_decay) == (0.9, 5e-4, 0.1)
     assert (cfg.train.max_steps_per_epoch, cfg.train.eval_batch_size, cfg.train.log_interval) == (0, 256, 20)
     assert (cfg.data.dataset, cfg.data.root, cfg.data.train_per_class, cfg.data.classes) == ("cifar100", "", 0, 0)
-    assert cfg.data.download is True
+    assert cfg.data.download is False  # famkd downloads only when asked
     assert (cfg.run.dir, cfg.run.seed, cfg.run.deterministic, cfg.run.tensorboard) == ("", 0, False, True)
     assert (cfg.teacher.name, cfg.teacher.checkpoint, cfg.teacher.sha256) == ("", "", "")
-    assert cfg.distill == {}
+    assert cfg.distill == {"ce_weight": 1.0}  # the default method's options, all of them
 
 
 def test_default_lists_are_not_shared_between_configs():
     first, second = Config(), Config()
     first.train.lr_milestones.append(1)
-    first.distill["alpha"] = 1
-    assert second.train.lr_milestones == [150, 180, 210] and second.distill == {}
+    first.distill["ce_weight"] = 2.0
+    assert second.train.lr_milestones == [150, 180, 210] and second.distill == {"ce_weight": 1.0}
 
 
 def test_yaml_file_states_only_what_differs(tmp_path):
@@ -51,7 +53,7 @@ def test_yaml_file_states_only_what_differs(tmp_path):
         method: fam_kd
         student: resnet20
         teacher: {name: resnet56}
-        distill: {alpha: 1.0, warmup_epochs: 20}
+        distill: {loss_weight: 2.0, warmup_epochs: 5}
         train:
           lr: 0.01
           lr_milestones: [1, 2]
@@ -59,7 +61,7 @@ def test_yaml_file_states_only_what_differs(tmp_path):
     """)
     cfg = load_config(path)
     assert cfg.method == "fam_kd" and cfg.teacher.name == "resnet56"
-    assert cfg.distill == {"alpha": 1.0, "warmup_epochs": 20}
+    assert cfg.distill == {**list_options("fam_kd"), "loss_weight": 2.0, "warmup_epochs": 5}
     assert cfg.train.lr == 0.01 and cfg.train.lr_milestones == [1, 2]
     assert cfg.train.epochs == 240 and cfg.train.batch_size == 64  # untouched defaults
     assert cfg.amp == "off"  # unquoted YAML `off` is read as false and mapped back
@@ -68,23 +70,24 @@ def test_yaml_file_states_only_what_differs(tmp_path):
 def test_empty_section_headers_change_nothing(tmp_path):
     path = write(tmp_path / "exp.yaml", "teacher:\ndistill:\ntrain:\n  epochs: 3\n")
     cfg = load_config(path)
-    assert cfg.teacher == Config().teacher and cfg.distill == {} and cfg.train.epochs == 3
+    assert cfg.teacher == Config().teacher and cfg.distill == {"ce_weight": 1.0} and cfg.train.epochs == 3
 
 
 def test_base_file_is_inherited_and_overridden(tmp_path):
     (tmp_path / "common").mkdir()
     write(tmp_path / "common" / "base.yaml", """
+        method: kd
         train: {epochs: 10, lr: 0.1}
-        distill: {alpha: 1.0, beta: 2.0}
+        distill: {temperature: 2.0, ce_weight: 0.5}
     """)
     path = write(tmp_path / "child.yaml", """
         base: common/base.yaml
         train: {lr: 0.2}
-        distill: {beta: 3.0}
+        distill: {ce_weight: 0.3}
     """)
     cfg = load_config(path)
     assert (cfg.train.epochs, cfg.train.lr) == (10, 0.2)
-    assert cfg.distill == {"alpha": 1.0, "beta": 3.0}
+    assert cfg.distill == {"temperature": 2.0, "ce_weight": 0.3, "loss_weight": 0.9}
 
 
 def test_base_loop_is_an_error(tmp_path):
@@ -98,13 +101,13 @@ def test_overrides_are_parsed_as_yaml_and_win_over_the_file(tmp_path):
     path = write(tmp_path / "exp.yaml", "train: {epochs: 5}\nrun: {dir: /x}\n")
     cfg = load_config(path, [
         "train.epochs=2", "run.deterministic=true", "train.lr_milestones=[1,2]", "train.lr=1",
-        "run.dir=", "distill.temperature=4", "distill.alpha=0.5",
+        "run.dir=", "method=kd", "distill.temperature=4", "distill.loss_weight=0.5",
     ])
     assert cfg.train.epochs == 2 and cfg.run.deterministic is True
     assert cfg.train.lr_milestones == [1, 2]
     assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)  # int accepted for float
     assert cfg.run.dir == ""
-    assert cfg.distill == {"temperature": 4, "alpha": 0.5}
+    assert cfg.distill == {"temperature": 4.0, "loss_weight": 0.5, "ce_weight": 0.1}
 
 
 REQUIRED_OVERRIDES = {
@@ -216,7 +219,7 @@ def test_missing_or_malformed_files_are_config_errors(tmp_path):
 
 def test_round_trip_through_dict_and_yaml(tmp_path):
     cfg = load_config(None, [
-        "method=fam_kd", "distill.alpha=0.5", "distill.levels=[1,2]", "train.lr_milestones=[3]",
+        "method=fam_kd", "distill.loss_weight=0.5", "distill.hpf=gaussian", "train.lr_milestones=[3]",
         "run.seed=9", "amp=fp16", "teacher.sha256=" + "f" * 64,
     ])
     assert config_from_dict(config_to_dict(cfg)) == cfg
@@ -235,3 +238,57 @@ def test_config_to_dict_is_a_deep_copy():
 def test_parse_override_splits_at_the_first_equals_sign():
     assert parse_override("run.dir=a=b") == ("run.dir", "a=b")
     assert parse_override("train.lr_milestones=[1, 2]") == ("train.lr_milestones", [1, 2])
+
+
+# ---- method options (the `distill:` section) ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("distill.hpf=gausian", "distill.hpf='gausian' is not allowed (did you mean 'gaussian'?); choose one of: "
+                                "ideal, radial, gaussian, butterworth, none"),
+        ("distill.cutoff=abc", "distill.cutoff must be a number, got 'abc' (str)"),
+        ("distill.cutoff=-1", "distill.cutoff=-1.0 is too small: it must be > 0.0"),
+        ("distill.loss_weight=-1", "distill.loss_weight=-1.0 is too small: it must be >= 0.0"),
+        ("distill.order=0", "distill.order=0 is too small: it must be >= 1"),
+        ("distill.warmup_epochs=1.5", "distill.warmup_epochs must be an integer, got 1.5 (float)"),
+        ("distill.student_preact=yes please", "distill.student_preact must be true or false, got 'yes please' (str)"),
+    ],
+)
+def test_bad_method_option_values_are_rejected_when_the_config_loads(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["method=fam_kd", override])
+    assert str(err.value) == message
+
+
+def test_unknown_method_option_names_the_closest_current_name():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["method=fam_kd", "distill.alpah=3"])
+    assert str(err.value).startswith(
+        "unknown option 'distill.alpah' for method 'fam_kd' (did you mean 'distill.loss_weight'?); its options: "
+        "loss_weight, ce_weight, warmup_epochs, student_preact, hpf, cutoff, order, max_mid_channels"
+    )
+    with pytest.raises(ConfigError, match="unknown option 'distill.hpf' for method 'kd'"):
+        load_config(None, ["method=kd", "distill.hpf=ideal"])
+    with pytest.raises(ConfigError, match="method: unknown distillation method 'fam_kdd' .*did you mean 'fam_kd'"):
+        load_config(None, ["method=fam_kdd"])
+
+
+def test_old_loss_weight_names_still_work_with_a_deprecation_warning():
+    with pytest.warns(FamkdDeprecationWarning, match=r"distill.alpha is deprecated .*use distill.loss_weight"):
+        cfg = load_config(None, ["method=fam_kd", "distill.alpha=20"])
+    assert cfg.distill["loss_weight"] == 20.0 and "alpha" not in cfg.distill
+    with pytest.warns(FamkdDeprecationWarning, match=r"distill.kd_weight is deprecated .*use distill.loss_weight"):
+        assert load_config(None, ["method=kd", "distill.kd_weight=0.7"]).distill["loss_weight"] == 0.7
+    with pytest.raises(ConfigError, match="distill.alpha and distill.loss_weight are both set"):
+        load_config(None, ["method=fam_kd", "distill.alpha=2", "distill.loss_weight=3"])
+    with pytest.warns(FamkdDeprecationWarning), pytest.raises(ConfigError, match="loss_weight=-1.0 is too small"):
+        load_config(None, ["method=fam_kd", "distill.alpha=-1"])
+
+
+def test_unknown_model_names_fail_when_the_config_loads():
+    with pytest.raises(ConfigError, match="student: unknown model 'resnet9' .*did you mean 'resnet8'"):
+        load_config(None, ["student=resnet9"])
+    with pytest.raises(ConfigError, match="teacher.name: unknown model 'resnet5' "):
+        load_config(None, ["method=kd", "teacher.name=resnet5"])

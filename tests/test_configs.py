@@ -1,6 +1,6 @@
-"""The committed configs/cifar100 files: they load, match the generator, and carry METHOD.md 4's recipe.
+"""The committed configs/cifar100 files: they load, match the generator, and carry docs/method.md's recipe.
 
-The expected values below are copied by hand from METHOD.md 4, not read from famkd.recipes,
+The expected values below are copied by hand from docs/method.md, not read from famkd.recipes,
 so a wrong entry in the recipe table fails here even though the generator follows it.
 """
 
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import inspect
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,8 @@ import torch
 import yaml
 
 from famkd.config import Config, config_to_dict, load_config
-from famkd.distill.registry import DISTILLERS, create_distiller
+from famkd.distill import create_distiller
+from famkd.distill.registry import distiller_class
 from famkd.models import create_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ class PaperPair:
     lr: float
 
 
-# METHOD.md 4, row by row: alpha, student features (pre-activation?), lr by student family.
+# docs/method.md, row by row: alpha (the option loss_weight), student features (pre-activation?), lr by student family.
 METHOD_PAIRS = (
     PaperPair("resnet56", "resnet20", 1, False, 0.05),
     PaperPair("resnet110", "resnet32", 1, False, 0.05),
@@ -125,55 +125,61 @@ def test_pair_configs_follow_method_md(method, pair):
     assert (train.epochs, train.batch_size, train.momentum, train.weight_decay) == (240, 64, 0.9, 5e-4)
     assert (train.lr_milestones, train.lr_decay, train.nesterov) == ([150, 180, 210], 0.1, False)
     assert train.lr == pair.lr
+    stated = yaml.safe_load(pair_path(method, pair).read_text())["distill"]
+    fam_filter = {"hpf": "ideal", "cutoff": 0.1, "order": 2}
     if method in ("fam_kd", "fam_kd_l2l"):
-        assert cfg.distill == {"alpha": pair.alpha, "student_preact": pair.student_preact, "warmup_epochs": 20}
+        assert stated == {"loss_weight": pair.alpha, "student_preact": pair.student_preact, "warmup_epochs": 20}
+        widths = {"max_mid_channels": 0} if method == "fam_kd" else {}
+        assert cfg.distill == {**stated, "ce_weight": 1.0, **fam_filter, **widths}
     elif method in ("reviewkd", "fam_reviewkd"):
-        assert cfg.distill == {"loss_weight": 5, "warmup_epochs": 20}
+        assert stated == {"loss_weight": 5, "warmup_epochs": 20}
+        fam = fam_filter if method == "fam_reviewkd" else {}
+        assert cfg.distill == {**stated, "ce_weight": 1.0, "student_preact": False, "max_mid_channels": 512, **fam}
     else:
-        assert cfg.distill == {"temperature": 4, "ce_weight": 0.1, "kd_weight": 0.9}
+        assert stated == cfg.distill == {"temperature": 4, "ce_weight": 0.1, "loss_weight": 0.9}
 
 
 def test_spot_checks_from_method_md():
     flagship = load_config(CONFIG_DIR / "fam_kd" / "resnet32x4_resnet8x4.yaml")
-    assert (flagship.distill["alpha"], flagship.distill["student_preact"], flagship.train.lr) == (20, True, 0.05)
+    assert (flagship.distill["loss_weight"], flagship.distill["student_preact"], flagship.train.lr) == (20, True, 0.05)
     mobile = load_config(CONFIG_DIR / "fam_kd" / "vgg13_MobileNetV2.yaml")
-    assert (mobile.train.lr, mobile.distill["alpha"]) == (0.01, 20)
+    assert (mobile.train.lr, mobile.distill["loss_weight"]) == (0.01, 20)
     wrn = load_config(CONFIG_DIR / "fam_kd_l2l" / "wrn_40_2_wrn_16_2.yaml")
-    assert (wrn.distill["alpha"], wrn.distill["student_preact"], wrn.train.lr) == (5, False, 0.05)
+    assert (wrn.distill["loss_weight"], wrn.distill["student_preact"], wrn.train.lr) == (5, False, 0.05)
     kd = load_config(CONFIG_DIR / "kd" / "resnet110_resnet32.yaml")
-    assert kd.distill == {"temperature": 4, "ce_weight": 0.1, "kd_weight": 0.9}
+    assert kd.distill == {"temperature": 4, "ce_weight": 0.1, "loss_weight": 0.9}
 
 
 def test_resnet56_resnet20_alpha_follows_method_md_and_says_why():
     text = (CONFIG_DIR / "fam_kd" / "resnet56_resnet20.yaml").read_text()
-    assert load_config(CONFIG_DIR / "fam_kd" / "resnet56_resnet20.yaml").distill["alpha"] == 1
-    alpha_line = next(line for line in text.splitlines() if line.strip().startswith("alpha:"))
-    assert "METHOD.md" in alpha_line and "0.8" in alpha_line
+    assert load_config(CONFIG_DIR / "fam_kd" / "resnet56_resnet20.yaml").distill["loss_weight"] == 1
+    alpha_line = next(line for line in text.splitlines() if line.strip().startswith("loss_weight:"))
+    assert "docs/method.md" in alpha_line and "0.8" in alpha_line
 
 
 @pytest.mark.parametrize("model", sorted(VANILLA_MODELS))
 def test_vanilla_configs_follow_method_md(model):
     cfg = load_config(CONFIG_DIR / "vanilla" / f"{model}.yaml")
-    assert (cfg.method, cfg.student, cfg.teacher.name, cfg.distill) == ("vanilla", model, "", {})
+    assert (cfg.method, cfg.student, cfg.teacher.name, cfg.distill) == ("vanilla", model, "", {"ce_weight": 1.0})
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.lr_milestones) == (240, 64, [150, 180, 210])
     assert cfg.train.lr == VANILLA_MODELS[model]
 
 
 @pytest.mark.parametrize("name", committed_configs())
-def test_distill_options_fit_the_distiller_constructor(name):
+def test_distill_options_fit_the_method_options(name):
     cfg = load_config(CONFIG_DIR / name)
-    builder = DISTILLERS.get(cfg.method)
-    bound = inspect.signature(builder).bind(student=None, teacher=None, **cfg.distill)
+    stated = yaml.safe_load((CONFIG_DIR / name).read_text()).get("distill", {})
+    defaults = dataclasses.asdict(distiller_class(cfg.method).Options())
+    assert set(stated) <= set(defaults) and set(cfg.distill) == set(defaults)
     for option, value in cfg.distill.items():
-        default = inspect.signature(builder).parameters[option].default
+        default = defaults[option]
         assert isinstance(value, type(default)), f"{name}: distill.{option}={value!r} is not a {type(default).__name__}"
-    assert set(bound.arguments) == {"student", "teacher", *cfg.distill}
 
 
 @pytest.mark.parametrize("name, attributes", [
-    ("fam_kd/resnet32x4_resnet8x4.yaml", {"feature_weight": 20.0, "student_preact": True, "warmup_epochs": 20}),
-    ("fam_kd_l2l/resnet56_resnet20.yaml", {"feature_weight": 1.0, "student_preact": False, "warmup_epochs": 20}),
-    ("fam_reviewkd/vgg13_MobileNetV2.yaml", {"feature_weight": 5.0, "warmup_epochs": 20, "student_preact": False}),
+    ("fam_kd/resnet32x4_resnet8x4.yaml", {"loss_weight": 20.0, "student_preact": True, "warmup_epochs": 20}),
+    ("fam_kd_l2l/resnet56_resnet20.yaml", {"loss_weight": 1.0, "student_preact": False, "warmup_epochs": 20}),
+    ("fam_reviewkd/vgg13_MobileNetV2.yaml", {"loss_weight": 5.0, "warmup_epochs": 20, "student_preact": False}),
 ])
 def test_distiller_builds_from_config_and_computes_its_losses(name, attributes):
     cfg = load_config(CONFIG_DIR / name)
@@ -181,7 +187,7 @@ def test_distiller_builds_from_config_and_computes_its_losses(name, attributes):
     distiller = create_distiller(
         cfg.method, student=create_model(cfg.student), teacher=create_model(cfg.teacher.name), **cfg.distill
     )
-    assert {key: getattr(distiller, key) for key in attributes} == attributes
+    assert {key: getattr(distiller.options, key) for key in attributes} == attributes
     images, targets = torch.randn(2, 3, 32, 32), torch.tensor([3, 7])
     logits, losses = distiller(images, targets, epoch=20)  # past warm-up: the feature loss counts fully
     assert logits.shape == (2, 100)

@@ -7,6 +7,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from famkd.config import ConfigError
 from famkd.distill import create_distiller, list_distillers
 from famkd.distill.levels import warmup_factor
 from famkd.models import create_model
@@ -64,7 +65,7 @@ def test_warmup_and_loss_scaling():
     assert [warmup_factor(e, 20) for e in (1, 10, 20, 30)] == [0.05, 0.5, 1.0, 1.0]
     assert warmup_factor(1, 0) == 1.0
     pair = CIFAR_PAIRS[0]
-    distiller = build("fam_kd", pair, alpha=2.0).eval()
+    distiller = build("fam_kd", pair, loss_weight=2.0).eval()
     images, targets = torch.randn(2, 3, 32, 32), torch.tensor([1, 2])
     with torch.no_grad():
         early = distiller(images, targets, epoch=5)[1]["fam_kd"]
@@ -83,7 +84,7 @@ def test_mismatched_classes_is_an_error():
 
 
 def test_unknown_method_suggests_the_nearest():
-    with pytest.raises(KeyError, match="did you mean 'fam_kd'"):
+    with pytest.raises(ConfigError, match="did you mean 'fam_kd'"):
         create_distiller("famkd", student=create_model("resnet8"), teacher=create_model("resnet8"))
 
 

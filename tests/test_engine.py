@@ -16,7 +16,7 @@ from torch import nn
 
 from famkd.config import ConfigError, TeacherConfig, TrainConfig, load_config
 from famkd.data.datasets import ImageDataset
-from famkd.distill import create_distiller
+from famkd.distill import create_distiller, resolve_method_options
 from famkd.distill.vanilla import Vanilla
 from famkd.engine import trainer as trainer_module
 from famkd.engine.checkpoint import (
@@ -25,13 +25,14 @@ from famkd.engine.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from famkd.engine.errors import FamkdError, NonFiniteLossError
 from famkd.engine.evaluate import evaluate, topk_correct
 from famkd.engine import run_log
 from famkd.engine.run_log import RunLog, read_metrics
 from famkd.engine.schedule import build_optimizer, build_scheduler
 from famkd.engine.teacher import load_teacher, load_teacher_and_name
-from famkd.engine.trainer import EpochProgress, StopRequest, distiller_options, train
+from famkd.engine.progress import EpochProgress, StopRequest
+from famkd.engine.trainer import train
+from famkd.errors import FamkdError, NonFiniteLossError
 from famkd.models import create_model
 
 
@@ -165,18 +166,21 @@ def test_optimizer_steps_follow_the_sgd_formula(nesterov):
 
 def test_unknown_distill_option_names_the_nearest_valid_one():
     with pytest.raises(ConfigError, match=r"unknown option 'distill.temprature' .*did you mean 'distill.temperature'"):
-        distiller_options("kd", {"temprature": 4.0}, image_size=32)
+        resolve_method_options("kd", {"temprature": 4.0})
 
 
-def test_image_size_is_passed_only_to_distillers_that_take_it():
-    assert distiller_options("kd", {"temperature": 2.0}, image_size=32) == {"temperature": 2.0}
-    assert distiller_options("fam_kd", {"alpha": 20.0}, image_size=24) == {"alpha": 20.0, "image_size": 24}
-    assert distiller_options("fam_kd", {"image_size": 16}, image_size=24) == {"image_size": 16}
+def test_image_size_comes_from_the_data_not_from_the_options():
+    assert resolve_method_options("kd", {"temperature": 2.0})["temperature"] == 2.0
+    with pytest.raises(ConfigError, match="unknown option 'distill.image_size'"):
+        resolve_method_options("fam_kd", {"image_size": 16})
+    student, teacher = create_model("resnet8", num_classes=10), create_model("resnet8", num_classes=10)
+    distiller = create_distiller("fam_kd", student=student, teacher=teacher, image_size=24)
+    assert [head.fam.size for head in distiller.heads] == [1, 6, 12, 24]  # deepest (pooled) level first
 
 
 def test_unknown_method_is_a_config_error():
     with pytest.raises(ConfigError, match="(?i)fam_kdd.*did you mean 'fam_kd'"):
-        distiller_options("fam_kdd", {}, image_size=32)
+        resolve_method_options("fam_kdd", {})
 
 
 # ---- teachers ------------------------------------------------------------------------------

@@ -107,7 +107,7 @@ def test_losses_and_gradient_norms_equal_the_published_model(published, case):
     assert "atfs.0.conv1.0.weight" in state  # the published dicts carry the deepest level's unused conv1
     distiller = create_distiller(
         "fam_kd", student=create_model(published["student"]), teacher=create_model(published["teacher"]),
-        alpha=published["alpha"], ce_weight=published["ce_weight"], warmup_epochs=published["warmup_epochs"],
+        loss_weight=published["alpha"], ce_weight=published["ce_weight"], warmup_epochs=published["warmup_epochs"],
         student_preact=spec["student_preact"], max_mid_channels=spec["max_mid_channels"],
     ).double().train()
     load_official_state(distiller, state)
@@ -170,7 +170,7 @@ def test_distiller_equals_the_direct_oracle(max_mid_channels, preact):
     epoch, alpha, warmup = 7, 1.5, 20
     distiller = create_distiller(
         "fam_kd", student=create_model("resnet8"), teacher=create_model("resnet8"),
-        alpha=alpha, warmup_epochs=warmup, student_preact=preact, max_mid_channels=max_mid_channels,
+        loss_weight=alpha, warmup_epochs=warmup, student_preact=preact, max_mid_channels=max_mid_channels,
     ).double().train()
     state = randomized_official_state(distiller, seed=2)
     load_official_state(distiller, state)

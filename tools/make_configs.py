@@ -1,4 +1,4 @@
-"""Write configs/cifar100/ from the paper's pair table (famkd.recipes) and METHOD.md 4.
+"""Write configs/cifar100/ from the paper's pair table (famkd.recipes; docs/method.md gives the sources).
 
     python tools/make_configs.py           rewrite configs/cifar100 (and delete stale .yaml files there)
     python tools/make_configs.py --check   exit 1 listing the files that differ from what would be written
@@ -24,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CIFAR_CONFIG_DIR = REPO_ROOT / "configs" / "cifar100"
 RUN_PREFIX = "configs/cifar100"
 
-# METHOD.md 4: the CIFAR-100 schedule shared by every run; lr comes per student.
+# The CIFAR-100 schedule (docs/method.md) shared by every run; lr comes per student.
 CIFAR_SCHEDULE = {
     "epochs": 240,
     "batch_size": 64,
@@ -37,7 +37,7 @@ LIGHTWEIGHT_LR = 0.01
 DEFAULT_LR = 0.05
 
 FAM_WARMUP_EPOCHS = 20
-KD_OPTIONS = {"temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9}
+KD_OPTIONS = {"temperature": 4.0, "ce_weight": 0.1, "loss_weight": 0.9}
 REVIEWKD_OPTIONS = {"loss_weight": 5.0, "warmup_epochs": 20}
 
 METHOD_TITLES = {
@@ -51,14 +51,14 @@ DISTILL_METHODS = tuple(METHOD_TITLES)
 
 # Trailing comments on single values: (method, pair name, distill option) -> why the value is what it is.
 VALUE_NOTES = {
-    ("fam_kd", "resnet56_resnet20", "alpha"): "METHOD.md 4 gives 1; the published res56_res20 config file says 0.8",
+    ("fam_kd", "resnet56_resnet20", "loss_weight"): "the supplement gives 1; the published res56_res20 config file says 0.8 (docs/method.md)",
 }
 
 
 def distill_options(method: str, pair: CifarPair) -> dict:
-    """The distiller options of `method` for `pair` (METHOD.md 4)."""
+    """The distiller options of `method` for `pair` (docs/method.md)."""
     if method in ("fam_kd", "fam_kd_l2l"):
-        return {"alpha": float(pair.alpha), "student_preact": pair.student_preact, "warmup_epochs": FAM_WARMUP_EPOCHS}
+        return {"loss_weight": float(pair.alpha), "student_preact": pair.student_preact, "warmup_epochs": FAM_WARMUP_EPOCHS}
     if method in ("reviewkd", "fam_reviewkd"):
         return dict(REVIEWKD_OPTIONS)
     if method == "kd":
@@ -67,7 +67,7 @@ def distill_options(method: str, pair: CifarPair) -> dict:
 
 
 def model_lr(model: str) -> float:
-    """0.01 for MobileNetV2/ShuffleNet, 0.05 for everything else (METHOD.md 4)."""
+    """0.01 for MobileNetV2/ShuffleNet, 0.05 for everything else (docs/method.md)."""
     return LIGHTWEIGHT_LR if model in LIGHTWEIGHT_STUDENTS else DEFAULT_LR
 
 
@@ -100,7 +100,8 @@ def minimal_config(method: str, student: str, teacher: str, distill: dict) -> di
         "distill": distill,
         "train": {**CIFAR_SCHEDULE, "lr": model_lr(student)},
     }
-    kept = differing(full, config_to_dict(Config()))
+    defaults = {**config_to_dict(Config()), "distill": {}}  # the recipe's options are always written
+    kept = differing(full, defaults)
     kept["method"], kept["student"] = method, student  # always written, for readability
     if teacher:
         kept["teacher"] = {**kept.get("teacher", {}), "name": teacher}
@@ -136,7 +137,7 @@ def yaml_lines(values: dict, notes: dict[str, str], indent: str = "") -> list[st
 def distill_config_text(method: str, pair: CifarPair) -> str:
     relative = f"{method}/{pair.name}.yaml"
     header = (
-        f"# {METHOD_TITLES[method]}, {pair.teacher} -> {pair.student} on CIFAR-100 (METHOD.md 4). "
+        f"# {METHOD_TITLES[method]}, {pair.teacher} -> {pair.student} on CIFAR-100 (docs/method.md). "
         f"Run: famkd train {RUN_PREFIX}/{relative} teacher.checkpoint=PATH"
     )
     values = minimal_config(method, pair.student, pair.teacher, distill_options(method, pair))
@@ -147,7 +148,7 @@ def distill_config_text(method: str, pair: CifarPair) -> str:
 def vanilla_config_text(model: str) -> str:
     role = "a teacher" if any(pair.teacher == model for pair in CIFAR_PAIRS) else "a student baseline"
     header = (
-        f"# {model} trained from scratch on CIFAR-100 ({role}, METHOD.md 4 schedule). "
+        f"# {model} trained from scratch on CIFAR-100 ({role}, the docs/method.md schedule). "
         f"Run: famkd train {RUN_PREFIX}/vanilla/{model}.yaml"
     )
     values = minimal_config("vanilla", model, "", {})
@@ -198,7 +199,7 @@ def write_configs(directory: Path) -> tuple[list[str], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Generate configs/cifar100 from famkd.recipes (METHOD.md 4).")
+    parser = argparse.ArgumentParser(description="Generate configs/cifar100 from famkd.recipes (docs/method.md).")
     parser.add_argument("--check", action="store_true",
                         help="write nothing; exit 1 listing the files that differ from the generated ones")
     parser.add_argument("--dir", type=Path, default=CIFAR_CONFIG_DIR,

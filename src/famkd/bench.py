@@ -21,7 +21,6 @@ images_per_s, peak_mem_mb, ratio_to_kd (null when kd was not timed), plus the se
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import platform
 import resource
@@ -37,14 +36,12 @@ import torch
 from torch import Tensor
 
 from famkd.config import TrainConfig
-from famkd.distill import create_distiller
-from famkd.distill.base import Distiller
-from famkd.distill.registry import DISTILLERS
-from famkd.engine.device import autocast_factory, resolve_device
-from famkd.engine.errors import FamkdError
+from famkd.distill import Distiller, create_distiller, list_distillers
+from famkd.engine.device import autocast_factory, resolve_device, to_channels_last
 from famkd.engine.host_memory import retain_freed_memory
 from famkd.engine.schedule import build_optimizer
-from famkd.engine.trainer import distiller_options, optimizer_step
+from famkd.engine.step import optimizer_step
+from famkd.errors import FamkdError
 from famkd.models import create_model
 from famkd.models.registry import MODELS
 from famkd.registry import closest
@@ -113,7 +110,7 @@ def parse_methods(text: str) -> list[str]:
     methods = [name.strip() for name in text.split(",") if name.strip()]
     if not methods:
         raise FamkdError("--methods is empty: give a comma-separated list such as kd,fam_kd")
-    known = DISTILLERS.names()
+    known = list_distillers()
     for name in methods:
         if name not in known:
             near = closest(name, known)
@@ -178,23 +175,10 @@ def memory_format(channels_last: bool) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
-def to_channels_last(module: torch.nn.Module) -> None:
-    """Channels-last storage for every 4-D parameter and buffer (the convolution weights).
-
-    Module.to(memory_format=torch.channels_last) also converts 5-D tensors and fails on FAM's
-    (C_in, C_out, S, S, 2) filter, which channels-last does not describe.
-    """
-    for tensor in itertools.chain(module.parameters(), module.buffers()):
-        if tensor.dim() == 4:
-            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
-
-
 def build_method(args: argparse.Namespace, method: str, teacher, device: torch.device) -> MethodRun:
     """The method's distiller around a fresh student, with the trainer's optimiser."""
     student = create_model(args.student, num_classes=args.num_classes)
-    needs_teacher = DISTILLERS.get(method).needs_teacher
-    options = distiller_options(method, {}, image_size=IMAGE_SIZE)
-    distiller = create_distiller(method, student=student, teacher=teacher if needs_teacher else None, **options)
+    distiller = create_distiller(method, student=student, teacher=teacher, image_size=IMAGE_SIZE)
     distiller.to(device)
     if args.channels_last:
         to_channels_last(distiller)

@@ -10,8 +10,9 @@
 
 Subcommands living in other modules provide `add_arguments(parser)` and `run(args) -> int`;
 they are imported only when chosen, so `famkd --help` stays fast. Every command first has malloc
-keep freed memory (famkd.engine.host_memory). Errors the user can fix are printed as one line
-on stderr with exit status 1; Ctrl-C exits with 130.
+keep freed memory (famkd.engine.host_memory). Errors the user can fix (famkd.errors.FamkdError)
+are printed as one line on stderr with exit status 1, famkd's warnings as one line each; Ctrl-C
+exits with 130.
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from pathlib import Path
+from typing import Any, TextIO
+
+from famkd.errors import FamkdDeprecationWarning, FamkdError, TrainingInterrupted
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -48,17 +53,21 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from famkd.config import dump_config, load_config
-    from famkd.engine.trainer import resume_config, train
+    from famkd.engine.run_dir import resume_config
+    from famkd.engine.trainer import train
 
     config_path, overrides = split_train_items(args.items, resuming=args.resume is not None)
     if args.resume is not None:
-        cfg = resume_config(args.resume, overrides)
+        if args.print_config:
+            print(dump_config(resume_config(args.resume, overrides)), end="")
+            return 0
+        summary = train(None, resume_dir=args.resume, overrides=overrides)
     else:
-        cfg = load_config(config_path, overrides)
-    if args.print_config:
-        print(dump_config(cfg), end="")
-        return 0
-    summary = train(cfg, resume_dir=args.resume)
+        cfg = load_config(config_path, overrides)  # checks every key and method option before any data is read
+        if args.print_config:
+            print(dump_config(cfg), end="")
+            return 0
+        summary = train(cfg)
     print(
         f"done: best top-1 {summary['best_acc']:.2f}% (epoch {summary['best_epoch']}), "
         f"last {summary['last_acc']:.2f}%, {summary['wall_time_s']:.0f} s; run dir {summary['run_dir']}"
@@ -71,8 +80,6 @@ def split_train_items(items: list[str], resuming: bool) -> tuple[str | None, lis
 
     Without a config file the defaults are the base (e.g. `famkd train student=resnet8 train.epochs=1`).
     """
-    from famkd.engine.errors import FamkdError
-
     if resuming:
         stray = [item for item in items if "=" not in item]
         if stray:
@@ -135,13 +142,16 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions whose message tells the user what to fix: shown without a traceback."""
-    from famkd.config import ConfigError
-    from famkd.data.datasets import DataFormatError, DataNotFoundError
-    from famkd.engine.errors import FamkdError
+def show_famkd_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                       file: TextIO | None = None, line: str | None = None) -> None:
+    """famkd's own warnings as one line on stderr ("famkd: warning: ..."), others as Python shows them."""
+    if issubclass(category, FamkdDeprecationWarning):
+        print(f"famkd: warning: {message}", file=sys.stderr if file is None else file)
+    else:
+        default_showwarning(message, category, filename, lineno, file, line)
 
-    return (FamkdError, ConfigError, DataNotFoundError, DataFormatError)
+
+default_showwarning = warnings.showwarning
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,18 +159,22 @@ def main(argv: list[str] | None = None) -> int:
     chosen = next((item for item in argv if not item.startswith("-")), None)
     args = build_parser(chosen).parse_args(argv)
     from famkd.engine.host_memory import retain_freed_memory
-    from famkd.engine.trainer import TrainingInterrupted
 
     retain_freed_memory()
-
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = show_famkd_warning
+            return run_command(args)
     except TrainingInterrupted as stopped:
         print(f"famkd: {stopped}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print("famkd: aborted by Ctrl-C", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except user_errors() as error:
+    except FamkdError as error:
         print(f"famkd: error: {error}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def run_command(args: argparse.Namespace) -> Any:
+    return args.run(args)

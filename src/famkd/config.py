@@ -7,33 +7,45 @@ values it then overrides. Command-line overrides come last, e.g.
 parsed as YAML. Everything is validated at load: an unknown key is a `ConfigError`
 naming the key and the nearest valid one, and a value of the wrong type or outside
 its allowed set is a `ConfigError` naming the key, the value and what is allowed.
+
+The `distill:` section holds the method's options (famkd.distill). A `Config` always holds
+every option of its method with its effective value: the given ones checked, the others at
+their defaults. So `--print-config`, the run's config.yaml and its checkpoints show exactly
+what a run used, and a bad option fails here, before any data or teacher is read.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
+from famkd.distill import resolve_method_options
+from famkd.errors import ConfigError
+from famkd.models.registry import MODELS
 from famkd.registry import closest
+from famkd.settings import check_value, field_types, is_dataclass_type, setting
 
-
-class ConfigError(ValueError):
-    """A configuration file or override that cannot be turned into a valid `Config`."""
-
-
-def _option(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING,
-            choices: tuple[str, ...] | None = None, minimum: float | None = None) -> Any:
-    """A dataclass field carrying its validation rules (allowed `choices`, inclusive `minimum`)."""
-    metadata = {"choices": choices, "minimum": minimum}
-    if factory is not dataclasses.MISSING:
-        return field(default_factory=factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "RunConfig",
+    "TeacherConfig",
+    "TrainConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "config_with_overrides",
+    "dump_config",
+    "load_config",
+    "parse_override",
+    "valid_keys",
+]
 
 
 @dataclass
@@ -49,30 +61,30 @@ class TeacherConfig:
 class DataConfig:
     """Where the images come from and which of them are used."""
 
-    dataset: str = _option("cifar100", choices=("cifar100", "synthetic"))
+    dataset: str = setting("cifar100", choices=("cifar100", "synthetic"))
     root: str = ""  # "" -> $FAMKD_DATA -> ./data
-    train_per_class: int = _option(0, minimum=0)  # 0 = all; else the first N train images of each class
-    classes: int = _option(0, minimum=0)  # 0 = all; else keep only labels < classes
-    download: bool = True  # fetch cifar-100-python with torchvision when it is absent
+    train_per_class: int = setting(0, minimum=0)  # 0 = all; else the first N train images of each class
+    classes: int = setting(0, minimum=0)  # 0 = all; else keep only labels < classes
+    download: bool = False  # true: fetch cifar-100-python with torchvision when it is absent (never unasked)
 
 
 @dataclass
 class TrainConfig:
     """Optimisation schedule and step settings."""
 
-    epochs: int = _option(240, minimum=1)
-    batch_size: int = _option(64, minimum=1)
-    lr: float = _option(0.05, minimum=0.0)
-    momentum: float = _option(0.9, minimum=0.0)
-    weight_decay: float = _option(5e-4, minimum=0.0)
+    epochs: int = setting(240, minimum=1)
+    batch_size: int = setting(64, minimum=1)
+    lr: float = setting(0.05, minimum=0.0)
+    momentum: float = setting(0.9, minimum=0.0)
+    weight_decay: float = setting(5e-4, minimum=0.0)
     nesterov: bool = False
-    lr_milestones: list[int] = _option(factory=lambda: [150, 180, 210])  # epochs at which lr *= lr_decay
-    lr_decay: float = _option(0.1, minimum=0.0)
-    max_steps_per_epoch: int = _option(0, minimum=0)  # 0 = all
-    eval_batch_size: int = _option(256, minimum=1)
+    lr_milestones: list[int] = setting(factory=lambda: [150, 180, 210])  # epochs at which lr *= lr_decay
+    lr_decay: float = setting(0.1, minimum=0.0)
+    max_steps_per_epoch: int = setting(0, minimum=0)  # 0 = all
+    eval_batch_size: int = setting(256, minimum=1)
     channels_last: bool = False
     compile: bool = False
-    log_interval: int = _option(20, minimum=1)  # steps between host syncs for the progress bar
+    log_interval: int = setting(20, minimum=1)  # steps between host syncs for the progress bar
 
 
 @dataclass
@@ -80,7 +92,7 @@ class RunConfig:
     """Where a run writes and how reproducible it is."""
 
     dir: str = ""  # "" -> runs/<method>/<teacher>_<student>-<timestamp>
-    seed: int = _option(0, minimum=0)
+    seed: int = setting(0, minimum=0)
     deterministic: bool = False
     tensorboard: bool = True
 
@@ -92,12 +104,27 @@ class Config:
     method: str = "vanilla"
     student: str = "resnet20"
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    distill: dict = field(default_factory=dict)  # free-form options for create_distiller
+    distill: dict = field(default_factory=dict)  # the method's options; see the module docstring
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
-    device: str = _option("auto", choices=("cpu", "cuda", "auto"))
-    amp: str = _option("off", choices=("off", "bf16", "fp16"))
+    device: str = setting("auto", choices=("cpu", "cuda", "auto"))
+    amp: str = setting("off", choices=("off", "bf16", "fp16"))
+
+    def __post_init__(self) -> None:
+        """Check the model names and fill `distill` with the method's effective options."""
+        _check_model_name("student", self.student)
+        if self.teacher.name:
+            _check_model_name("teacher.name", self.teacher.name)
+        self.distill = resolve_method_options(self.method, self.distill)
+
+
+def _check_model_name(key: str, name: str) -> None:
+    """A ConfigError naming `key` when `name` is not in the model zoo."""
+    try:
+        MODELS.get(name)
+    except KeyError as error:
+        raise ConfigError(f"{key}: {error.args[0]}") from None
 
 
 FREE_FORM_SECTIONS = ("distill",)
@@ -127,6 +154,7 @@ def config_from_dict(values: dict) -> Config:
     if not isinstance(values, dict):
         raise ConfigError(f"a config must be a mapping of keys to values, got {type(values).__name__}")
     merged = config_to_dict(Config())
+    merged["distill"] = {}  # the defaults' options belong to the default method; the method's own apply
     _merge_into(merged, values, Config, prefix="")
     return _build(Config, merged, prefix="")
 
@@ -134,6 +162,12 @@ def config_from_dict(values: dict) -> Config:
 def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> Config:
     """Defaults, then the YAML file at `path` (and its `base:` chain), then `key.sub=value` overrides."""
     values = _read_yaml_chain(Path(path), seen=()) if path is not None else {}
+    return config_with_overrides(values, overrides)
+
+
+def config_with_overrides(values: dict, overrides: Iterable[str] = ()) -> Config:
+    """The config of nested `values` (e.g. a saved config) with `key.sub=value` overrides applied."""
+    values = copy.deepcopy(values)
     for override in overrides:
         key, value = parse_override(override)
         _check_dotted_key(key)
@@ -211,9 +245,9 @@ def _check_dotted_key(key: str) -> None:
     cls: Any = Config
     for depth, part in enumerate(parts):
         prefix = ".".join(parts[:depth])
-        if not _is_dataclass_type(cls):
+        if not is_dataclass_type(cls):
             raise ConfigError(f"unknown key {key!r}: {prefix!r} is a single value, not a section")
-        fields = _fields(cls)
+        fields = field_types(cls)
         if part not in fields:
             rest = "".join(f".{p}" for p in parts[depth + 1:])
             raise ConfigError(_unknown_key_message(prefix, part, cls, rest))
@@ -240,15 +274,15 @@ def _field_type_at(parts: list[str]) -> Any:
     """The declared type of the setting at dotted `parts`, or None inside a free-form section."""
     cls: Any = Config
     for part in parts:
-        if not _is_dataclass_type(cls):
+        if not is_dataclass_type(cls):
             return None
-        cls = _fields(cls).get(part)
+        cls = field_types(cls).get(part)
     return cls
 
 
 def _merge_into(target: dict, updates: dict, cls: Any, prefix: str) -> None:
     """Merge `updates` into the default dict `target` of dataclass `cls`, rejecting unknown keys."""
-    fields = _fields(cls)
+    fields = field_types(cls)
     for key, value in updates.items():
         if not isinstance(key, str):
             raise ConfigError(f"keys must be strings, got {key!r} in section {prefix or '<top level>'!r}")
@@ -256,9 +290,9 @@ def _merge_into(target: dict, updates: dict, cls: Any, prefix: str) -> None:
         if key not in fields:
             raise ConfigError(_unknown_key_message(prefix, key, cls))
         field_type = fields[key]
-        if value is None and (_is_dataclass_type(field_type) or key in FREE_FORM_SECTIONS):
+        if value is None and (is_dataclass_type(field_type) or key in FREE_FORM_SECTIONS):
             continue  # a section header with every key commented out changes nothing
-        if _is_dataclass_type(field_type):
+        if is_dataclass_type(field_type):
             if not isinstance(value, dict):
                 raise ConfigError(f"{dotted!r} is a section: give a mapping of its keys, got {value!r}")
             _merge_into(target[key], value, field_type, dotted)
@@ -273,66 +307,19 @@ def _build(cls: Any, values: dict, prefix: str) -> Any:
     kwargs = {}
     for f in dataclasses.fields(cls):
         dotted = f"{prefix}.{f.name}" if prefix else f.name
-        field_type = _fields(cls)[f.name]
+        field_type = field_types(cls)[f.name]
         value = values[f.name]
-        if _is_dataclass_type(field_type):
+        if is_dataclass_type(field_type):
             kwargs[f.name] = _build(field_type, value, dotted)
         else:
-            kwargs[f.name] = _check_value(dotted, value, field_type, f.metadata)
+            kwargs[f.name] = check_value(dotted, value, field_type, f.metadata)
     return cls(**kwargs)
-
-
-def _check_value(key: str, value: Any, expected: Any, rules: Any) -> Any:
-    """`value` converted to `expected` (int -> float only), or ConfigError saying what was wrong."""
-    choices = rules.get("choices") if rules else None
-    if value is False and choices is not None and "off" in choices:
-        value = "off"  # YAML 1.1 reads an unquoted `amp: off` as false
-    checked = _coerce(key, value, expected)
-    if choices is not None and checked not in choices:
-        hint = closest(str(checked), choices)
-        suggestion = f" (did you mean {hint!r}?)" if hint else ""
-        raise ConfigError(f"{key}={checked!r} is not allowed{suggestion}; choose one of: {', '.join(choices)}")
-    minimum = rules.get("minimum") if rules else None
-    if minimum is not None and checked < minimum:
-        raise ConfigError(f"{key}={checked!r} is too small: it must be >= {minimum}")
-    return checked
-
-
-def _coerce(key: str, value: Any, expected: Any) -> Any:
-    def wrong(what: str) -> ConfigError:
-        return ConfigError(f"{key} must be {what}, got {value!r} ({type(value).__name__})")
-
-    if expected is bool:
-        if not isinstance(value, bool):
-            raise wrong("true or false")
-        return value
-    if expected is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise wrong("an integer")
-        return value
-    if expected is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise wrong("a number")
-        return float(value)
-    if expected is str:
-        if not isinstance(value, str):
-            raise wrong("a string (quote it in YAML)")
-        return value
-    if expected is dict:
-        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise wrong("a mapping with string keys")
-        return copy.deepcopy(value)
-    if typing.get_origin(expected) is list and typing.get_args(expected) == (int,):
-        if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, int) for v in value):
-            raise wrong("a list of integers, e.g. [150, 180, 210]")
-        return list(value)
-    raise TypeError(f"config field {key} has an unsupported type {expected!r}")
 
 
 def _unknown_key_message(prefix: str, name: str, cls: Any, rest: str = "") -> str:
     """"unknown key 'train.epoch' (did you mean 'train.epochs'?)": the section first, then every key."""
     key = f"{prefix}.{name}{rest}" if prefix else f"{name}{rest}"
-    section_fields = list(_fields(cls))
+    section_fields = list(field_types(cls))
     near = closest(name, section_fields)
     if near is not None:
         hint = f"{prefix}.{near}{rest}" if prefix else f"{near}{rest}"
@@ -348,17 +335,7 @@ def _unknown_key_message(prefix: str, name: str, cls: Any, rest: str = "") -> st
 
 def _leaf_keys(cls: Any, prefix: str) -> list[str]:
     keys = []
-    for name, field_type in _fields(cls).items():
+    for name, field_type in field_types(cls).items():
         dotted = f"{prefix}.{name}" if prefix else name
-        keys += _leaf_keys(field_type, dotted) if _is_dataclass_type(field_type) else [dotted]
+        keys += _leaf_keys(field_type, dotted) if is_dataclass_type(field_type) else [dotted]
     return keys
-
-
-def _fields(cls: Any) -> dict[str, Any]:
-    """Field name -> resolved type annotation of dataclass `cls`."""
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
-def _is_dataclass_type(obj: Any) -> bool:
-    return isinstance(obj, type) and dataclasses.is_dataclass(obj)

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import TextIO
 
 from famkd.config import Config, config_from_dict
-from famkd.engine.errors import FamkdError
+from famkd.distill import needs_teacher
+from famkd.errors import FamkdError
 
 STUDENT_METHODS = ("vanilla", "kd", "fam_kd")
 SUMMARY_FILE = "demo_summary.json"
@@ -187,7 +188,7 @@ def run_config(out_dir: Path, name: str, data: dict, settings: DemoSettings, tea
         },
         "run": {"dir": str(out_dir / name), "seed": settings.seed, "deterministic": True, "tensorboard": False},
     }
-    if method != "vanilla":
+    if needs_teacher(method):
         values["teacher"] = {"name": settings.teacher, "checkpoint": str(teacher_weights)}
     return config_from_dict(values)
 

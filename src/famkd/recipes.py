@@ -1,4 +1,4 @@
-"""The paper's CIFAR-100 teacher/student pairs and their per-pair settings (METHOD.md 4).
+"""The paper's CIFAR-100 teacher/student pairs and their per-pair settings (docs/method.md).
 
 The YAML files under configs/cifar100/ are generated from this table (tools/make_configs.py)
 and a test keeps them in step with it.
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 class CifarPair:
     teacher: str
     student: str
-    alpha: float           # FAM-KD feature-loss weight
+    alpha: float           # FAM-KD feature-loss weight (the paper's alpha; the option loss_weight)
     student_preact: bool   # FAM-KD matches the student's pre-activation maps
     dkd_beta: float        # DKD baseline's beta (published DKD configs)
 

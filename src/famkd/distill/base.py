@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from famkd.distill.levels import level_features, warmup_factor
-from famkd.models.features import FeatureModel
+from famkd.distill.options import DistillOptions, resolve_options
+from famkd.fam import HIGHPASS_FILTERS
+from famkd.models.features import Features, FeatureModel
+from famkd.settings import setting
 
 
 class Distiller(nn.Module):
@@ -19,9 +24,13 @@ class Distiller(nn.Module):
     the trainer sums the dict and logs each term. Epochs count from 1. Everything that is
     neither `student` nor `teacher` is a head: it is trained, checkpointed, and left out of
     the exported student.
+
+    Subclasses name their options class in `Options` and are built as
+    `cls(student, teacher, options, image_size)`; use `famkd.distill.create_distiller`.
     """
 
-    needs_teacher = True
+    needs_teacher: ClassVar[bool] = True
+    Options: ClassVar[type[DistillOptions]] = DistillOptions
 
     def __init__(self, student: FeatureModel, teacher: FeatureModel | None):
         super().__init__()
@@ -31,7 +40,12 @@ class Distiller(nn.Module):
             teacher.requires_grad_(False)
             teacher.eval()
 
-    def train(self, mode: bool = True) -> "Distiller":
+    @classmethod
+    def resolve_options(cls, values: Mapping[str, Any], method: str) -> Any:
+        """This method's options object for `values` (see famkd.distill.options.resolve_options)."""
+        return resolve_options(cls.Options, values, method)
+
+    def train(self, mode: bool = True) -> Distiller:
         super().train(mode)
         if self.teacher is not None:
             self.teacher.eval()
@@ -52,31 +66,43 @@ class Distiller(nn.Module):
         return sum(p.numel() for p in self.head_parameters())
 
     @torch.no_grad()
-    def teacher_features(self, images: Tensor):
+    def teacher_features(self, images: Tensor) -> Features:
         """The frozen teacher's features, computed without autograd."""
+        assert self.teacher is not None
         return self.teacher.forward_features(images)
 
     def forward(self, images: Tensor, targets: Tensor, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
 
 
+@dataclass
+class FeatureOptions(DistillOptions):
+    """Options shared by the feature distillers: the loss weights, the warm-up and the student's taps.
+
+    loss = ce_weight * CE + loss_weight * min(epoch / warmup_epochs, 1) * feature loss;
+    student_preact matches the student's pre-activation maps instead of its stage outputs.
+    """
+
+    loss_weight: float = setting(1.0, minimum=0.0)
+    ce_weight: float = setting(1.0, minimum=0.0)
+    warmup_epochs: int = setting(20, minimum=0)
+    student_preact: bool = False
+
+
 class FeatureDistiller(Distiller):
     """Heads map the student's level maps onto the teacher's; subclasses say how and with which loss.
 
-    loss = ce_weight * CE + feature_weight * min(epoch / warmup_epochs, 1) * feature_loss(heads(student), teacher),
+    loss = ce_weight * CE + loss_weight * min(epoch / warmup_epochs, 1) * feature_loss(heads(student), teacher),
     logged as {"ce": ..., loss_name: ...}. The levels are those of `famkd.distill.levels`; the
     teacher side uses its pre-activation maps when `teacher_preact`.
     """
 
-    loss_name: str
-    teacher_preact: bool
+    loss_name: ClassVar[str]
+    teacher_preact: ClassVar[bool]
 
-    def __init__(self, student, teacher, feature_weight: float, ce_weight: float, warmup_epochs: int, student_preact: bool):
+    def __init__(self, student: FeatureModel, teacher: FeatureModel, options: FeatureOptions):
         super().__init__(student, teacher)
-        self.feature_weight = feature_weight
-        self.ce_weight = ce_weight
-        self.warmup_epochs = warmup_epochs
-        self.student_preact = student_preact
+        self.options = options
         self.heads = nn.ModuleList()
 
     def head_outputs(self, student_maps: list[Tensor]) -> list[Tensor]:
@@ -86,13 +112,27 @@ class FeatureDistiller(Distiller):
     def feature_loss(self, outputs: list[Tensor], targets: list[Tensor]) -> Tensor:
         raise NotImplementedError
 
-    def forward(self, images, targets, epoch):
+    def forward(self, images: Tensor, targets: Tensor, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
+        options = self.options
         student = self.student.forward_features(images)
         teacher = self.teacher_features(images)
         count = len(self.heads)
-        outputs = self.head_outputs(level_features(student, count, self.student_preact))
+        outputs = self.head_outputs(level_features(student, count, options.student_preact))
         feature_loss = self.feature_loss(outputs, level_features(teacher, count, self.teacher_preact))
         return student.logits, {
-            "ce": self.ce_weight * F.cross_entropy(student.logits, targets),
-            self.loss_name: self.feature_weight * warmup_factor(epoch, self.warmup_epochs) * feature_loss,
+            "ce": options.ce_weight * F.cross_entropy(student.logits, targets),
+            self.loss_name: options.loss_weight * warmup_factor(epoch, options.warmup_epochs) * feature_loss,
         }
+
+
+@dataclass
+class FamFilterOptions:
+    """The FAM heads' high-pass filter (famkd.fam.masks): its kind, cutoff and Butterworth order."""
+
+    hpf: str = setting("ideal", choices=HIGHPASS_FILTERS)
+    cutoff: float = setting(0.1, above=0.0)
+    order: int = setting(2, minimum=1)
+
+    def fam_options(self) -> dict[str, Any]:
+        """Keyword arguments for FrequencyAttention."""
+        return {"hpf": self.hpf, "cutoff": self.cutoff, "order": self.order}

@@ -1,16 +1,36 @@
-"""FAM-KD, review form (METHOD.md 3.1): cross-attention fusion down the levels, then FAM heads."""
+"""FAM-KD, review form (docs/method.md): cross-attention fusion down the levels, then FAM heads."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from famkd.distill.base import FeatureDistiller
+from famkd.distill.base import FamFilterOptions, FeatureDistiller, FeatureOptions
 from famkd.distill.levels import Level, feature_mse, paired_levels, review_chain
 from famkd.distill.registry import register_distiller
 from famkd.fam import FrequencyAttention
+from famkd.models import FeatureModel
 from famkd.nn.blocks import projection
 from famkd.nn.cross_attention import CrossAttention
+from famkd.settings import setting
+
+
+@dataclass
+class FamOptions(FamFilterOptions, FeatureOptions):
+    """Options of the FAM-KD forms: the feature-distiller options (loss_weight, formerly alpha, is the
+    paper's alpha) and the FAM high-pass filter."""
+
+    ALIASES: ClassVar[dict[str, str]] = {"alpha": "loss_weight"}
+
+
+@dataclass
+class FamKDOptions(FamOptions):
+    """fam_kd adds max_mid_channels: a cap on the head width C_mid (0 = the student's channels)."""
+
+    max_mid_channels: int = setting(0, minimum=0)
 
 
 class FamReviewHead(nn.Module):
@@ -22,7 +42,7 @@ class FamReviewHead(nn.Module):
     The deepest level has no residual, so it builds no residual projection or attention.
     """
 
-    def __init__(self, level: Level, mid_channels: int, residual_channels: int | None, fam_options: dict):
+    def __init__(self, level: Level, mid_channels: int, residual_channels: int | None, fam_options: dict[str, Any]):
         super().__init__()
         self.student_size = level.student_size
         self.teacher_size = level.teacher_size
@@ -54,43 +74,28 @@ def mid_channel_counts(levels: list[Level], max_mid_channels: int) -> list[int]:
 
 @register_distiller("fam_kd")
 class FamKD(FeatureDistiller):
-    """loss = ce_weight * CE + alpha * min(epoch / warmup_epochs, 1) * sum_levels MSE(head(student), teacher).
+    """loss = ce_weight * CE + loss_weight * min(epoch / warmup_epochs, 1) * sum_levels MSE(head(student), teacher).
 
-    Options: alpha (feature loss weight), ce_weight, warmup_epochs, student_preact (match the
-    student's pre-activation maps), hpf / cutoff / order (FAM high-pass filter),
-    max_mid_channels (cap on the head width, 0 = the student's channels), image_size (side
-    of the training images, which fixes every level's size).
+    Options: FamKDOptions. `image_size` (the side of the training images) fixes every level's size.
     """
 
+    Options = FamKDOptions
     loss_name = "fam_kd"
     teacher_preact = False
 
-    def __init__(
-        self,
-        student,
-        teacher,
-        alpha: float = 1.0,
-        ce_weight: float = 1.0,
-        warmup_epochs: int = 20,
-        student_preact: bool = False,
-        hpf: str = "ideal",
-        cutoff: float = 0.1,
-        order: int = 2,
-        max_mid_channels: int = 0,
-        image_size: int = 32,
-    ):
-        super().__init__(student, teacher, alpha, ce_weight, warmup_epochs, student_preact)
+    def __init__(self, student: FeatureModel, teacher: FeatureModel, options: FamKDOptions, image_size: int = 32):
+        super().__init__(student, teacher, options)
         levels = paired_levels(student.feature_info, teacher.feature_info, image_size)
-        mids = mid_channel_counts(levels, max_mid_channels)
-        fam_options = {"hpf": hpf, "cutoff": cutoff, "order": order}
+        mids = mid_channel_counts(levels, options.max_mid_channels)
+        fam_options = options.fam_options()
         # Deepest level first, as the fusion runs from deep to shallow.
         self.heads.extend(
             FamReviewHead(levels[i], mids[i], mids[i + 1] if i + 1 < len(levels) else None, fam_options)
             for i in reversed(range(len(levels)))
         )
 
-    def head_outputs(self, student_maps):
+    def head_outputs(self, student_maps: list[Tensor]) -> list[Tensor]:
         return review_chain(self.heads, student_maps)
 
-    def feature_loss(self, outputs, targets):
+    def feature_loss(self, outputs: list[Tensor], targets: list[Tensor]) -> Tensor:
         return feature_mse(outputs, targets)

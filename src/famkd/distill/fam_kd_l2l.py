@@ -1,20 +1,24 @@
-"""FAM-KD, layer-to-layer form (METHOD.md 3.2): one FAM per level, no fusion across levels."""
+"""FAM-KD, layer-to-layer form (docs/method.md): one FAM per level, no fusion across levels."""
 
 from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from typing import Any
+
 from famkd.distill.base import FeatureDistiller
+from famkd.distill.fam_kd import FamOptions
 from famkd.distill.levels import Level, feature_mse, paired_levels
 from famkd.distill.registry import register_distiller
 from famkd.fam import FrequencyAttention
+from famkd.models import FeatureModel
 
 
 class FamLayerHead(nn.Module):
     """Student map -> nearest resize to the teacher's side -> FAM(C_s -> C_t) -> BN."""
 
-    def __init__(self, level: Level, fam_options: dict):
+    def __init__(self, level: Level, fam_options: dict[str, Any]):
         super().__init__()
         self.teacher_size = level.teacher_size
         self.fam = FrequencyAttention(level.student_channels, level.teacher_channels, level.teacher_size, **fam_options)
@@ -28,35 +32,22 @@ class FamLayerHead(nn.Module):
 
 @register_distiller("fam_kd_l2l")
 class FamKDLayerToLayer(FeatureDistiller):
-    """loss = ce_weight * CE + alpha * w(epoch) * sum_levels MSE(BN(FAM(student)), teacher).
+    """loss = ce_weight * CE + loss_weight * w(epoch) * sum_levels MSE(BN(FAM(student)), teacher).
 
-    Options as `fam_kd` (alpha, ce_weight, warmup_epochs, student_preact, hpf, cutoff,
-    order, image_size); heads are listed shallow to deep.
+    Options: FamOptions (as fam_kd, without max_mid_channels); heads are listed shallow to deep.
     """
 
+    Options = FamOptions
     loss_name = "fam_kd"
     teacher_preact = False
 
-    def __init__(
-        self,
-        student,
-        teacher,
-        alpha: float = 1.0,
-        ce_weight: float = 1.0,
-        warmup_epochs: int = 20,
-        student_preact: bool = False,
-        hpf: str = "ideal",
-        cutoff: float = 0.1,
-        order: int = 2,
-        image_size: int = 32,
-    ):
-        super().__init__(student, teacher, alpha, ce_weight, warmup_epochs, student_preact)
-        fam_options = {"hpf": hpf, "cutoff": cutoff, "order": order}
+    def __init__(self, student: FeatureModel, teacher: FeatureModel, options: FamOptions, image_size: int = 32):
+        super().__init__(student, teacher, options)
         levels = paired_levels(student.feature_info, teacher.feature_info, image_size)
-        self.heads.extend(FamLayerHead(level, fam_options) for level in levels)
+        self.heads.extend(FamLayerHead(level, options.fam_options()) for level in levels)
 
-    def head_outputs(self, student_maps):
+    def head_outputs(self, student_maps: list[Tensor]) -> list[Tensor]:
         return [head(x) for head, x in zip(self.heads, student_maps)]
 
-    def feature_loss(self, outputs, targets):
+    def feature_loss(self, outputs: list[Tensor], targets: list[Tensor]) -> Tensor:
         return feature_mse(outputs, targets)

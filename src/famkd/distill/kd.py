@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from famkd.distill.base import Distiller
+from famkd.distill.options import DistillOptions
 from famkd.distill.registry import register_distiller
+from famkd.models import FeatureModel
+from famkd.settings import setting
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -18,19 +24,32 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) 
     return kl * temperature**2
 
 
+@dataclass
+class KDOptions(DistillOptions):
+    """loss = ce_weight * CE + loss_weight * kd_loss(T = temperature); loss_weight was kd_weight."""
+
+    ALIASES: ClassVar[dict[str, str]] = {"kd_weight": "loss_weight"}
+    loss_weight: float = setting(0.9, minimum=0.0)
+    ce_weight: float = setting(0.1, minimum=0.0)
+    temperature: float = setting(4.0, above=0.0)
+
+
 @register_distiller("kd")
 class KD(Distiller):
-    def __init__(self, student, teacher, temperature: float = 4.0, ce_weight: float = 0.1, kd_weight: float = 0.9):
-        super().__init__(student, teacher)
-        self.temperature = temperature
-        self.ce_weight = ce_weight
-        self.kd_weight = kd_weight
+    """Hinton et al.'s KD. Options: KDOptions."""
 
-    def forward(self, images, targets, epoch):
+    Options = KDOptions
+
+    def __init__(self, student: FeatureModel, teacher: FeatureModel, options: KDOptions, image_size: int = 32):
+        super().__init__(student, teacher)
+        self.options = options
+
+    def forward(self, images: Tensor, targets: Tensor, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
+        assert self.teacher is not None
         logits = self.student(images)
         with torch.no_grad():
             teacher_logits = self.teacher(images)
         return logits, {
-            "ce": self.ce_weight * F.cross_entropy(logits, targets),
-            "kd": self.kd_weight * kd_loss(logits, teacher_logits, self.temperature),
+            "ce": self.options.ce_weight * F.cross_entropy(logits, targets),
+            "kd": self.options.loss_weight * kd_loss(logits, teacher_logits, self.options.temperature),
         }

@@ -1,4 +1,4 @@
-"""ReviewKD (Chen et al., CVPR 2021) as published, and FAM + ReviewKD (METHOD.md 3.3).
+"""ReviewKD (Chen et al., CVPR 2021) as published, and FAM + ReviewKD (docs/method.md).
 
 Attention-based fusion (ABF) runs from the deepest level (the pooled vector) to the
 shallowest; each level's output head is a 3x3 convolution + BN (ReviewKD) or FAM + BN
@@ -9,19 +9,36 @@ pre-activation maps and pooled vector.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from famkd.distill.base import FeatureDistiller
+from famkd.distill.base import FamFilterOptions, FeatureDistiller, FeatureOptions
 from famkd.distill.levels import Level, paired_levels, review_chain
 from famkd.distill.registry import register_distiller
 from famkd.fam import FrequencyAttention
+from famkd.models import FeatureModel
 from famkd.nn.blocks import projection
+from famkd.settings import setting
 
 CONTEXT_POOL_SIZES = (4, 2, 1)
+
+
+@dataclass
+class ReviewKDOptions(FeatureOptions):
+    """ReviewKD's options: the feature-distiller options (loss weight 5 by default) and
+    max_mid_channels, the head width cap: C_mid = min(max_mid_channels, the student's pooled channels)."""
+
+    loss_weight: float = setting(5.0, minimum=0.0)
+    max_mid_channels: int = setting(512, minimum=1)
+
+
+@dataclass
+class FamReviewKDOptions(FamFilterOptions, ReviewKDOptions):
+    """FAM + ReviewKD: ReviewKD's options plus the FAM high-pass filter."""
 
 
 def hierarchical_context_loss(outputs: list[Tensor], targets: list[Tensor]) -> Tensor:
@@ -108,43 +125,41 @@ class ReviewDistiller(FeatureDistiller):
     loss_name = "reviewkd"
     teacher_preact = True
 
-    def __init__(self, student, teacher, output_head: Callable[[int, Level], nn.Module], loss_weight: float,
-                 ce_weight: float, warmup_epochs: int, student_preact: bool, max_mid_channels: int, image_size: int):
-        super().__init__(student, teacher, loss_weight, ce_weight, warmup_epochs, student_preact)
+    def __init__(self, student: FeatureModel, teacher: FeatureModel, options: ReviewKDOptions, image_size: int,
+                 output_head: Callable[[int, Level], nn.Module]):
+        super().__init__(student, teacher, options)
         levels = paired_levels(student.feature_info, teacher.feature_info, image_size)
-        mid = min(max_mid_channels, levels[-1].student_channels)
+        mid = min(options.max_mid_channels, levels[-1].student_channels)
         deepest = len(levels) - 1
         self.heads.extend(
             AttentionFusion(levels[i], mid, i != deepest, output_head(mid, levels[i]))
             for i in reversed(range(len(levels)))
         )
 
-    def head_outputs(self, student_maps):
+    def head_outputs(self, student_maps: list[Tensor]) -> list[Tensor]:
         return review_chain(self.heads, student_maps)
 
-    def feature_loss(self, outputs, targets):
+    def feature_loss(self, outputs: list[Tensor], targets: list[Tensor]) -> Tensor:
         return hierarchical_context_loss(outputs, targets)
 
 
 @register_distiller("reviewkd")
 class ReviewKD(ReviewDistiller):
-    """Canonical ReviewKD: 3x3 convolution + BN output heads. Options: loss_weight, ce_weight,
-    warmup_epochs, student_preact, max_mid_channels, image_size."""
+    """Canonical ReviewKD: 3x3 convolution + BN output heads. Options: ReviewKDOptions."""
 
-    def __init__(self, student, teacher, loss_weight: float = 5.0, ce_weight: float = 1.0, warmup_epochs: int = 20,
-                 student_preact: bool = False, max_mid_channels: int = 512, image_size: int = 32):
-        super().__init__(student, teacher, conv_output_head, loss_weight, ce_weight, warmup_epochs,
-                         student_preact, max_mid_channels, image_size)
+    Options = ReviewKDOptions
+
+    def __init__(self, student: FeatureModel, teacher: FeatureModel, options: ReviewKDOptions, image_size: int = 32):
+        super().__init__(student, teacher, options, image_size, conv_output_head)
 
 
 @register_distiller("fam_reviewkd")
 class FamReviewKD(ReviewDistiller):
-    """FAM + ReviewKD: each 3x3 output convolution replaced by FAM (+ BN). Options: those of
-    `reviewkd` plus the FAM filter's hpf, cutoff, order."""
+    """FAM + ReviewKD: each 3x3 output convolution replaced by FAM (+ BN). Options: FamReviewKDOptions."""
 
-    def __init__(self, student, teacher, loss_weight: float = 5.0, ce_weight: float = 1.0, warmup_epochs: int = 20,
-                 student_preact: bool = False, max_mid_channels: int = 512, image_size: int = 32,
-                 hpf: str = "ideal", cutoff: float = 0.1, order: int = 2):
-        head = functools.partial(fam_output_head, hpf=hpf, cutoff=cutoff, order=order)
-        super().__init__(student, teacher, head, loss_weight, ce_weight, warmup_epochs,
-                         student_preact, max_mid_channels, image_size)
+    Options = FamReviewKDOptions
+
+    def __init__(self, student: FeatureModel, teacher: FeatureModel, options: FamReviewKDOptions,
+                 image_size: int = 32):
+        head = functools.partial(fam_output_head, **options.fam_options())
+        super().__init__(student, teacher, options, image_size, head)

@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
+from torch import Tensor
 
 from famkd.distill.base import Distiller
+from famkd.distill.options import DistillOptions
 from famkd.distill.registry import register_distiller
+from famkd.models import FeatureModel
+from famkd.settings import setting
+
+
+@dataclass
+class VanillaOptions(DistillOptions):
+    ce_weight: float = setting(1.0, minimum=0.0)
 
 
 @register_distiller("vanilla")
 class Vanilla(Distiller):
+    """Cross-entropy only. Options: VanillaOptions."""
+
     needs_teacher = False
+    Options = VanillaOptions
 
-    def __init__(self, student, teacher=None, ce_weight: float = 1.0):
+    def __init__(self, student: FeatureModel, teacher: None = None, options: VanillaOptions | None = None,
+                 image_size: int = 32):
         super().__init__(student, None)
-        self.ce_weight = ce_weight
+        self.options = options if options is not None else VanillaOptions()
 
-    def forward(self, images, targets, epoch):
+    def forward(self, images: Tensor, targets: Tensor, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
         logits = self.student(images)
-        return logits, {"ce": self.ce_weight * F.cross_entropy(logits, targets)}
+        return logits, {"ce": self.options.ce_weight * F.cross_entropy(logits, targets)}

@@ -11,57 +11,37 @@ The exported student (`student_best.pt`, `student_last.pt`) is a plain state dic
 from __future__ import annotations
 
 import os
+import pickle
 import platform
 import random
-import shutil
-import tempfile
+import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from famkd.engine.errors import FamkdError
+from famkd.errors import FamkdError
+from famkd.files import atomic_write
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    """Write `state` with torch.save to a temporary file next to `path`, then rename it over `path`.
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Write `state` with torch.save atomically (see famkd.files.atomic_write).
 
     A crash or a full disk mid-write leaves the previous file intact and no partial file behind.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(state, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda file: torch.save(state, file))
 
 
-def copy_checkpoint(source: str | os.PathLike, target: str | os.PathLike) -> None:
-    """Copy a checkpoint file atomically (temporary file, then rename)."""
-    target = Path(target)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(handle)
-    try:
-        shutil.copyfile(source, temp_name)
-        os.replace(temp_name, target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint onto the CPU with `torch.load(weights_only=True)` (no arbitrary code runs)."""
     path = Path(path)
     if not path.is_file():
         raise FamkdError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise FamkdError(refused_pickle_message(path, str(error))) from error
     except Exception as error:  # torch raises several unrelated types for corrupt or foreign files
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise FamkdError(f"cannot read checkpoint {path}: {first_line}") from error
@@ -70,7 +50,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return state
 
 
-def capture_rng_state() -> dict:
+def refused_pickle_message(path: Path, torch_message: str) -> str:
+    """Why the safe loader refused `path`, without torch's advice to load unsafely (famkd never does)."""
+    found = re.search(r"GLOBAL (\S+)", torch_message)
+    what = f" (it holds a {found.group(1)} object)" if found else ""
+    return (
+        f"cannot read checkpoint {path}: it is not made of plain tensors and containers{what}. famkd loads only "
+        "tensors, state dicts and plain Python values, so that opening a checkpoint can never run code; save the "
+        "weights as a state dict (torch.save(model.state_dict(), path)) and load that file"
+    )
+
+
+def capture_rng_state() -> dict[str, Any]:
     """The state of every random generator training touches (python, numpy, torch CPU and CUDA)."""
     numpy_state = np.random.get_state()
     return {

@@ -1,13 +1,14 @@
-"""Device and mixed-precision selection."""
+"""Device, memory layout and mixed-precision selection."""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+import itertools
+from collections.abc import Callable
 
 import torch
 
-from famkd.engine.errors import FamkdError
+from famkd.errors import FamkdError
 
 
 def resolve_device(name: str) -> torch.device:
@@ -25,3 +26,14 @@ def autocast_factory(amp: str, device: torch.device) -> Callable[[], contextlib.
         return contextlib.nullcontext
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def to_channels_last(module: torch.nn.Module) -> None:
+    """Channels-last storage for every 4-D parameter and buffer (the convolution weights).
+
+    Module.to(memory_format=torch.channels_last) would also convert 5-D tensors, and it fails on
+    FAM's (C_in, C_out, S, S, 2) filter, which channels-last does not describe.
+    """
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        if tensor.dim() == 4:
+            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)

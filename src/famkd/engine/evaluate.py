@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from famkd.config import DataConfig, config_from_dict
-from famkd.data.datasets import build_datasets
-from famkd.data.loader import BatchLoader
+from famkd.data import BatchLoader, build_datasets
 from famkd.engine.checkpoint import load_checkpoint
 from famkd.engine.device import resolve_device
+from famkd.engine.run_dir import RunDir
 from famkd.engine.teacher import model_from_checkpoint
 
 
@@ -34,17 +36,20 @@ def evaluate(
     model: nn.Module,
     loader: Iterable[tuple[Tensor, Tensor]],
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    description: str | None = None,
 ) -> dict[str, float]:
     """Evaluate `model` (called as model(images) -> logits) on every batch of `loader`.
 
     Returns {"top1", "top5"} in percent and {"loss"}, the mean cross-entropy per image.
-    The model's train/eval mode is restored afterwards.
+    The model's train/eval mode is restored afterwards. With `description`, a progress bar named
+    so shows on a terminal (none in logs or pipes); it disappears when the evaluation ends.
     """
     was_training = model.training
     model.eval()
     totals = None
     seen = 0
-    for images, labels in loader:
+    batches = tqdm(loader, desc=description, unit="batch", leave=False, disable=None if description else True)
+    for images, labels in batches:
         with autocast():
             logits = model(images)
         batch = torch.cat(
@@ -65,7 +70,7 @@ def evaluate_checkpoint(
     model_name: str = "",
     device: str = "auto",
     batch_size: int = 256,
-) -> dict:
+) -> dict[str, Any]:
     """Top-1/top-5 of the model in a checkpoint on its dataset's test split (CIFAR-100 by default).
 
     `path` is a famkd run directory (its checkpoints/best.pt is used), a famkd checkpoint (the
@@ -75,7 +80,7 @@ def evaluate_checkpoint(
     """
     checkpoint_path = Path(path)
     if checkpoint_path.is_dir():
-        checkpoint_path = checkpoint_path / "checkpoints" / "best.pt"
+        checkpoint_path = RunDir(checkpoint_path).checkpoint(best=True)
     checkpoint = load_checkpoint(checkpoint_path)
     if isinstance(checkpoint.get("config"), dict):
         data_cfg = config_from_dict(checkpoint["config"]).data
@@ -88,5 +93,5 @@ def evaluate_checkpoint(
     model, arch = model_from_checkpoint(checkpoint, checkpoint_path, model_name, test_set.num_classes)
     target = resolve_device(device)
     loader = BatchLoader(test_set, batch_size, train=False, device=target)
-    result = evaluate(model.to(target), loader)
+    result = evaluate(model.to(target), loader, description="test")
     return {**result, "arch": arch, "checkpoint": str(checkpoint_path), "data": test_set.description}

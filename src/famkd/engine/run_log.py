@@ -13,32 +13,24 @@ import json
 import math
 import os
 import time
-from pathlib import Path
+from typing import Any
 
+import torch
 from tqdm import tqdm
 
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
-TENSORBOARD_DIR = "tensorboard"
+from famkd.config import Config
+from famkd.data import ImageDataset
+from famkd.distill import Distiller
+from famkd.engine.run_dir import RunDir
+from famkd.files import write_text_atomic
 
 
-def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """Every epoch record of a run's metrics.jsonl, in order ([] when there is none)."""
-    path = Path(run_dir) / METRICS_FILE
+    path = RunDir(run_dir).metrics_file
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _write_text_atomically(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(text)
-    os.replace(temp, path)
-
-
-def write_summary(run_dir: str | os.PathLike, summary: dict) -> None:
-    """Write summary.json (pretty-printed, atomically)."""
-    _write_text_atomically(Path(run_dir) / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
 
 
 class RunLog:
@@ -49,21 +41,21 @@ class RunLog:
     """
 
     def __init__(self, run_dir: str | os.PathLike, tensorboard: bool, resume_epoch: int = 0, resume_step: int = 0):
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.metrics_path = self.run_dir / METRICS_FILE
+        self.run_dir = RunDir(run_dir)
+        self.run_dir.path.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.run_dir.metrics_file
         self._keep_epochs_up_to(resume_epoch)
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             purge = {"purge_step": resume_step + 1} if resume_epoch or resume_step else {}
-            self.writer = SummaryWriter(str(self.run_dir / TENSORBOARD_DIR), **purge)
+            self.writer = SummaryWriter(str(self.run_dir.tensorboard_dir), **purge)
 
     def _keep_epochs_up_to(self, epoch: int) -> None:
         """Drop records after `epoch` (written before an interruption), so a resumed run has no duplicates."""
-        records = [record for record in read_metrics(self.run_dir) if record["epoch"] <= epoch]
-        _write_text_atomically(self.metrics_path, "".join(json.dumps(record) + "\n" for record in records))
+        records = [record for record in read_metrics(self.run_dir.path) if record["epoch"] <= epoch]
+        write_text_atomic(self.metrics_path, "".join(json.dumps(record) + "\n" for record in records))
 
     def log_epoch(self, record: dict) -> None:
         with self.metrics_path.open("a") as file:
@@ -139,3 +131,24 @@ def format_epoch_line(record: dict, epochs: int) -> str:
         f"lr {record['lr']:.4g}  {record['epoch_time_s']:.1f}s  {record['images_per_s']:.0f} img/s  "
         f"data wait {100 * record['data_wait_fraction']:.1f}%"
     )
+
+
+def run_header(cfg: Config, distiller: Distiller, datasets: tuple[ImageDataset, ImageDataset], device: torch.device,
+               steps_per_epoch: int, resumed_at: tuple[int, int]) -> list[str]:
+    """The lines a run prints before training: models, data, device, and where it resumes
+    (`resumed_at`: (epoch, step within it) of a mid-epoch checkpoint, (last completed epoch, 0) otherwise)."""
+    student_params = sum(p.numel() for p in distiller.student.parameters())
+    teacher = f", teacher {cfg.teacher.name or '?'} ({cfg.teacher.checkpoint})" if distiller.teacher is not None else ""
+    lines = [
+        f"famkd train: method {cfg.method}, student {cfg.student} ({student_params / 1e6:.3f}M params), "
+        f"heads {distiller.num_head_parameters() / 1e6:.3f}M params{teacher}",
+        f"train data: {datasets[0].description}",
+        f"test data: {datasets[1].description}",
+        f"device {device}, amp {cfg.amp}, {steps_per_epoch} steps/epoch, run dir {cfg.run.dir}",
+    ]
+    epoch, step = resumed_at
+    if step:
+        lines.append(f"resuming epoch {epoch} after step {step}")
+    elif epoch:
+        lines.append(f"resuming after epoch {epoch}")
+    return lines

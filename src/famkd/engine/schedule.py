@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from torch.optim.lr_scheduler import MultiStepLR
 
+from famkd.config import TrainConfig
 from famkd.distill.base import Distiller
 
 
-def build_optimizer(distiller: Distiller, train_cfg) -> torch.optim.SGD:
+def build_optimizer(distiller: Distiller, train_cfg: TrainConfig) -> torch.optim.SGD:
     """SGD (momentum, weight decay, optional Nesterov) over the student's and the heads' parameters.
 
     The frozen teacher is left out; weight decay applies to every trained parameter, as in the
@@ -24,7 +25,7 @@ def build_optimizer(distiller: Distiller, train_cfg) -> torch.optim.SGD:
         return torch.optim.SGD(parameters, **options)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg) -> MultiStepLR:
+def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg: TrainConfig) -> MultiStepLR:
     """Multiply the learning rate by `lr_decay` after each epoch listed in `lr_milestones`.
 
     Stepped once per epoch, so epoch e (from 1) trains with lr * lr_decay ** (number of

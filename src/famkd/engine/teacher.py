@@ -16,11 +16,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from famkd.config import Config, TeacherConfig
 from famkd.engine.checkpoint import load_checkpoint
-from famkd.engine.errors import FamkdError
+from famkd.errors import FamkdError
 from famkd.models import FeatureModel, create_model
 
 _KEYS_SHOWN = 5
+COMMUNITY_TEACHERS_URL = "https://github.com/megvii-research/mdistiller/releases/tag/checkpoints"
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -146,7 +148,7 @@ def model_from_checkpoint(
     return model, arch
 
 
-def load_teacher_and_name(cfg, num_classes: int) -> tuple[FeatureModel, str]:
+def load_teacher_and_name(cfg: TeacherConfig, num_classes: int) -> tuple[FeatureModel, str]:
     """The frozen teacher described by a TeacherConfig (`name`, `checkpoint`, `sha256`) and its architecture.
 
     An empty `name` is taken from the checkpoint when it records one.
@@ -160,6 +162,17 @@ def load_teacher_and_name(cfg, num_classes: int) -> tuple[FeatureModel, str]:
     return teacher, arch
 
 
-def load_teacher(cfg, num_classes: int) -> FeatureModel:
+def load_teacher(cfg: TeacherConfig, num_classes: int) -> FeatureModel:
     """The frozen teacher described by a TeacherConfig (see `load_teacher_and_name`)."""
     return load_teacher_and_name(cfg, num_classes)[0]
+
+
+def missing_teacher_message(cfg: Config) -> str:
+    teacher = cfg.teacher.name or "<teacher>"
+    return (
+        f"method {cfg.method!r} distils from a teacher, but teacher.checkpoint is not set. Train one with "
+        f"`famkd train configs/cifar100/vanilla/{teacher}.yaml` and pass "
+        f"teacher.checkpoint=<its run dir>/student_best.pt, or use a community CIFAR-100 teacher: "
+        f"cifar_teachers.tar of the RepDistiller/mdistiller zoo ({COMMUNITY_TEACHERS_URL}), "
+        f"e.g. teacher.checkpoint=cifar_teachers/{teacher}_vanilla/ckpt_epoch_240.pth"
+    )

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from famkd.config import config_from_dict
-from famkd.distill import Distiller, create_distiller
+from famkd.data import dataset_image_size
+from famkd.distill import Distiller, create_distiller, needs_teacher
 from famkd.engine.checkpoint import load_checkpoint
-from famkd.engine.errors import FamkdError
-from famkd.engine.trainer import distiller_options
+from famkd.engine.run_dir import RunDir
+from famkd.errors import FamkdError
 from famkd.fam import FrequencyAttention, highpass_mask, negated_indices
 from famkd.models import create_model
 
@@ -29,7 +32,7 @@ def fam_heads(distiller: nn.Module) -> list[tuple[str, FrequencyAttention]]:
     return [(name, m) for name, m in distiller.named_modules() if isinstance(m, FrequencyAttention)]
 
 
-def gamma_rows(distiller: nn.Module) -> list[dict]:
+def gamma_rows(distiller: nn.Module) -> list[dict[str, Any]]:
     """One row per FAM head: its path, size S, C_in -> C_out, gamma1 (global) and gamma2 (local)."""
     return [
         {"head": name, "size": fam.size, "in": fam.in_channels, "out": fam.out_channels,
@@ -38,7 +41,7 @@ def gamma_rows(distiller: nn.Module) -> list[dict]:
     ]
 
 
-def format_gamma_table(rows: list[dict]) -> str:
+def format_gamma_table(rows: list[dict[str, Any]]) -> str:
     lines = [f"{'FAM head':<22}{'S':>4}{'C_in->C_out':>14}{'gamma1':>10}{'gamma2':>10}"]
     for row in rows:
         channels = f"{row['in']}->{row['out']}"
@@ -58,12 +61,23 @@ def filter_spectrum(fam: FrequencyAttention) -> Tensor:
     return torch.fft.fftshift(full)
 
 
-def plot_filter_spectra(distiller: nn.Module, path: Path) -> None:
-    import matplotlib
-
+def pyplot() -> ModuleType:
+    """matplotlib.pyplot on the file-only Agg backend, or a FamkdError saying how to install it."""
+    try:
+        import matplotlib
+    except ModuleNotFoundError:
+        raise FamkdError(
+            "famkd inspect draws its figures with matplotlib, which is not installed: "
+            "pip install 'famkd[plot]' (or pip install matplotlib)"
+        ) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_filter_spectra(distiller: nn.Module, path: Path) -> None:
+    plt = pyplot()
     heads = fam_heads(distiller)
     figure, axes = plt.subplots(1, len(heads), figsize=(3 * len(heads), 3), squeeze=False)
     for axis, (name, fam) in zip(axes[0], heads):
@@ -80,11 +94,7 @@ def plot_filter_spectra(distiller: nn.Module, path: Path) -> None:
 
 def plot_highpass_masks(path: Path, size: int = 32, cutoff: float = 0.1, smooth_cutoff: float = 0.3, order: int = 2) -> None:
     """The ideal (published rule, `cutoff`), Gaussian and Butterworth (D0 = `smooth_cutoff`) masks."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     masks = {
         f"ideal (cutoff {cutoff})": highpass_mask("ideal", size, cutoff),
         f"gaussian (D0 {smooth_cutoff})": highpass_mask("gaussian", size, smooth_cutoff),
@@ -106,17 +116,16 @@ def distiller_from_checkpoint(path: str | Path) -> Distiller:
     """Rebuild a run's distiller (teacher with random weights: only its shapes matter) and load its heads."""
     path = Path(path)
     if path.is_dir():
-        path = path / "checkpoints" / "last.pt"
+        path = RunDir(path).checkpoint()
     checkpoint = load_checkpoint(path)
     if "heads" not in checkpoint or "config" not in checkpoint:
         raise FamkdError(f"{path} is not a famkd run checkpoint (it has no heads/config); pass a run directory or its checkpoints/last.pt")
     cfg = config_from_dict(checkpoint["config"])
     num_classes = next(v for k, v in reversed(checkpoint["student"].items()) if k.endswith("weight")).shape[0]
     student = create_model(cfg.student, num_classes=num_classes)
-    teacher = create_model(cfg.teacher.name, num_classes=num_classes) if cfg.method != "vanilla" else None
-    image_size = 32  # every dataset famkd trains on so far (CIFAR-100, the synthetic set) is 32x32
+    teacher = create_model(cfg.teacher.name, num_classes=num_classes) if needs_teacher(cfg.method) else None
     distiller = create_distiller(cfg.method, student=student, teacher=teacher,
-                                 **distiller_options(cfg.method, cfg.distill, image_size=image_size))
+                                 image_size=dataset_image_size(cfg.data), **cfg.distill)
     student.load_state_dict(checkpoint["student"])
     missing = set(distiller.head_state_dict()) - set(checkpoint["heads"])
     if missing:
@@ -131,6 +140,7 @@ def inspect_run(path: str | Path, out_dir: str | Path) -> str:
     if not fam_heads(distiller):
         raise FamkdError(f"{path}: method has no FAM heads to inspect (use a fam_kd, fam_kd_l2l or fam_reviewkd run)")
     out_dir = Path(out_dir)
+    pyplot()  # fail before creating the output folder when matplotlib is missing
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_filter_spectra(distiller, out_dir / "fam_filter_spectra.png")
     plot_highpass_masks(out_dir / "highpass_masks.png")

@@ -15,8 +15,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from famkd.engine.errors import FamkdError
-from famkd.engine.run_log import SUMMARY_FILE
+from famkd.engine.run_dir import SUMMARY_FILE
+from famkd.errors import FamkdError
 
 
 def find_summaries(paths: list[str | Path]) -> list[dict]:

@@ -1,0 +1,145 @@
+"""Progress of a training epoch and stop requests: what the trainer accumulates between host syncs.
+
+`EpochProgress` keeps an epoch's running loss sums, accuracy and first non-finite step on the
+device, so that training steps never wait for the host; it is saved in a mid-epoch checkpoint.
+`StopRequest` turns Ctrl-C into a request to stop at the next step boundary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from types import FrameType
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+
+@dataclasses.dataclass
+class EpochProgress:
+    """Running totals of one epoch, kept on the device so that steps never wait for the host.
+
+    loss_sums: per term, the sum over images of the term (batch mean x batch size).
+    first_bad_step: per term, the first global step (from 1) whose value was not finite, else -1.
+    """
+
+    epoch: int
+    steps_done: int = 0
+    images_seen: int = 0
+    loss_sums: dict[str, Tensor] = dataclasses.field(default_factory=dict)
+    first_bad_step: dict[str, Tensor] = dataclasses.field(default_factory=dict)
+    correct: Tensor | None = None
+    wait_s: float = 0.0
+    elapsed_s: float = 0.0
+
+    def add(self, logits: Tensor, labels: Tensor, losses: dict[str, Tensor], global_step: int) -> None:
+        """Accumulate one step (device ops only)."""
+        batch = labels.shape[0]
+        for name, value in losses.items():
+            value = value.detach().float()
+            if name not in self.loss_sums:
+                self.loss_sums[name] = torch.zeros((), device=value.device)
+                self.first_bad_step[name] = torch.full((), -1, dtype=torch.int64, device=value.device)
+            self.loss_sums[name] += value * batch
+            first_bad = self.first_bad_step[name]
+            newly_bad = ~torch.isfinite(value) & (first_bad < 0)
+            self.first_bad_step[name] = torch.where(newly_bad, global_step, first_bad)
+        correct = (logits.argmax(dim=1) == labels).sum()
+        self.correct = correct if self.correct is None else self.correct + correct
+        self.images_seen += batch
+        self.steps_done += 1
+
+    def read(self) -> dict[str, float]:
+        """Epoch means so far, loss_<term> and train_acc (one host sync)."""
+        assert self.correct is not None, "read() before the first step"
+        names = list(self.loss_sums)
+        values = torch.stack([self.loss_sums[n] for n in names] + [self.correct.float()]).tolist()
+        means = {f"loss_{n}": v / self.images_seen for n, v in zip(names, values)}
+        means["train_acc"] = 100.0 * values[-1] / self.images_seen
+        return means
+
+    def first_non_finite(self, means: dict[str, float] | None = None) -> tuple[str, float, int] | None:
+        """(term, its epoch mean, the global step it first went bad) of the earliest term that became NaN
+        or infinite, or None; `means` are those of `read()` when already read."""
+        means = self.read() if means is None else means
+        bad = [name for name in self.loss_sums if not math.isfinite(means[f"loss_{name}"])]
+        if not bad:
+            return None
+        first_steps = {name: int(self.first_bad_step[name]) for name in bad}
+        name = min(bad, key=lambda term: first_steps[term])
+        return name, means[f"loss_{name}"], first_steps[name]
+
+    def state_dict(self) -> dict[str, Any]:
+        assert self.correct is not None, "state_dict() before the first step"
+        return {
+            "epoch": self.epoch,
+            "steps_done": self.steps_done,
+            "images_seen": self.images_seen,
+            "loss_sums": {n: v.cpu() for n, v in self.loss_sums.items()},
+            "first_bad_step": {n: v.cpu() for n, v in self.first_bad_step.items()},
+            "correct": self.correct.cpu(),
+            "wait_s": self.wait_s,
+            "elapsed_s": self.elapsed_s,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], device: torch.device) -> EpochProgress:
+        def to_device(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+            return {name: value.to(device) for name, value in tensors.items()}
+
+        return cls(
+            epoch=state["epoch"],
+            steps_done=state["steps_done"],
+            images_seen=state["images_seen"],
+            loss_sums=to_device(state["loss_sums"]),
+            first_bad_step=to_device(state["first_bad_step"]),
+            correct=state["correct"].to(device),
+            wait_s=state["wait_s"],
+            elapsed_s=state["elapsed_s"],
+        )
+
+
+def timed_batches(batches: Iterator[tuple[Tensor, Tensor]], progress: EpochProgress) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield from `batches`, adding the time spent waiting for each batch to progress.wait_s."""
+    while True:
+        start = time.perf_counter()
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        progress.wait_s += time.perf_counter() - start
+        yield batch
+
+
+class StopRequest:
+    """Turns the first Ctrl-C into a request to stop at the next step boundary; a second one aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write(
+            "\nCtrl-C: stopping after this step and saving a checkpoint "
+            "(press Ctrl-C again to abort without saving)",
+            file=sys.stderr,
+        )
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
