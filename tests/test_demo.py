@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -192,3 +194,19 @@ def test_demo_help_names_its_options_and_the_synthetic_default(capsys):
     assert done.value.code == 0
     text = re.sub(r"\s+", " ", capsys.readouterr().out)
     assert "--data DIR" in text and "--out DIR" in text and "synthetic" in text and "CIFAR-100" in text
+
+
+def test_the_default_output_folder_is_ignored_by_git(monkeypatch):
+    """`famkd demo` run from the repository (as the README says) writes famkd-demo-<timestamp>/ there."""
+    chosen = []
+    monkeypatch.setattr(demo, "run_demo", lambda out_dir, data_root=None: chosen.append(out_dir))
+    assert main(["demo"]) == 0
+    (out_dir,) = chosen
+    assert re.fullmatch(r"famkd-demo-\d{8}-\d{6}", str(out_dir))
+    repo = Path(__file__).resolve().parents[1]
+    if not (repo / ".git").exists():
+        pytest.skip("not a git checkout: nothing to ignore files")
+    probe = f"{out_dir}/teacher/summary.json"
+    ignored = subprocess.run(["git", "check-ignore", "-q", probe], cwd=repo)
+    tracked_probe = subprocess.run(["git", "check-ignore", "-q", "src/famkd/demo.py"], cwd=repo)
+    assert (ignored.returncode, tracked_probe.returncode) == (0, 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -346,3 +347,64 @@ def test_progress_without_a_terminal_prints_a_line_with_eta(capsys, monkeypatch)
     display.close()
     # 4 steps in 8 s -> 2 s per step, 6 steps left.
     assert capsys.readouterr().out == "epoch 1/3 step 4/10  loss 1.5000  acc 25.0%  100 img/s  ETA 12 s\n"
+
+
+# ---- channels-last, safe loading, progress bars ---------------------------------------------
+
+
+def test_channels_last_training_matches_channels_first(tmp_path, monkeypatch):
+    """Two fam_kd steps with train.channels_last=true give the channels-first losses and weights to float
+    tolerance; the convolution weights are channels-last and FAM's 5-D filter keeps its layout."""
+    monkeypatch.setattr(trainer_module, "build_datasets", lambda data_cfg: tiny_datasets())
+    torch.manual_seed(1)
+    teacher_path = tmp_path / "teacher.pth"
+    torch.save({"model": create_model("resnet8", num_classes=10).state_dict()}, teacher_path)
+    built = []
+    plain_create = trainer_module.create_distiller
+    monkeypatch.setattr(trainer_module, "create_distiller", lambda *a, **k: built.append(plain_create(*a, **k)) or built[-1])
+    runs = {}
+    for layout in ("false", "true"):
+        run_dir = tmp_path / f"channels_last_{layout}"
+        train(load_config(None, [
+            "method=fam_kd", "student=resnet8", "teacher.name=resnet8", f"teacher.checkpoint={teacher_path}",
+            "device=cpu", "run.tensorboard=false", "run.deterministic=true", f"run.dir={run_dir}",
+            "train.batch_size=8", "train.max_steps_per_epoch=2", "train.epochs=1", f"train.channels_last={layout}",
+        ]))
+        runs[layout] = (read_metrics(run_dir)[0], load_checkpoint(run_dir / "checkpoints" / "last.pt"))
+    (first, first_state), (last, last_state) = runs["false"], runs["true"]
+    for term in ("loss_ce", "loss_fam_kd"):
+        assert last[term] == pytest.approx(first[term], rel=1e-4, abs=1e-6)
+    for part in ("student", "heads"):
+        for key, value in first_state[part].items():
+            torch.testing.assert_close(last_state[part][key], value, rtol=1e-4, atol=1e-5)
+    distiller = built[-1]
+    conv = distiller.student.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    fam = distiller.heads[-1].fam
+    assert fam.global_filter.dim() == 5 and fam.global_filter.stride() == built[0].heads[-1].fam.global_filter.stride()
+
+
+def test_a_checkpoint_the_safe_loader_refuses_is_explained_without_unsafe_advice(tmp_path):
+    path = tmp_path / "pickled_model.pt"
+    torch.save({"model": nn.Linear(2, 2)}, path)  # a whole module, not a state dict
+    with pytest.raises(FamkdError) as error:
+        load_checkpoint(path)
+    message = str(error.value)
+    assert message.startswith(f"cannot read checkpoint {path}: it is not made of plain tensors and containers")
+    assert "torch.nn.modules.linear.Linear" in message and "state dict" in message
+    assert "weights_only" not in message
+
+
+def test_evaluation_shows_a_named_progress_bar_only_when_asked(monkeypatch):
+    opened = []
+
+    def recording_tqdm(iterable, **options):
+        opened.append(options)
+        return iterable
+
+    evaluate_module = importlib.import_module("famkd.engine.evaluate")  # famkd.engine.evaluate is also a function
+    monkeypatch.setattr(evaluate_module, "tqdm", recording_tqdm)
+    batches = [(torch.eye(3), torch.arange(3))]
+    assert evaluate(nn.Identity(), batches, description="teacher test")["top1"] == 100.0
+    evaluate(nn.Identity(), batches)
+    assert [(o["desc"], o["disable"], o["leave"]) for o in opened] == [("teacher test", None, False), (None, True, False)]
