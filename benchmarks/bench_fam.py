@@ -47,7 +47,7 @@ def published_style_global(x: Tensor, kernel: Tensor, cutoff: float = 0.1) -> Te
     height, width = shifted.shape[2:4]
     cy, cx = height // 2, width // 2
     ry, rx = int(cutoff * cy), int(cutoff * cx)
-    shifted[:, :, cy - ry:cy + ry, cx - rx:cx + rx, :] = 0
+    shifted[:, :, cy - ry : cy + ry, cx - rx : cx + rx, :] = 0
     real, imag = torch.unbind(shifted, -1)
     for dim in range(real.dim() - 1, 0, -1):
         real, imag = roll_half(real, dim, forward=False), roll_half(imag, dim, forward=False)
@@ -65,7 +65,10 @@ def build_forms(fam: FrequencyAttention) -> dict:
     return {
         "fast": (fam, [fam.global_filter] + common),
         "published direct": (lambda x: mix(published_style_global(x, kernel, fam.cutoff), x), [kernel] + common),
-        "direct, no shift": (lambda x: mix(direct_global_branch(x, kernel, fam.mask.to(x.dtype)), x), [kernel] + common),
+        "direct, no shift": (
+            lambda x: mix(direct_global_branch(x, kernel, fam.mask.to(x.dtype)), x),
+            [kernel] + common,
+        ),
     }
 
 
@@ -112,8 +115,10 @@ def main() -> None:
     x = torch.randn(args.batch, args.channels, args.size, args.size, device=device, requires_grad=True)
     grad = torch.randn(args.batch, args.channels, args.size, args.size, device=device)
     forms = build_forms(fam)
-    print(f"FrequencyAttention B={args.batch} C={args.channels} S={args.size}, {device}, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}, malloc keeps freed memory: {retained}")
+    print(
+        f"FrequencyAttention B={args.batch} C={args.channels} S={args.size}, {device}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}, malloc keeps freed memory: {retained}"
+    )
     print(f"fast vs published direct form, float32: max relative difference {check_equivalence(forms, x, grad):.2e}")
     times = {name: [] for name in forms}
     names = list(forms)

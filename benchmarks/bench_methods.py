@@ -41,18 +41,42 @@ def main() -> int:
     for teacher, student in PAIRS:
         suffix = "" if args.amp == "off" else f"_{args.amp}"
         json_path = out / f"{teacher}_{student}{suffix}.json"
-        command = ["bench", "--teacher", teacher, "--student", student, "--methods", args.methods,
-                   "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
-                   "--device", args.device, "--amp", args.amp, "--threads", str(args.threads), "--json", str(json_path)]
-        command += ["--channels-last"] * args.channels_last + ["--compile"] * args.compile + ["--no-memory"] * args.no_memory
+        command = [
+            "bench",
+            "--teacher",
+            teacher,
+            "--student",
+            student,
+            "--methods",
+            args.methods,
+            "--batch-size",
+            str(args.batch_size),
+            "--steps",
+            str(args.steps),
+            "--warmup",
+            str(args.warmup),
+            "--device",
+            args.device,
+            "--amp",
+            args.amp,
+            "--threads",
+            str(args.threads),
+            "--json",
+            str(json_path),
+        ]
+        command += (
+            ["--channels-last"] * args.channels_last + ["--compile"] * args.compile + ["--no-memory"] * args.no_memory
+        )
         print("famkd " + " ".join(command), flush=True)
         status = famkd_main(command)
         if status != 0:
             return status
         for record in json.loads(json_path.read_text()):
             if record["ratio_to_kd"] is not None and record["method"] != "kd":
-                summary.append(f"{teacher}->{student} {record['method']}/kd {record['ratio_to_kd']:.2f}"
-                               f"  ({record['ms_per_step']:.0f} ms/step, {record['device']}, amp {record['amp']})")
+                summary.append(
+                    f"{teacher}->{student} {record['method']}/kd {record['ratio_to_kd']:.2f}"
+                    f"  ({record['ms_per_step']:.0f} ms/step, {record['device']}, amp {record['amp']})"
+                )
         print(flush=True)
     print("ratios to kd (median step time, same process):")
     for line in summary:

@@ -63,10 +63,14 @@ def stacked_attention(attention: CrossAttention, x: torch.Tensor, residual: torc
     keys = F.pad(attention.key(x), (1, 1, 1, 1))
     values = F.pad(attention.value(x), (1, 1, 1, 1))
     bias = attention.relative_logit_bias()
-    logits = torch.stack([query * (keys[:, :, r:r + height, c:c + width] + bias[:, j, None, None])
-                          for j, (r, c) in enumerate(OFFSETS)])
+    logits = torch.stack(
+        [
+            query * (keys[:, :, r : r + height, c : c + width] + bias[:, j, None, None])
+            for j, (r, c) in enumerate(OFFSETS)
+        ]
+    )
     weights = torch.softmax(logits, dim=0)
-    return sum(weights[j] * values[:, :, r:r + height, c:c + width] for j, (r, c) in enumerate(OFFSETS))
+    return sum(weights[j] * values[:, :, r : r + height, c : c + width] for j, (r, c) in enumerate(OFFSETS))
 
 
 def attention_case(shape: tuple[int, ...], mode: str, device: torch.device, dtype: torch.dtype) -> float:
@@ -94,8 +98,10 @@ def main() -> int:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     tolerance = TOLERANCE[dtype]
-    worst_fam = {hpf: max(fam_case(size, channels, hpf, device, dtype) for size in SIZES for channels in CHANNELS)
-                 for hpf in HIGHPASS_FILTERS}
+    worst_fam = {
+        hpf: max(fam_case(size, channels, hpf, device, dtype) for size in SIZES for channels in CHANNELS)
+        for hpf in HIGHPASS_FILTERS
+    }
     print(f"FAM fast vs direct, {device} {args.dtype}, sides {SIZES}, channels {CHANNELS}, output and all gradients:")
     for hpf, worst in worst_fam.items():
         print(f"  {hpf:<12} max relative difference {worst:.2e}")

@@ -12,6 +12,7 @@ backward is counted as twice its forward. Prints, per pair and method,
 from __future__ import annotations
 
 import argparse
+from functools import partial
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -37,17 +38,20 @@ def main() -> int:
     images = torch.randn(2, 3, 32, 32)
     for teacher_name, student_name in PAIRS:
         teacher, student = create_model(teacher_name), create_model(student_name)
-        teacher_macs = mega_macs(lambda: teacher(images), 2)
-        student_macs = mega_macs(lambda: student(images), 2)
+        teacher_macs = mega_macs(partial(teacher, images), 2)
+        student_macs = mega_macs(partial(student, images), 2)
         kd_step = teacher_macs + (1 + BACKWARD_FACTOR) * student_macs
-        print(f"{teacher_name}->{student_name}: teacher forward {teacher_macs:.0f}M, student forward {student_macs:.0f}M, "
-              f"KD step {kd_step:.0f}M MACs/image")
+        print(
+            f"{teacher_name}->{student_name}: teacher forward {teacher_macs:.0f}M, "
+            f"student forward {student_macs:.0f}M, "
+            f"KD step {kd_step:.0f}M MACs/image"
+        )
         for method in args.methods.split(","):
             distiller = create_distiller(method, student=student, teacher=teacher, image_size=32).train()
             preact = distiller.options.student_preact
             with torch.no_grad():
                 maps = level_features(student.forward_features(images), len(distiller.heads), preact)
-            heads = mega_macs(lambda: distiller.head_outputs(maps), 2)
+            heads = mega_macs(partial(distiller.head_outputs, maps), 2)
             floor = (kd_step + (1 + BACKWARD_FACTOR) * heads) / kd_step
             print(f"  {teacher_name}->{student_name} {method} heads {heads:.0f}M MACs/image, floor {floor:.2f}x kd")
     return 0

@@ -49,7 +49,7 @@ def write_slice(source: Path, out: Path, train_per_class: int, test_per_class: i
         counts[split] = len(kept)
     sliced_meta = {
         "dataset": f"slice of {meta.get('dataset', 'CIFAR-100')}: the first {train_per_class} train and "
-                   f"{test_per_class} test images of each class, original order",
+        f"{test_per_class} test images of each class, original order",
         "source": str(source),
         "layout": meta.get("layout", "images: uint8 NHWC (N,32,32,3) RGB; labels: int64"),
         "train_image_shards": ["train_images_0.npy"],
@@ -63,28 +63,37 @@ def write_slice(source: Path, out: Path, train_per_class: int, test_per_class: i
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", default=DEFAULT_SOURCE,
-                        help="a CIFAR-100 .npy layout directory (with meta.json); "
-                             "default: $FAMKD_DATA, else ../shared/data/cifar100 beside the repository")
+    parser.add_argument(
+        "--source",
+        default=DEFAULT_SOURCE,
+        help="a CIFAR-100 .npy layout directory (with meta.json); "
+        "default: $FAMKD_DATA, else ../shared/data/cifar100 beside the repository",
+    )
     parser.add_argument("--out", default=".cifar_slice")
     parser.add_argument("--train-per-class", type=int, default=100)
     parser.add_argument("--test-per-class", type=int, default=20)
-    parser.add_argument("--teacher", default="",
-                        help="teacher checkpoint copied as OUT/teacher.pth if it exists "
-                             "(default: cifar100_teachers/resnet56.pth beside the source directory)")
+    parser.add_argument(
+        "--teacher",
+        default="",
+        help="teacher checkpoint copied as OUT/teacher.pth if it exists "
+        "(default: cifar100_teachers/resnet56.pth beside the source directory)",
+    )
     args = parser.parse_args()
     source, out = Path(args.source), Path(args.out)
     if not (source / "meta.json").is_file():
-        print(f"make_cifar_slice: {source} is not a CIFAR-100 .npy layout (no meta.json); pass --source",
-              file=sys.stderr)
+        print(
+            f"make_cifar_slice: {source} is not a CIFAR-100 .npy layout (no meta.json); pass --source", file=sys.stderr
+        )
         return 1
     counts = write_slice(source, out, args.train_per_class, args.test_per_class)
     teacher = Path(args.teacher) if args.teacher else source.resolve().parent / TEACHER_BESIDE_SOURCE
     if teacher.is_file():
         shutil.copyfile(teacher, out / "teacher.pth")
     size_mb = sum(f.stat().st_size for f in out.iterdir()) / 2**20
-    print(f"{out}: {counts['train']} train and {counts['test']} test images"
-          f"{', teacher.pth' if teacher.is_file() else ''}; {size_mb:.1f} MiB")
+    print(
+        f"{out}: {counts['train']} train and {counts['test']} test images"
+        f"{', teacher.pth' if teacher.is_file() else ''}; {size_mb:.1f} MiB"
+    )
     return 0
 
 

@@ -1,6 +1,6 @@
 """A direct, functional FAM-KD (review form) oracle reading a published-layout state dict.
 
-Written from METHOD.md sections 1-3 with the literal formulas, independent of famkd's modules:
+Written from docs/method.md with the literal formulas, independent of famkd's modules:
 full-spectrum FFT2, a complex einsum, an fftshift-ed box mask, IFFT2 and the real part; the
 3x3 cross-attention as a loop over the nine window offsets; BatchNorm in training mode through
 F.batch_norm (the running statistics in `state` are updated in place, as a module would); and
@@ -30,9 +30,16 @@ def conv1x1(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 def batch_norm_train(x: Tensor, state: dict[str, Tensor], prefix: str) -> Tensor:
     """BatchNorm2d in training mode (batch statistics), updating `prefix`running_* in place."""
-    return F.batch_norm(x, state[prefix + "running_mean"], state[prefix + "running_var"],
-                        state[prefix + "weight"], state[prefix + "bias"],
-                        training=True, momentum=BN_MOMENTUM, eps=BN_EPS)
+    return F.batch_norm(
+        x,
+        state[prefix + "running_mean"],
+        state[prefix + "running_var"],
+        state[prefix + "weight"],
+        state[prefix + "bias"],
+        training=True,
+        momentum=BN_MOMENTUM,
+        eps=BN_EPS,
+    )
 
 
 def nearest_resize(x: Tensor, size: int) -> Tensor:
@@ -47,7 +54,7 @@ def centered_box_mask(size: int, cutoff: float = CUTOFF) -> Tensor:
     center = size // 2
     radius = int(cutoff * center)
     mask = torch.ones(size, size, dtype=torch.float64)
-    mask[center - radius:center + radius, center - radius:center + radius] = 0.0
+    mask[center - radius : center + radius, center - radius : center + radius] = 0.0
     return mask
 
 
@@ -78,9 +85,9 @@ def cross_attention(x: Tensor, residual: Tensor, state: dict[str, Tensor], prefi
     for row in range(3):
         for col in range(3):
             rel = torch.cat([rel_h[:, row], rel_w[:, col]])
-            key = keys[:, :, row:row + height, col:col + width]
+            key = keys[:, :, row : row + height, col : col + width]
             logits.append(query * (key + rel[None, :, None, None]))
-            windows.append(values[:, :, row:row + height, col:col + width])
+            windows.append(values[:, :, row : row + height, col : col + width])
     weights = torch.softmax(torch.stack(logits), dim=0)
     return (weights * torch.stack(windows)).sum(dim=0)
 

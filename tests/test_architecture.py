@@ -89,7 +89,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for target in sorted(graph.get(node, ())):
             if state.get(target) == 1:
-                return path[path.index(target):] + [target]
+                return path[path.index(target) :] + [target]
             if target not in state:
                 cycle = visit(target)
                 if cycle:
@@ -171,23 +171,29 @@ def fake_package(tmp_path: Path, files: dict[str, str]) -> dict[str, set[str]]:
 
 
 def test_a_function_level_import_that_closes_a_loop_is_a_cycle(tmp_path):
-    graph = fake_package(tmp_path, {
-        "__init__.py": "",
-        "data/__init__.py": "from pkg.data.datasets import build\n",
-        "data/datasets.py": "def build():\n    from pkg.data.cifar import load\n    return load()\n",
-        "data/cifar.py": "from pkg.data.datasets import Image\n",
-    })
+    graph = fake_package(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "data/__init__.py": "from pkg.data.datasets import build\n",
+            "data/datasets.py": "def build():\n    from pkg.data.cifar import load\n    return load()\n",
+            "data/cifar.py": "from pkg.data.datasets import Image\n",
+        },
+    )
     assert graph["pkg.data.datasets"] == {"pkg.data.cifar"} and graph["pkg.data.cifar"] == {"pkg.data.datasets"}
     assert find_cycle(graph) == ["pkg.data.datasets", "pkg.data.cifar", "pkg.data.datasets"]
 
 
 def test_type_checking_imports_relative_imports_and_submodules_resolve(tmp_path):
-    graph = fake_package(tmp_path, {
-        "__init__.py": "",
-        "low.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.high import X\n",
-        "high/__init__.py": "from . import part\nfrom .part import thing\n",
-        "high/part.py": "import pkg.low\nfrom pkg import low\n",
-    })
+    graph = fake_package(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "low.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.high import X\n",
+            "high/__init__.py": "from . import part\nfrom .part import thing\n",
+            "high/part.py": "import pkg.low\nfrom pkg import low\n",
+        },
+    )
     assert graph["pkg.low"] == set()
     assert graph["pkg.high"] == {"pkg.high.part"}
     assert graph["pkg.high.part"] == {"pkg.low"}
@@ -195,12 +201,17 @@ def test_type_checking_imports_relative_imports_and_submodules_resolve(tmp_path)
 
 
 def test_an_import_from_a_lower_layer_into_a_higher_one_is_reported(tmp_path):
-    graph = fake_package(tmp_path, {
-        "__init__.py": "",
-        "core.py": "import pkg.engine\n",
-        "engine.py": "from pkg.core import helper\n",
-    })
-    table = "## Layers\n\n| layer | modules |\n|---|---|\n| 1. core | `pkg`, `pkg.core` |\n| 2. engine | `pkg.engine` |\n"
+    graph = fake_package(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "core.py": "import pkg.engine\n",
+            "engine.py": "from pkg.core import helper\n",
+        },
+    )
+    table = (
+        "## Layers\n\n| layer | modules |\n|---|---|\n| 1. core | `pkg`, `pkg.core` |\n| 2. engine | `pkg.engine` |\n"
+    )
     layers = documented_layers(table)
     assert layers == {"pkg": 1, "pkg.core": 1, "pkg.engine": 2}
     assert layer_violations(graph, layers) == ["pkg.core (layer 1) imports pkg.engine (layer 2)"]

@@ -31,8 +31,22 @@ from famkd.models import create_model
 TIMING_KEYS = {"epoch_time_s", "images_per_s", "data_wait_fraction"}
 EPOCH_KEYS = {"epoch", "global_step", "lr", "loss", "train_acc", "test_acc", "test_top5", "test_loss"} | TIMING_KEYS
 CHECKPOINT_KEYS = {
-    "student", "heads", "optimizer", "scheduler", "grad_scaler", "epoch", "global_step", "rng", "best_acc",
-    "best_epoch", "last_acc", "teacher_acc", "wall_time_s", "partial_epoch", "config", "versions",
+    "student",
+    "heads",
+    "optimizer",
+    "scheduler",
+    "grad_scaler",
+    "epoch",
+    "global_step",
+    "rng",
+    "best_acc",
+    "best_epoch",
+    "last_acc",
+    "teacher_acc",
+    "wall_time_s",
+    "partial_epoch",
+    "config",
+    "versions",
 }
 SHORT_RUN = [
     "student=resnet8",
@@ -124,7 +138,9 @@ def test_fam_kd_student_through_the_cli(fam_kd_run, teacher_run):
     assert summary["method"] == "fam_kd" and summary["teacher"] == "resnet8" and summary["epochs_completed"] == 2
     # The pickle copy holds the same test images as the npy copy the teacher was evaluated on.
     assert summary["teacher_acc"] == teacher_summary["best_acc"]
-    reference = create_distiller("fam_kd", student=create_model("resnet8"), teacher=create_model("resnet8"), image_size=32)
+    reference = create_distiller(
+        "fam_kd", student=create_model("resnet8"), teacher=create_model("resnet8"), image_size=32
+    )
     assert summary["head_params"] == reference.num_head_parameters() > 0
     last = load_checkpoint(fam_kd_run / "checkpoints" / "last.pt")
     assert last["heads"].keys() == reference.head_state_dict().keys()
@@ -217,8 +233,15 @@ def error_cases(teacher_run, data_roots, tmp_path):
 
 
 CASES = [
-    "unknown key", "missing data", "sha256 mismatch", "wrong architecture", "no teacher", "unknown student",
-    "unknown distill option", "resume without checkpoint", "eval without --model",
+    "unknown key",
+    "missing data",
+    "sha256 mismatch",
+    "wrong architecture",
+    "no teacher",
+    "unknown student",
+    "unknown distill option",
+    "resume without checkpoint",
+    "eval without --model",
 ]
 
 
@@ -235,7 +258,14 @@ def test_user_errors_exit_non_zero_with_a_clear_message(case, capsys, teacher_ru
 
 def test_help_lists_every_subcommand_and_each_has_help(capsys):
     listing = subprocess.run([sys.executable, "-m", "famkd", "--help"], capture_output=True, text=True, check=True)
-    assert re.findall(r"^    (\w+)", listing.stdout, re.MULTILINE) == ["train", "eval", "demo", "bench", "inspect", "results"]
+    assert re.findall(r"^    (\w+)", listing.stdout, re.MULTILINE) == [
+        "train",
+        "eval",
+        "demo",
+        "bench",
+        "inspect",
+        "results",
+    ]
     for command, option in (("train", "--resume"), ("eval", "--model"), ("inspect", "--out"), ("results", "--json")):
         with pytest.raises(SystemExit) as done:
             main([command, "--help"])
@@ -266,8 +296,14 @@ def test_inspect_of_a_run_without_fam_is_a_clear_error(teacher_run, capsys):
 FAM_KD_CONFIG = "configs/cifar100/fam_kd/resnet56_resnet20.yaml"
 # Every fam_kd option with the value the resnet56 -> resnet20 recipe gives or the default (docs/method.md).
 FAM_KD_OPTIONS = {
-    "loss_weight": 1.0, "ce_weight": 1.0, "warmup_epochs": 20, "student_preact": False,
-    "hpf": "ideal", "cutoff": 0.1, "order": 2, "max_mid_channels": 0,
+    "loss_weight": 1.0,
+    "ce_weight": 1.0,
+    "warmup_epochs": 20,
+    "student_preact": False,
+    "hpf": "ideal",
+    "cutoff": 0.1,
+    "order": 2,
+    "max_mid_channels": 0,
 }
 
 
@@ -294,8 +330,13 @@ def test_a_typo_in_a_method_option_fails_before_any_data_or_teacher_is_read(caps
     monkeypatch.setattr(trainer, "load_teacher_and_name", must_not_run)
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     missing_root = tmp_path / "nonexistent"
-    argv = ["train", os.path.join(repo, FAM_KD_CONFIG), "distill.hpf=gausian", f"data.root={missing_root}",
-            f"teacher.checkpoint={tmp_path / 'teacher.pth'}"]
+    argv = [
+        "train",
+        os.path.join(repo, FAM_KD_CONFIG),
+        "distill.hpf=gausian",
+        f"data.root={missing_root}",
+        f"teacher.checkpoint={tmp_path / 'teacher.pth'}",
+    ]
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("famkd: error: distill.hpf='gausian' is not allowed (did you mean 'gaussian'?)")
@@ -305,8 +346,10 @@ def test_a_typo_in_a_method_option_fails_before_any_data_or_teacher_is_read(caps
 def test_an_old_option_name_prints_one_deprecation_line(capsys):
     assert main(["train", "method=fam_kd", "distill.alpha=20", "--print-config"]) == 0
     out, err = capsys.readouterr()
-    assert err == "famkd: warning: distill.alpha is deprecated for method 'fam_kd'; use distill.loss_weight " \
-                  "(the same setting)\n"
+    assert (
+        err == "famkd: warning: distill.alpha is deprecated for method 'fam_kd'; use distill.loss_weight "
+        "(the same setting)\n"
+    )
     assert yaml.safe_load(out)["distill"]["loss_weight"] == 20.0
 
 
@@ -328,7 +371,10 @@ def test_a_fam_training_run_prints_no_line_from_torchs_logger(teacher_run, data_
     env = dict(os.environ, FAMKD_COMPILE_KERNELS="always")
     completed = subprocess.run(
         [sys.executable, "-m", "famkd", "train", *overrides, "train.epochs=1", "train.max_steps_per_epoch=1"],
-        capture_output=True, text=True, env=env, timeout=600,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert completed.returncode == 0, completed.stderr
     lines = (completed.stdout + completed.stderr).splitlines()

@@ -49,7 +49,9 @@ def test_default_lists_are_not_shared_between_configs():
 
 
 def test_yaml_file_states_only_what_differs(tmp_path):
-    path = write(tmp_path / "exp.yaml", """
+    path = write(
+        tmp_path / "exp.yaml",
+        """
         method: fam_kd
         student: resnet20
         teacher: {name: resnet56}
@@ -58,7 +60,8 @@ def test_yaml_file_states_only_what_differs(tmp_path):
           lr: 0.01
           lr_milestones: [1, 2]
         amp: off
-    """)
+    """,
+    )
     cfg = load_config(path)
     assert cfg.method == "fam_kd" and cfg.teacher.name == "resnet56"
     assert cfg.distill == {**list_options("fam_kd"), "loss_weight": 2.0, "warmup_epochs": 5}
@@ -75,16 +78,22 @@ def test_empty_section_headers_change_nothing(tmp_path):
 
 def test_base_file_is_inherited_and_overridden(tmp_path):
     (tmp_path / "common").mkdir()
-    write(tmp_path / "common" / "base.yaml", """
+    write(
+        tmp_path / "common" / "base.yaml",
+        """
         method: kd
         train: {epochs: 10, lr: 0.1}
         distill: {temperature: 2.0, ce_weight: 0.5}
-    """)
-    path = write(tmp_path / "child.yaml", """
+    """,
+    )
+    path = write(
+        tmp_path / "child.yaml",
+        """
         base: common/base.yaml
         train: {lr: 0.2}
         distill: {ce_weight: 0.3}
-    """)
+    """,
+    )
     cfg = load_config(path)
     assert (cfg.train.epochs, cfg.train.lr) == (10, 0.2)
     assert cfg.distill == {"temperature": 2.0, "ce_weight": 0.3, "loss_weight": 0.9}
@@ -99,10 +108,19 @@ def test_base_loop_is_an_error(tmp_path):
 
 def test_overrides_are_parsed_as_yaml_and_win_over_the_file(tmp_path):
     path = write(tmp_path / "exp.yaml", "train: {epochs: 5}\nrun: {dir: /x}\n")
-    cfg = load_config(path, [
-        "train.epochs=2", "run.deterministic=true", "train.lr_milestones=[1,2]", "train.lr=1",
-        "run.dir=", "method=kd", "distill.temperature=4", "distill.loss_weight=0.5",
-    ])
+    cfg = load_config(
+        path,
+        [
+            "train.epochs=2",
+            "run.deterministic=true",
+            "train.lr_milestones=[1,2]",
+            "train.lr=1",
+            "run.dir=",
+            "method=kd",
+            "distill.temperature=4",
+            "distill.loss_weight=0.5",
+        ],
+    )
     assert cfg.train.epochs == 2 and cfg.run.deterministic is True
     assert cfg.train.lr_milestones == [1, 2]
     assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)  # int accepted for float
@@ -218,10 +236,18 @@ def test_missing_or_malformed_files_are_config_errors(tmp_path):
 
 
 def test_round_trip_through_dict_and_yaml(tmp_path):
-    cfg = load_config(None, [
-        "method=fam_kd", "distill.loss_weight=0.5", "distill.hpf=gaussian", "train.lr_milestones=[3]",
-        "run.seed=9", "amp=fp16", "teacher.sha256=" + "f" * 64,
-    ])
+    cfg = load_config(
+        None,
+        [
+            "method=fam_kd",
+            "distill.loss_weight=0.5",
+            "distill.hpf=gaussian",
+            "train.lr_milestones=[3]",
+            "run.seed=9",
+            "amp=fp16",
+            "teacher.sha256=" + "f" * 64,
+        ],
+    )
     assert config_from_dict(config_to_dict(cfg)) == cfg
     assert config_from_dict(yaml.safe_load(dump_config(cfg))) == cfg
     saved = write(tmp_path / "merged.yaml", dump_config(cfg))
@@ -246,8 +272,11 @@ def test_parse_override_splits_at_the_first_equals_sign():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("distill.hpf=gausian", "distill.hpf='gausian' is not allowed (did you mean 'gaussian'?); choose one of: "
-                                "ideal, radial, gaussian, butterworth, none"),
+        (
+            "distill.hpf=gausian",
+            "distill.hpf='gausian' is not allowed (did you mean 'gaussian'?); choose one of: "
+            "ideal, radial, gaussian, butterworth, none",
+        ),
         ("distill.cutoff=abc", "distill.cutoff must be a number, got 'abc' (str)"),
         ("distill.cutoff=-1", "distill.cutoff=-1.0 is too small: it must be > 0.0"),
         ("distill.loss_weight=-1", "distill.loss_weight=-1.0 is too small: it must be >= 0.0"),

@@ -50,9 +50,21 @@ METHOD_PAIRS = (
     PaperPair("wrn_40_2", "ShuffleV1", 20, False, 0.01),
 )
 VANILLA_MODELS = {
-    "resnet56": 0.05, "resnet110": 0.05, "resnet32x4": 0.05, "wrn_40_2": 0.05, "vgg13": 0.05, "ResNet50": 0.05,
-    "resnet20": 0.05, "resnet32": 0.05, "resnet8x4": 0.05, "wrn_16_2": 0.05, "wrn_40_1": 0.05, "vgg8": 0.05,
-    "MobileNetV2": 0.01, "ShuffleV1": 0.01, "ShuffleV2": 0.01,
+    "resnet56": 0.05,
+    "resnet110": 0.05,
+    "resnet32x4": 0.05,
+    "wrn_40_2": 0.05,
+    "vgg13": 0.05,
+    "ResNet50": 0.05,
+    "resnet20": 0.05,
+    "resnet32": 0.05,
+    "resnet8x4": 0.05,
+    "wrn_16_2": 0.05,
+    "wrn_40_1": 0.05,
+    "vgg8": 0.05,
+    "MobileNetV2": 0.01,
+    "ShuffleV1": 0.01,
+    "ShuffleV2": 0.01,
 }
 
 
@@ -176,11 +188,14 @@ def test_distill_options_fit_the_method_options(name):
         assert isinstance(value, type(default)), f"{name}: distill.{option}={value!r} is not a {type(default).__name__}"
 
 
-@pytest.mark.parametrize("name, attributes", [
-    ("fam_kd/resnet32x4_resnet8x4.yaml", {"loss_weight": 20.0, "student_preact": True, "warmup_epochs": 20}),
-    ("fam_kd_l2l/resnet56_resnet20.yaml", {"loss_weight": 1.0, "student_preact": False, "warmup_epochs": 20}),
-    ("fam_reviewkd/vgg13_MobileNetV2.yaml", {"loss_weight": 5.0, "warmup_epochs": 20, "student_preact": False}),
-])
+@pytest.mark.parametrize(
+    "name, attributes",
+    [
+        ("fam_kd/resnet32x4_resnet8x4.yaml", {"loss_weight": 20.0, "student_preact": True, "warmup_epochs": 20}),
+        ("fam_kd_l2l/resnet56_resnet20.yaml", {"loss_weight": 1.0, "student_preact": False, "warmup_epochs": 20}),
+        ("fam_reviewkd/vgg13_MobileNetV2.yaml", {"loss_weight": 5.0, "warmup_epochs": 20, "student_preact": False}),
+    ],
+)
 def test_distiller_builds_from_config_and_computes_its_losses(name, attributes):
     cfg = load_config(CONFIG_DIR / name)
     torch.manual_seed(0)

@@ -32,8 +32,8 @@ def loop_cross_attention(x, r, wq, wk, wv, rel_h, rel_w):
                             rel = rel_h[c, row] if c < half else rel_w[c - half, col]
                             logits.append(q[b, c, i, j] * (key + rel))
                             values.append(value)
-                    top = max(float(l.detach()) for l in logits)
-                    weights = [math.exp(float(l.detach()) - top) for l in logits]
+                    top = max(float(logit.detach()) for logit in logits)
+                    weights = [math.exp(float(logit.detach()) - top) for logit in logits]
                     total = sum(weights)
                     out[b, c, i, j] = sum(w / total * val for w, val in zip(weights, values))
     return out
@@ -47,8 +47,13 @@ def test_cross_attention_equals_loop(shape):
     r = torch.randn(*shape, dtype=torch.float64)
     fast = attention(x, r)
     reference = loop_cross_attention(
-        x, r, attention.query.weight[:, :, 0, 0], attention.key.weight[:, :, 0, 0], attention.value.weight[:, :, 0, 0],
-        attention.rel_h, attention.rel_w,
+        x,
+        r,
+        attention.query.weight[:, :, 0, 0],
+        attention.key.weight[:, :, 0, 0],
+        attention.value.weight[:, :, 0, 0],
+        attention.rel_h,
+        attention.rel_w,
     )
     assert (fast - reference).abs().max().item() < 1e-12
 

@@ -95,8 +95,9 @@ def test_npy_layout_in_a_cifar100_child_is_found(tmp_path):
 
 def test_famkd_data_then_dot_data_are_searched_when_root_is_empty(tmp_path, monkeypatch):
     env_root = write_tiny_cifar(tmp_path / "env", "npy", num_classes=2, train_per_class=3, test_per_class=1)
-    default_root = write_tiny_cifar(tmp_path / "cwd" / "data", "pickle", num_classes=3, train_per_class=2,
-                                    test_per_class=1)
+    default_root = write_tiny_cifar(
+        tmp_path / "cwd" / "data", "pickle", num_classes=3, train_per_class=2, test_per_class=1
+    )
     monkeypatch.chdir(default_root.parent)
     monkeypatch.setenv("FAMKD_DATA", str(env_root))
     train, _ = load("")
@@ -130,8 +131,11 @@ def test_class_subset_keeps_labels_below_k_in_both_splits(tiny_cifar_pickle):
     test_keep = [i for i, label in enumerate(reference["test_labels"]) if label < 3]
     assert torch.equal(test.images, nchw(reference["test_images"][test_keep]))
     assert test.labels.tolist() == [int(reference["test_labels"][i]) for i in test_keep]
-    firsts = [i for i, label in enumerate(reference["train_labels"]) if label < 3
-              and list(reference["train_labels"][:i]).count(label) < 2]
+    firsts = [
+        i
+        for i, label in enumerate(reference["train_labels"])
+        if label < 3 and list(reference["train_labels"][:i]).count(label) < 2
+    ]
     assert torch.equal(train.images, nchw(reference["train_images"][firsts]))
     assert train.class_names == ("fine_class_00", "fine_class_01", "fine_class_02")
 
@@ -194,8 +198,9 @@ def test_download_goes_into_the_first_place_and_is_then_loaded(tmp_path, monkeyp
     assert len(train) == 2 and str(tmp_path / "env" / "cifar-100-python") in train.description
 
 
-def record_torchvision_calls(monkeypatch: pytest.MonkeyPatch,
-                             fetch: Callable[[Path], object]) -> list[tuple[str, bool, bool]]:
+def record_torchvision_calls(
+    monkeypatch: pytest.MonkeyPatch, fetch: Callable[[Path], object]
+) -> list[tuple[str, bool, bool]]:
     """Replace torchvision's CIFAR100 by one that records (root, train, download), then runs `fetch(root)`."""
     import torchvision.datasets
 
@@ -209,13 +214,16 @@ def record_torchvision_calls(monkeypatch: pytest.MonkeyPatch,
     return calls
 
 
-def test_default_config_neither_downloads_nor_creates_a_missing_root(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_config_neither_downloads_nor_creates_a_missing_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls = record_torchvision_calls(monkeypatch, fetch=lambda root: write_tiny_cifar(root, "pickle"))
     missing = tmp_path / "absent" / "cifar"
     assert DataConfig().download is False
-    for load_with_defaults in (lambda: build_datasets(DataConfig(root=str(missing))),
-                               lambda: load_cifar100(str(missing))):
+    for load_with_defaults in (
+        lambda: build_datasets(DataConfig(root=str(missing))),
+        lambda: load_cifar100(str(missing)),
+    ):
         with pytest.raises(DataNotFoundError) as err:
             load_with_defaults()
         message = str(err.value)
@@ -226,8 +234,9 @@ def test_default_config_neither_downloads_nor_creates_a_missing_root(tmp_path: P
 
 
 @pytest.mark.parametrize("failure", [OSError("connection reset by peer"), RuntimeError("File not found or corrupted.")])
-def test_failed_download_removes_the_folders_it_created(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                        failure: Exception) -> None:
+def test_failed_download_removes_the_folders_it_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: Exception
+) -> None:
     def partial_download(root: Path) -> None:
         (root / "cifar-100-python").mkdir()
         (root / "cifar-100-python.tar.gz").write_bytes(b"first bytes")
@@ -243,8 +252,9 @@ def test_failed_download_removes_the_folders_it_created(tmp_path: Path, monkeypa
     assert list(tmp_path.iterdir()) == []
 
 
-def test_failed_download_into_an_existing_folder_removes_only_what_it_added(tmp_path: Path,
-                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_download_into_an_existing_folder_removes_only_what_it_added(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def partial_download(root: Path) -> None:
         (root / "cifar-100-python").mkdir()
         (root / "cifar-100-python" / "train").write_bytes(b"half a pickle")
@@ -259,8 +269,9 @@ def test_failed_download_into_an_existing_folder_removes_only_what_it_added(tmp_
     assert (tmp_path / "notes.txt").read_text() == "kept"
 
 
-def test_download_true_fetches_into_the_missing_data_root_and_loads_it(tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_download_true_fetches_into_the_missing_data_root_and_loads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls = record_torchvision_calls(monkeypatch, fetch=lambda root: write_tiny_cifar(root, "pickle"))
     target = tmp_path / "new" / "cifar"
     train, test = build_datasets(DataConfig(root=str(target), download=True, classes=4))
@@ -326,8 +337,9 @@ def test_python3_pickles_with_str_keys_load_too(tmp_path):
     assert torch.equal(train.images, nchw(reference["train_images"]))
 
 
-@pytest.mark.skipif(not (REAL_CIFAR100 / "meta.json").is_file(),
-                    reason=f"no real CIFAR-100 .npy layout in {REAL_CIFAR100_WHERE}")
+@pytest.mark.skipif(
+    not (REAL_CIFAR100 / "meta.json").is_file(), reason=f"no real CIFAR-100 .npy layout in {REAL_CIFAR100_WHERE}"
+)
 def test_real_cifar100_counts_and_published_channel_means():
     train, test = load(REAL_CIFAR100)
     assert (len(train), len(test), train.num_classes) == (50000, 10000, 100)
@@ -356,9 +368,9 @@ def reference_crop_flip(images: np.ndarray, offsets: np.ndarray, flips: np.ndarr
     out = np.zeros_like(images)
     for b in range(count):
         padded = np.zeros((channels, height + 2 * padding, width + 2 * padding), dtype=images.dtype)
-        padded[:, padding:padding + height, padding:padding + width] = images[b]
+        padded[:, padding : padding + height, padding : padding + width] = images[b]
         top, left = offsets[b]
-        crop = padded[:, top:top + height, left:left + width]
+        crop = padded[:, top : top + height, left : left + width]
         out[b] = crop[:, :, ::-1] if flips[b] else crop
     return out
 
@@ -415,12 +427,19 @@ def test_normalize_matches_a_float64_formula():
 
 def small_dataset(count=50, size=8, num_classes=5) -> ImageDataset:
     labels = torch.arange(count) % num_classes
-    return ImageDataset(random_images(count, size, seed=1), labels, num_classes,
-                        mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3), description="random test images, 50 images")
+    return ImageDataset(
+        random_images(count, size, seed=1),
+        labels,
+        num_classes,
+        mean=(0.4, 0.5, 0.6),
+        std=(0.2, 0.25, 0.3),
+        description="random test images, 50 images",
+    )
 
 
-def reference_epoch(dataset: ImageDataset, seed: int, epoch: int,
-                    batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def reference_epoch(
+    dataset: ImageDataset, seed: int, epoch: int, batch_size: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """The batches a train loader should yield, rebuilt from the documented (seed, epoch) draws."""
     generator = epoch_generator(seed, epoch)
     order = torch.randperm(len(dataset), generator=generator).numpy()
@@ -430,8 +449,10 @@ def reference_epoch(dataset: ImageDataset, seed: int, epoch: int,
     mean, std = np.array(dataset.mean)[:, None, None], np.array(dataset.std)[:, None, None]
     normalised = (images / 255.0 - mean) / std
     labels = dataset.labels.numpy()[order]
-    return [(normalised[s:s + batch_size], labels[s:s + batch_size])
-            for s in range(0, len(dataset) - batch_size + 1, batch_size)]
+    return [
+        (normalised[s : s + batch_size], labels[s : s + batch_size])
+        for s in range(0, len(dataset) - batch_size + 1, batch_size)
+    ]
 
 
 def test_train_batches_match_the_reference_epoch():
@@ -574,11 +595,18 @@ def test_synthetic_class_names_describe_the_shape_pairs():
 
 # Area of each shape at radius 1 (the float64 formulas of the shapes the generator draws).
 UNIT_AREAS = {
-    "disk": np.pi, "square": 1.6 ** 2, "triangle": 1.6 ** 2 / 2, "plus": 2 * 1.2 - 0.6 ** 2,
-    "ring": np.pi * 0.65, "cross": 2 * 1.2 - 0.6 ** 2, "bar": 1.4, "half-disk": np.pi / 2 + 0.2,
+    "disk": np.pi,
+    "square": 1.6**2,
+    "triangle": 1.6**2 / 2,
+    "plus": 2 * 1.2 - 0.6**2,
+    "ring": np.pi * 0.65,
+    "cross": 2 * 1.2 - 0.6**2,
+    "bar": 1.4,
+    "half-disk": np.pi / 2 + 0.2,
 }
-CLEAN = dict(radius=(6.0, 6.0), max_rotation_deg=0.0, colour_jitter=0.0, object_texture=0.0,
-             background_texture=0.0, noise=0.0)
+CLEAN = dict(
+    radius=(6.0, 6.0), max_rotation_deg=0.0, colour_jitter=0.0, object_texture=0.0, background_texture=0.0, noise=0.0
+)
 
 
 def pixels_of_colour(images: torch.Tensor, colour: tuple[float, float, float]) -> np.ndarray:
@@ -597,12 +625,13 @@ def assert_area(count: int, shape: str) -> None:
 def test_synthetic_colour_layout_draws_the_class_shapes_in_red_and_blue():
     from famkd.data.synthetic import KEY_COLOURS
 
-    spec = SyntheticSpec(layout="colour", num_shapes=8, num_classes=64, distractors=2, train_per_class=2,
-                         test_per_class=1, **CLEAN)
+    spec = SyntheticSpec(
+        layout="colour", num_shapes=8, num_classes=64, distractors=2, train_per_class=2, test_per_class=1, **CLEAN
+    )
     train, _ = synthetic_datasets(spec)
     red, blue = pixels_of_colour(train.images, KEY_COLOURS[0]), pixels_of_colour(train.images, KEY_COLOURS[1])
     for index, label in enumerate(train.labels.tolist()):
-        red_shape, blue_shape = train.class_names[label][len("red "):].split(" + blue ")
+        red_shape, blue_shape = train.class_names[label][len("red ") :].split(" + blue ")
         assert (red[index] > 0).sum() == 1 and (blue[index] > 0).sum() == 1
         assert red[index].argmax() != blue[index].argmax()
         assert_area(red[index].max(), red_shape)
@@ -612,13 +641,14 @@ def test_synthetic_colour_layout_draws_the_class_shapes_in_red_and_blue():
 def test_synthetic_diagonal_layout_puts_the_class_shape_opposite_the_red_object():
     from famkd.data.synthetic import DISTRACTOR_COLOURS, KEY_COLOURS
 
-    spec = SyntheticSpec(layout="diagonal", num_classes=16, num_shapes=4, distractors=2, train_per_class=3,
-                         test_per_class=1, **CLEAN)
+    spec = SyntheticSpec(
+        layout="diagonal", num_classes=16, num_shapes=4, distractors=2, train_per_class=3, test_per_class=1, **CLEAN
+    )
     train, _ = synthetic_datasets(spec)
     red = pixels_of_colour(train.images, KEY_COLOURS[0])
     others = np.stack([pixels_of_colour(train.images, c) for c in (KEY_COLOURS[1], *DISTRACTOR_COLOURS)], axis=1)
     for index, label in enumerate(train.labels.tolist()):
-        red_shape, opposite_shape = train.class_names[label][len("red "):].split(" + ")
+        red_shape, opposite_shape = train.class_names[label][len("red ") :].split(" + ")
         red_cell = int(red[index].argmax())
         assert (red[index] > 0).sum() == 1
         assert_area(red[index, red_cell], red_shape)

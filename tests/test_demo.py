@@ -75,7 +75,7 @@ def read_summary(run_dir) -> dict:
 
 def table_row(printed: str, run: str) -> list[str]:
     """The cells of the printed table's line for `run` (the first word of the line)."""
-    table = printed[printed.index("famkd demo results"):]
+    table = printed[printed.index("famkd demo results") :]
     lines = [line.split() for line in table.splitlines() if line.split()[:1] == [run] and "points" not in line]
     assert len(lines) == 1, f"expected one table line for {run!r} in:\n{printed}"
     return lines[0]
@@ -125,8 +125,14 @@ def test_demo_summary_and_printed_table_equal_what_each_run_wrote(which, request
         assert row["last_acc"] == summary["last_acc"] == test_acc[-1]
         assert row["time_s"] == summary["wall_time_s"]
         assert row["model"] == summary["student"]
-        cells = [row["run"], summary["method"], summary["student"], f"{max(test_acc):.2f}", f"{test_acc[-1]:.2f}",
-                 f"{summary['wall_time_s']:.0f}"]
+        cells = [
+            row["run"],
+            summary["method"],
+            summary["student"],
+            f"{max(test_acc):.2f}",
+            f"{test_acc[-1]:.2f}",
+            f"{summary['wall_time_s']:.0f}",
+        ]
         assert table_row(printed, row["run"]) == cells
         assert "| " + " | ".join(cells) + " |" in markdown
     best = {run: read_summary(out / run)["best_acc"] for run in RUNS}
@@ -137,7 +143,7 @@ def test_demo_summary_and_printed_table_equal_what_each_run_wrote(which, request
 def test_without_data_every_output_names_the_synthetic_dataset(synthetic_demo):
     out, printed = synthetic_demo
     header = printed.split("[1/4]")[0]
-    table = printed[printed.index("famkd demo results"):]
+    table = printed[printed.index("famkd demo results") :]
     for text in (header, table, (out / demo.RESULTS_FILE).read_text()):
         assert "synthetic" in text and "not real images" in text, text
     assert json.loads((out / demo.SUMMARY_FILE).read_text())["synthetic"] is True
@@ -148,7 +154,7 @@ def test_without_data_every_output_names_the_synthetic_dataset(synthetic_demo):
 
 def test_with_data_the_demo_uses_a_class_subset_of_cifar100(cifar_demo, tiny_cifar_npy):
     out, printed = cifar_demo
-    table = printed[printed.index("famkd demo results"):]
+    table = printed[printed.index("famkd demo results") :]
     assert "CIFAR-100" in table and "synthetic" not in printed
     assert "CIFAR-100" in printed.split("[1/4]")[0]
     for run in RUNS:

@@ -19,6 +19,7 @@ from famkd.config import ConfigError, TeacherConfig, TrainConfig, load_config
 from famkd.data.datasets import ImageDataset
 from famkd.distill import create_distiller, resolve_method_options
 from famkd.distill.vanilla import Vanilla
+from famkd.engine import run_log
 from famkd.engine import trainer as trainer_module
 from famkd.engine.checkpoint import (
     capture_rng_state,
@@ -27,15 +28,13 @@ from famkd.engine.checkpoint import (
     save_checkpoint,
 )
 from famkd.engine.evaluate import evaluate, topk_correct
-from famkd.engine import run_log
+from famkd.engine.progress import EpochProgress, StopRequest
 from famkd.engine.run_log import RunLog, read_metrics
 from famkd.engine.schedule import build_optimizer, build_scheduler
 from famkd.engine.teacher import load_teacher, load_teacher_and_name
-from famkd.engine.progress import EpochProgress, StopRequest
 from famkd.engine.trainer import train
 from famkd.errors import FamkdError, NonFiniteLossError
 from famkd.models import create_model
-
 
 # ---- checkpoints ---------------------------------------------------------------------------
 
@@ -361,15 +360,31 @@ def test_channels_last_training_matches_channels_first(tmp_path, monkeypatch):
     torch.save({"model": create_model("resnet8", num_classes=10).state_dict()}, teacher_path)
     built = []
     plain_create = trainer_module.create_distiller
-    monkeypatch.setattr(trainer_module, "create_distiller", lambda *a, **k: built.append(plain_create(*a, **k)) or built[-1])
+    monkeypatch.setattr(
+        trainer_module, "create_distiller", lambda *a, **k: built.append(plain_create(*a, **k)) or built[-1]
+    )
     runs = {}
     for layout in ("false", "true"):
         run_dir = tmp_path / f"channels_last_{layout}"
-        train(load_config(None, [
-            "method=fam_kd", "student=resnet8", "teacher.name=resnet8", f"teacher.checkpoint={teacher_path}",
-            "device=cpu", "run.tensorboard=false", "run.deterministic=true", f"run.dir={run_dir}",
-            "train.batch_size=8", "train.max_steps_per_epoch=2", "train.epochs=1", f"train.channels_last={layout}",
-        ]))
+        train(
+            load_config(
+                None,
+                [
+                    "method=fam_kd",
+                    "student=resnet8",
+                    "teacher.name=resnet8",
+                    f"teacher.checkpoint={teacher_path}",
+                    "device=cpu",
+                    "run.tensorboard=false",
+                    "run.deterministic=true",
+                    f"run.dir={run_dir}",
+                    "train.batch_size=8",
+                    "train.max_steps_per_epoch=2",
+                    "train.epochs=1",
+                    f"train.channels_last={layout}",
+                ],
+            )
+        )
         runs[layout] = (read_metrics(run_dir)[0], load_checkpoint(run_dir / "checkpoints" / "last.pt"))
     (first, first_state), (last, last_state) = runs["false"], runs["true"]
     for term in ("loss_ce", "loss_fam_kd"):
@@ -407,4 +422,7 @@ def test_evaluation_shows_a_named_progress_bar_only_when_asked(monkeypatch):
     batches = [(torch.eye(3), torch.arange(3))]
     assert evaluate(nn.Identity(), batches, description="teacher test")["top1"] == 100.0
     evaluate(nn.Identity(), batches)
-    assert [(o["desc"], o["disable"], o["leave"]) for o in opened] == [("teacher test", None, False), (None, True, False)]
+    assert [(o["desc"], o["disable"], o["leave"]) for o in opened] == [
+        ("teacher test", None, False),
+        (None, True, False),
+    ]

@@ -1,4 +1,4 @@
-"""FrequencyAttention: the fast half-spectrum form against the literal float64 definition (METHOD.md 1-2)."""
+"""FrequencyAttention: the fast half-spectrum form against the literal float64 definition (docs/method.md)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def published_box_mask(size: int, cutoff: float = 0.1) -> torch.Tensor:
     shifted = torch.ones(size, size, dtype=torch.float64)
     centre = int(size / 2)
     half_width = int(cutoff * centre)
-    shifted[centre - half_width:centre + half_width, centre - half_width:centre + half_width] = 0
+    shifted[centre - half_width : centre + half_width, centre - half_width : centre + half_width] = 0
     return torch.fft.ifftshift(shifted)
 
 
@@ -40,7 +40,7 @@ def reference_mask(kind: str, size: int, cutoff: float) -> torch.Tensor:
     if kind == "radial":
         return (d > cutoff).double()
     if kind == "gaussian":
-        return 1 - torch.exp(-d**2 / (2 * cutoff**2))
+        return 1 - torch.exp(-(d**2) / (2 * cutoff**2))
     if kind == "butterworth":
         with torch.no_grad():
             m = 1 / (1 + (cutoff / d) ** 4)
@@ -87,7 +87,9 @@ def assert_fast_form_equals_direct_definition(batch, channels, size, hpf):
     grads = torch.autograd.grad((out * weight).sum(), params)
 
     kernel = torch.view_as_complex(fam.global_filter)
-    ref = direct_fam(x, kernel, reference_mask(hpf, size, cutoff), fam.local.weight, fam.local.bias, fam.gamma1, fam.gamma2)
+    ref = direct_fam(
+        x, kernel, reference_mask(hpf, size, cutoff), fam.local.weight, fam.local.bias, fam.gamma1, fam.gamma2
+    )
     ref_grads = torch.autograd.grad((ref * weight).sum(), params)
 
     assert out.shape == (batch, channels[1], size, size)
@@ -98,8 +100,12 @@ def assert_fast_form_equals_direct_definition(batch, channels, size, hpf):
 
 @pytest.mark.parametrize(
     "size, zeros",
-    [(8, set()), (16, set()), (32, {(-1, -1), (-1, 0), (0, -1), (0, 0)}),
-     (56, {(a, b) for a in range(-2, 2) for b in range(-2, 2)})],
+    [
+        (8, set()),
+        (16, set()),
+        (32, {(-1, -1), (-1, 0), (0, -1), (0, 0)}),
+        (56, {(a, b) for a in range(-2, 2) for b in range(-2, 2)}),
+    ],
 )
 def test_ideal_mask_zero_set(size, zeros):
     mask = highpass_mask("ideal", size, 0.1)
@@ -112,8 +118,12 @@ def test_ideal_mask_zero_set(size, zeros):
 def test_smooth_masks_by_hand():
     # S = 8: index 1 is frequency 1 = 0.25 Nyquist; D0 = 0.5.
     d = 0.25
-    assert highpass_mask("gaussian", 8, 0.5)[1, 0].item() == pytest.approx(1 - math.exp(-d**2 / (2 * 0.25)), abs=1e-15)
-    assert highpass_mask("butterworth", 8, 0.5, order=2)[1, 0].item() == pytest.approx(1 / (1 + (0.5 / d) ** 4), abs=1e-15)
+    assert highpass_mask("gaussian", 8, 0.5)[1, 0].item() == pytest.approx(
+        1 - math.exp(-(d**2) / (2 * 0.25)), abs=1e-15
+    )
+    assert highpass_mask("butterworth", 8, 0.5, order=2)[1, 0].item() == pytest.approx(
+        1 / (1 + (0.5 / d) ** 4), abs=1e-15
+    )
     assert highpass_mask("butterworth", 8, 0.5)[0, 0].item() == 0.0
     assert highpass_mask("gaussian", 8, 0.5)[0, 0].item() == 0.0
     # Diagonal (1, 1): D = sqrt(2) * 0.25, inside D0 = 0.5 for the radial filter; (2, 0): D = 0.5 exactly, removed.
@@ -127,7 +137,7 @@ def test_filter_is_real_and_initialised_as_specified():
     assert not any(p.is_complex() for p in fam.parameters())
     assert fam.global_filter.shape == (4, 8, 5, 5, 2)
     scale = 1 / 32
-    assert 0 <= fam.global_filter.min().item() and fam.global_filter.max().item() < scale
+    assert fam.global_filter.min().item() >= 0 and fam.global_filter.max().item() < scale
     assert fam.gamma1.item() == 0.5 and fam.gamma2.item() == 0.5
     assert set(fam.state_dict()) == {"global_filter", "gamma1", "gamma2", "local.weight", "local.bias"}
 

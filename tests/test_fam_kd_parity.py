@@ -55,7 +55,7 @@ def official_name(key: str) -> str:
     level, rest = match.groups()
     for ours, official in OFFICIAL_FRAGMENTS:
         if rest.startswith(ours):
-            return f"atfs.{level}.{official}{rest[len(ours):]}"
+            return f"atfs.{level}.{official}{rest[len(ours) :]}"
     raise AssertionError(f"no published name for {key}")
 
 
@@ -105,11 +105,20 @@ def test_losses_and_gradient_norms_equal_the_published_model(published, case):
     spec = published["cases"][case]
     state = {k: decode(e) for k, e in (published["models"] | spec["heads"]).items()}
     assert "atfs.0.conv1.0.weight" in state  # the published dicts carry the deepest level's unused conv1
-    distiller = create_distiller(
-        "fam_kd", student=create_model(published["student"]), teacher=create_model(published["teacher"]),
-        loss_weight=published["alpha"], ce_weight=published["ce_weight"], warmup_epochs=published["warmup_epochs"],
-        student_preact=spec["student_preact"], max_mid_channels=spec["max_mid_channels"],
-    ).double().train()
+    distiller = (
+        create_distiller(
+            "fam_kd",
+            student=create_model(published["student"]),
+            teacher=create_model(published["teacher"]),
+            loss_weight=published["alpha"],
+            ce_weight=published["ce_weight"],
+            warmup_epochs=published["warmup_epochs"],
+            student_preact=spec["student_preact"],
+            max_mid_channels=spec["max_mid_channels"],
+        )
+        .double()
+        .train()
+    )
     load_official_state(distiller, state)
 
     images = published["images"].double()
@@ -168,15 +177,27 @@ def deepest_first_levels(features, count: int, preact: bool) -> list[torch.Tenso
 def test_distiller_equals_the_direct_oracle(max_mid_channels, preact):
     torch.manual_seed(1)
     epoch, alpha, warmup = 7, 1.5, 20
-    distiller = create_distiller(
-        "fam_kd", student=create_model("resnet8"), teacher=create_model("resnet8"),
-        loss_weight=alpha, warmup_epochs=warmup, student_preact=preact, max_mid_channels=max_mid_channels,
-    ).double().train()
+    distiller = (
+        create_distiller(
+            "fam_kd",
+            student=create_model("resnet8"),
+            teacher=create_model("resnet8"),
+            loss_weight=alpha,
+            warmup_epochs=warmup,
+            student_preact=preact,
+            max_mid_channels=max_mid_channels,
+        )
+        .double()
+        .train()
+    )
     state = randomized_official_state(distiller, seed=2)
     load_official_state(distiller, state)
     oracle_student = copy.deepcopy(distiller.student)
-    leaves = {k: v.requires_grad_() for k, v in state.items() if k.startswith("atfs.") and (v.is_floating_point() or v.is_complex())
-              and "running" not in k}
+    leaves = {
+        k: v.requires_grad_()
+        for k, v in state.items()
+        if k.startswith("atfs.") and (v.is_floating_point() or v.is_complex()) and "running" not in k
+    }
     images = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     targets = torch.tensor([4, 99])
 
@@ -187,8 +208,11 @@ def test_distiller_equals_the_direct_oracle(max_mid_channels, preact):
     student_features = oracle_student.forward_features(images)
     with torch.no_grad():
         teacher_features = distiller.teacher.forward_features(images)
-    feature_loss = reference.feature_loss(deepest_first_levels(student_features, count, preact),
-                                          deepest_first_levels(teacher_features, count, False), state)
+    feature_loss = reference.feature_loss(
+        deepest_first_levels(student_features, count, preact),
+        deepest_first_levels(teacher_features, count, False),
+        state,
+    )
     ce = F.cross_entropy(student_features.logits, targets)
     oracle_fam_kd = alpha * min(epoch / warmup, 1.0) * feature_loss
     (ce + oracle_fam_kd).backward()
@@ -197,8 +221,11 @@ def test_distiller_equals_the_direct_oracle(max_mid_channels, preact):
     assert relative_difference(losses["fam_kd"], oracle_fam_kd) <= TOLERANCE
     oracle_grads = {f"student.{k}": p.grad for k, p in oracle_student.named_parameters()}
     assert all(v.grad is None for k, v in leaves.items() if k.startswith("atfs.0.conv1."))  # never used
-    oracle_grads |= {k: torch.view_as_real(v.grad) if v.is_complex() else v.grad
-                     for k, v in leaves.items() if not k.startswith("atfs.0.conv1.")}
+    oracle_grads |= {
+        k: torch.view_as_real(v.grad) if v.is_complex() else v.grad
+        for k, v in leaves.items()
+        if not k.startswith("atfs.0.conv1.")
+    }
     largest = max(g.abs().max().item() for g in oracle_grads.values())
     for name, parameter in distiller.named_parameters():
         if not parameter.requires_grad:
@@ -219,8 +246,9 @@ def test_distiller_equals_the_direct_oracle(max_mid_channels, preact):
 
 def fam_kd_pair(max_mid_channels: int = 0, seed: int = 0):
     torch.manual_seed(seed)
-    return create_distiller("fam_kd", student=create_model("resnet8"), teacher=create_model("resnet8"),
-                            max_mid_channels=max_mid_channels).double()
+    return create_distiller(
+        "fam_kd", student=create_model("resnet8"), teacher=create_model("resnet8"), max_mid_channels=max_mid_channels
+    ).double()
 
 
 @pytest.mark.parametrize("max_mid_channels", [0, 32])
@@ -256,8 +284,10 @@ def test_lone_frequency_attention_loads_and_computes_the_published_formula():
     generator = torch.Generator().manual_seed(3)
     c_in, c_out, size = 3, 5, 32
     state = {
-        "weights1": torch.complex(torch.rand(c_in, c_out, size, size, generator=generator, dtype=torch.float64),
-                                  torch.rand(c_in, c_out, size, size, generator=generator, dtype=torch.float64)),
+        "weights1": torch.complex(
+            torch.rand(c_in, c_out, size, size, generator=generator, dtype=torch.float64),
+            torch.rand(c_in, c_out, size, size, generator=generator, dtype=torch.float64),
+        ),
         "rate1": torch.tensor([0.7], dtype=torch.float64),
         "rate2": torch.tensor([1.3], dtype=torch.float64),
         "w0.weight": torch.randn(c_out, c_in, 1, 1, generator=generator, dtype=torch.float64),

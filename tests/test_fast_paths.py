@@ -16,10 +16,14 @@ def stacked_window_attention(query, keys, values, bias):
     """9 stacked logits, softmax over them, weighted sum of the 9 shifted value maps (zero padding)."""
     height, width = query.shape[-2:]
     keys, values = F.pad(keys, (1, 1, 1, 1)), F.pad(values, (1, 1, 1, 1))
-    logits = torch.stack([query * (keys[:, :, r:r + height, c:c + width] + bias[:, j, None, None])
-                          for j, (r, c) in enumerate(OFFSETS)])
+    logits = torch.stack(
+        [
+            query * (keys[:, :, r : r + height, c : c + width] + bias[:, j, None, None])
+            for j, (r, c) in enumerate(OFFSETS)
+        ]
+    )
     weights = torch.softmax(logits, dim=0)
-    return sum(weights[j] * values[:, :, r:r + height, c:c + width] for j, (r, c) in enumerate(OFFSETS))
+    return sum(weights[j] * values[:, :, r : r + height, c : c + width] for j, (r, c) in enumerate(OFFSETS))
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 1, 1), (2, 4, 5, 3), (1, 6, 7, 7)])
@@ -27,14 +31,20 @@ def stacked_window_attention(query, keys, values, bias):
 def test_window_attention_gradients_equal_autograd_of_the_stacked_form(shape, channels_last):
     generator = torch.Generator().manual_seed(sum(shape))
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    inputs = [torch.randn(*shape, generator=generator, dtype=torch.float64).contiguous(memory_format=memory_format)
-              .requires_grad_() for _ in range(3)]
+    inputs = [
+        torch.randn(*shape, generator=generator, dtype=torch.float64)
+        .contiguous(memory_format=memory_format)
+        .requires_grad_()
+        for _ in range(3)
+    ]
     bias = (3 * torch.randn(shape[1], 9, generator=generator, dtype=torch.float64)).requires_grad_()
     grad = torch.randn(*shape, generator=generator, dtype=torch.float64)
     fast = window_attention(inputs[0], torch.cat(inputs[1:], dim=1), bias)
     reference = stacked_window_attention(*inputs, bias)
     assert (fast - reference).abs().max() < 1e-13
-    for a, b in zip(torch.autograd.grad(fast, inputs + [bias], grad), torch.autograd.grad(reference, inputs + [bias], grad)):
+    for a, b in zip(
+        torch.autograd.grad(fast, inputs + [bias], grad), torch.autograd.grad(reference, inputs + [bias], grad)
+    ):
         assert (a - b).abs().max() < 1e-12
 
 
@@ -44,9 +54,9 @@ def test_cross_attention_with_a_lower_resolution_residual_equals_upsampling_it_f
     x = torch.randn(2, 4, 8, 8, dtype=torch.float64)
     residual = torch.randn(2, 4, 4, 4, dtype=torch.float64, requires_grad=True)
     low = attention(x, residual)
-    grad_low, = torch.autograd.grad(low.square().sum(), residual)
+    (grad_low,) = torch.autograd.grad(low.square().sum(), residual)
     high = attention(x, F.interpolate(residual, size=(8, 8), mode="nearest"))
-    grad_high, = torch.autograd.grad(high.square().sum(), residual)
+    (grad_high,) = torch.autograd.grad(high.square().sum(), residual)
     assert (low - high).abs().max() < 1e-13
     assert (grad_low - grad_high).abs().max() < 1e-12
 
@@ -89,10 +99,15 @@ def test_frequency_major_keeps_values():
     assert torch.equal(stored, filt) and stored.permute(2, 3, 0, 1, 4).is_contiguous()
 
 
-@pytest.mark.parametrize("setting, numel, compiled", [
-    ("never", 1 << 30, False), ("always", 1, True), ("auto", kernels.COMPILE_MIN_NUMEL - 1, False),
-    ("auto", kernels.COMPILE_MIN_NUMEL, True),
-])
+@pytest.mark.parametrize(
+    "setting, numel, compiled",
+    [
+        ("never", 1 << 30, False),
+        ("always", 1, True),
+        ("auto", kernels.COMPILE_MIN_NUMEL - 1, False),
+        ("auto", kernels.COMPILE_MIN_NUMEL, True),
+    ],
+)
 def test_kernel_compiles_only_as_the_setting_and_size_allow(monkeypatch, setting, numel, compiled):
     monkeypatch.setenv(kernels.COMPILE_SETTING, setting)
     monkeypatch.setattr(kernels, "device_has_compiler", lambda device_type: True)
@@ -125,8 +140,11 @@ def test_compiled_window_attention_matches_the_float64_stacked_form(monkeypatch)
     inputs32 = [t.detach().float().requires_grad_() for t in inputs64]
     bias32 = bias64.detach().float().requires_grad_()
     compiled = window_attention(inputs32[0], torch.cat(inputs32[1:], dim=1), bias32)
-    kernel_objects = (cross_attention.ATTENTION_FORWARD, cross_attention.ATTENTION_QUERY_GRADS,
-                      cross_attention.ATTENTION_KEY_VALUE_GRADS)
+    kernel_objects = (
+        cross_attention.ATTENTION_FORWARD,
+        cross_attention.ATTENTION_QUERY_GRADS,
+        cross_attention.ATTENTION_KEY_VALUE_GRADS,
+    )
     reference = stacked_window_attention(*inputs64, bias64)
     assert torch.allclose(compiled.double(), reference, rtol=1e-5, atol=1e-5)
     compiled_grads = torch.autograd.grad(compiled, inputs32 + [bias32], grad.float())

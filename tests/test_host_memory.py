@@ -31,8 +31,10 @@ def probe(retain: str) -> tuple[bool, int]:
     return applied == "True", int(faults)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None,
-                    reason="mallopt is a glibc interface; elsewhere retain_freed_memory is a no-op")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None,
+    reason="mallopt is a glibc interface; elsewhere retain_freed_memory is a no-op",
+)
 def test_a_freed_64_mib_block_is_reused_without_page_faults():
     applied, faults = probe("1")
     assert applied

@@ -21,15 +21,33 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from famkd.models import Features, FeatureModel, create_model, list_models
+from famkd.models import FeatureModel, Features, create_model, list_models
 from real_data import REAL_CIFAR100, REAL_CIFAR100_WHERE, RESNET56_TEACHER, TEACHERS_WHERE
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "cifar_zoo.json").read_text())["models"]
 MODEL_NAMES = [
-    "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4", "resnet32x4",
-    "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2",
-    "vgg8", "vgg11", "vgg13", "vgg16", "vgg19",
-    "MobileNetV2", "ShuffleV1", "ShuffleV2", "ResNet50",
+    "resnet8",
+    "resnet14",
+    "resnet20",
+    "resnet32",
+    "resnet44",
+    "resnet56",
+    "resnet110",
+    "resnet8x4",
+    "resnet32x4",
+    "wrn_16_1",
+    "wrn_16_2",
+    "wrn_40_1",
+    "wrn_40_2",
+    "vgg8",
+    "vgg11",
+    "vgg13",
+    "vgg16",
+    "vgg19",
+    "MobileNetV2",
+    "ShuffleV1",
+    "ShuffleV2",
+    "ResNet50",
 ]
 # the normalisation the resnet56 teacher was trained with (its README)
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
@@ -244,8 +262,10 @@ def test_shared_resnet56_teacher_loads_strictly():
     create_model("resnet56").load_state_dict(checkpoint["model"], strict=True)
 
 
-@pytest.mark.skipif(not (RESNET56_TEACHER.exists() and (REAL_CIFAR100 / "test_images_0.npy").exists()),
-                    reason=f"needs resnet56.pth in {TEACHERS_WHERE} and CIFAR-100 in {REAL_CIFAR100_WHERE}")
+@pytest.mark.skipif(
+    not (RESNET56_TEACHER.exists() and (REAL_CIFAR100 / "test_images_0.npy").exists()),
+    reason=f"needs resnet56.pth in {TEACHERS_WHERE} and CIFAR-100 in {REAL_CIFAR100_WHERE}",
+)
 def test_shared_resnet56_teacher_classifies_real_test_images():
     """200 real test images: the teacher reaches 69% on all 10,000; a wrong forward gives ~1%."""
     model = create_model("resnet56")

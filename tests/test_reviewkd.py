@@ -40,7 +40,9 @@ def direct_context_loss(outputs, targets):
             if side >= out.shape[-1]:
                 continue
             weight /= 2.0
-            loss = loss + weight * F.mse_loss(F.adaptive_avg_pool2d(out, (side, side)), F.adaptive_avg_pool2d(target, (side, side)))
+            loss = loss + weight * F.mse_loss(
+                F.adaptive_avg_pool2d(out, (side, side)), F.adaptive_avg_pool2d(target, (side, side))
+            )
             weight_sum += weight
         total = total + loss / weight_sum
     return total
@@ -65,7 +67,10 @@ def test_review_loss_and_gradients_match_the_direct_form(teacher_name, student_n
     levels = len(ours.heads)
     with torch.no_grad():
         teacher_maps = level_features(teacher.forward_features(images), levels, preact=True)
-        student_maps = [m.clone().requires_grad_(True) for m in level_features(student.forward_features(images), levels, preact=False)]
+        student_maps = [
+            m.clone().requires_grad_(True)
+            for m in level_features(student.forward_features(images), levels, preact=False)
+        ]
     loss = ours.feature_loss(ours.head_outputs(student_maps), teacher_maps)
     expected = direct_review_loss(reference, student_maps, teacher_maps)
     torch.testing.assert_close(loss, expected, rtol=1e-12, atol=0)

@@ -22,8 +22,9 @@ FINE_LABEL_NAMES = [f"fine_class_{i:02d}" for i in range(TOTAL_CLASSES)]
 COARSE_LABEL_NAMES = [f"coarse_class_{i:02d}" for i in range(20)]
 
 
-def tiny_cifar_arrays(num_classes: int = 10, train_per_class: int = 6, test_per_class: int = 3,
-                      seed: int = 0) -> dict[str, np.ndarray]:
+def tiny_cifar_arrays(
+    num_classes: int = 10, train_per_class: int = 6, test_per_class: int = 3, seed: int = 0
+) -> dict[str, np.ndarray]:
     """Reference data: {train,test}_images uint8 (N, 32, 32, 3) NHWC, {train,test}_labels int64 (N,).
 
     Each split has per_class images of every label < num_classes, in a seeded shuffled order.
@@ -37,8 +38,9 @@ def tiny_cifar_arrays(num_classes: int = 10, train_per_class: int = 6, test_per_
     return arrays
 
 
-def write_tiny_cifar(root: str | Path, fmt: str, num_classes: int = 10, train_per_class: int = 6,
-                     test_per_class: int = 3, seed: int = 0) -> Path:
+def write_tiny_cifar(
+    root: str | Path, fmt: str, num_classes: int = 10, train_per_class: int = 6, test_per_class: int = 3, seed: int = 0
+) -> Path:
     """Write `tiny_cifar_arrays(...)` under `root` in format `fmt` and return `root` (for data.root).
 
     fmt "pickle": root/cifar-100-python/{train,test,meta}, pickled dicts with bytes keys as in the

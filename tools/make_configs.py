@@ -51,14 +51,22 @@ DISTILL_METHODS = tuple(METHOD_TITLES)
 
 # Trailing comments on single values: (method, pair name, distill option) -> why the value is what it is.
 VALUE_NOTES = {
-    ("fam_kd", "resnet56_resnet20", "loss_weight"): "the supplement gives 1; the published res56_res20 config file says 0.8 (docs/method.md)",
+    (
+        "fam_kd",
+        "resnet56_resnet20",
+        "loss_weight",
+    ): "the supplement gives 1; the published res56_res20 config file says 0.8 (docs/method.md)",
 }
 
 
 def distill_options(method: str, pair: CifarPair) -> dict:
     """The distiller options of `method` for `pair` (docs/method.md)."""
     if method in ("fam_kd", "fam_kd_l2l"):
-        return {"loss_weight": float(pair.alpha), "student_preact": pair.student_preact, "warmup_epochs": FAM_WARMUP_EPOCHS}
+        return {
+            "loss_weight": float(pair.alpha),
+            "student_preact": pair.student_preact,
+            "warmup_epochs": FAM_WARMUP_EPOCHS,
+        }
     if method in ("reviewkd", "fam_reviewkd"):
         return dict(REVIEWKD_OPTIONS)
     if method == "kd":
@@ -157,8 +165,11 @@ def vanilla_config_text(model: str) -> str:
 
 def config_texts() -> dict[str, str]:
     """Relative path under configs/cifar100 (e.g. "fam_kd/resnet56_resnet20.yaml") -> file text."""
-    texts = {f"{method}/{pair.name}.yaml": distill_config_text(method, pair)
-             for method in DISTILL_METHODS for pair in CIFAR_PAIRS}
+    texts = {
+        f"{method}/{pair.name}.yaml": distill_config_text(method, pair)
+        for method in DISTILL_METHODS
+        for pair in CIFAR_PAIRS
+    }
     texts.update({f"vanilla/{model}.yaml": vanilla_config_text(model) for model in vanilla_models()})
     return dict(sorted(texts.items()))
 
@@ -200,18 +211,25 @@ def write_configs(directory: Path) -> tuple[list[str], list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Generate configs/cifar100 from famkd.recipes (docs/method.md).")
-    parser.add_argument("--check", action="store_true",
-                        help="write nothing; exit 1 listing the files that differ from the generated ones")
-    parser.add_argument("--dir", type=Path, default=CIFAR_CONFIG_DIR,
-                        help=f"config directory (default: {CIFAR_CONFIG_DIR})")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 listing the files that differ from the generated ones",
+    )
+    parser.add_argument(
+        "--dir", type=Path, default=CIFAR_CONFIG_DIR, help=f"config directory (default: {CIFAR_CONFIG_DIR})"
+    )
     args = parser.parse_args(argv)
     if args.check:
         problems = stale_configs(args.dir)
         for problem in problems:
             print(f"{args.dir / problem}", file=sys.stderr)
         if problems:
-            print(f"{len(problems)} config file(s) out of step with famkd.recipes: "
-                  "run `python tools/make_configs.py` and commit the result", file=sys.stderr)
+            print(
+                f"{len(problems)} config file(s) out of step with famkd.recipes: "
+                "run `python tools/make_configs.py` and commit the result",
+                file=sys.stderr,
+            )
             return 1
         print(f"{len(config_texts())} config files in {args.dir} match famkd.recipes")
         return 0

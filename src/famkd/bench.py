@@ -28,9 +28,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -58,8 +58,11 @@ MEMORY_NOTE = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", default="resnet32x4", help="teacher model (random weights; only its cost matters)")
     parser.add_argument("--student", default="resnet8x4", help="student model")
-    parser.add_argument("--methods", default="vanilla,kd,reviewkd,fam_kd",
-                        help="comma-separated distillation methods; include kd to get ratio_to_kd")
+    parser.add_argument(
+        "--methods",
+        default="vanilla,kd,reviewkd,fam_kd",
+        help="comma-separated distillation methods; include kd to get ratio_to_kd",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per method (the median is reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per method before timing")
@@ -70,8 +73,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave the default)")
     parser.add_argument("--num-classes", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-memory", dest="memory", action="store_false",
-                        help="skip the peak-memory measurement (on cpu it starts one process per method)")
+    parser.add_argument(
+        "--no-memory",
+        dest="memory",
+        action="store_false",
+        help="skip the peak-memory measurement (on cpu it starts one process per method)",
+    )
     parser.add_argument("--json", default="", metavar="PATH", help="also write the results as a JSON list here")
 
 
@@ -127,8 +134,12 @@ def check_settings(args: argparse.Namespace) -> None:
             near = closest(name, MODELS.names())
             hint = f" (did you mean {near!r}?)" if near else ""
             raise FamkdError(f"{setting}: unknown model {name!r}{hint}")
-    for setting, value, minimum in (("--batch-size", args.batch_size, 1), ("--steps", args.steps, 1),
-                                    ("--warmup", args.warmup, 0), ("--threads", args.threads, 0)):
+    for setting, value, minimum in (
+        ("--batch-size", args.batch_size, 1),
+        ("--steps", args.steps, 1),
+        ("--warmup", args.warmup, 0),
+        ("--threads", args.threads, 0),
+    ):
         if value < minimum:
             raise FamkdError(f"{setting} must be >= {minimum}, got {value}")
 
@@ -191,7 +202,9 @@ def build_method(args: argparse.Namespace, method: str, teacher, device: torch.d
 
 def training_step(bench_run: MethodRun, images: Tensor, labels: Tensor, autocast) -> None:
     """One optimiser step, as the trainer takes it."""
-    optimizer_step(bench_run.step_model, bench_run.optimizer, bench_run.grad_scaler, autocast, images, labels, BENCH_EPOCH)
+    optimizer_step(
+        bench_run.step_model, bench_run.optimizer, bench_run.grad_scaler, autocast, images, labels, BENCH_EPOCH
+    )
 
 
 def resident_bytes(bench_run: MethodRun) -> int:
@@ -210,22 +223,26 @@ def summarize(args: argparse.Namespace, runs: list[MethodRun], device: torch.dev
     results = []
     for bench_run in runs:
         median = medians[bench_run.method]
-        results.append({
-            "method": bench_run.method,
-            "ms_per_step": 1000.0 * median,
-            "images_per_s": batch_size / median,
-            "peak_mem_mb": bench_run.peak_bytes / 2**20 if device.type == "cuda" and args.memory else None,
-            "ratio_to_kd": median / kd_median if kd_median is not None else None,
-            "ms_per_step_min": 1000.0 * min(bench_run.times_s),
-            "ms_per_step_max": 1000.0 * max(bench_run.times_s),
-            "head_params": bench_run.distiller.num_head_parameters(),
-            **settings_record(args, device),
-        })
+        results.append(
+            {
+                "method": bench_run.method,
+                "ms_per_step": 1000.0 * median,
+                "images_per_s": batch_size / median,
+                "peak_mem_mb": bench_run.peak_bytes / 2**20 if device.type == "cuda" and args.memory else None,
+                "ratio_to_kd": median / kd_median if kd_median is not None else None,
+                "ms_per_step_min": 1000.0 * min(bench_run.times_s),
+                "ms_per_step_max": 1000.0 * max(bench_run.times_s),
+                "head_params": bench_run.distiller.num_head_parameters(),
+                **settings_record(args, device),
+            }
+        )
     return results
 
 
 def settings_record(args: argparse.Namespace, device: torch.device) -> dict:
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    device_name = (
+        torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    )
     return {
         "teacher": args.teacher,
         "student": args.student,

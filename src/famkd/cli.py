@@ -102,8 +102,12 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         "checkpoint",
         help="a famkd run directory or checkpoint, an exported student_*.pt, or a community {'model': ...} file",
     )
-    parser.add_argument("--data", default="", metavar="DIR", help="dataset root (default: data.root, $FAMKD_DATA, ./data)")
-    parser.add_argument("--model", default="", metavar="NAME", help="architecture, needed when the file does not record it")
+    parser.add_argument(
+        "--data", default="", metavar="DIR", help="dataset root (default: data.root, $FAMKD_DATA, ./data)"
+    )
+    parser.add_argument(
+        "--model", default="", metavar="NAME", help="architecture, needed when the file does not record it"
+    )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--batch-size", type=int, default=256)
 
@@ -125,12 +129,18 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
         prog="famkd", description="Knowledge distillation with Frequency Attention (FAM-KD) and its baselines."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    train = commands.add_parser("train", help="train a teacher or distil a student from a config",
-                                description="Train a teacher (method vanilla) or distil a student.")
+    train = commands.add_parser(
+        "train",
+        help="train a teacher or distil a student from a config",
+        description="Train a teacher (method vanilla) or distil a student.",
+    )
     add_train_arguments(train)
     train.set_defaults(run=run_train)
-    evaluate = commands.add_parser("eval", help="print top-1 and top-5 test accuracy of a checkpoint",
-                                   description="Evaluate a checkpoint on the test split.")
+    evaluate = commands.add_parser(
+        "eval",
+        help="print top-1 and top-5 test accuracy of a checkpoint",
+        description="Evaluate a checkpoint on the test split.",
+    )
     add_eval_arguments(evaluate)
     evaluate.set_defaults(run=run_eval)
     for name, (module_name, help_text) in MODULE_COMMANDS.items():
@@ -142,8 +152,14 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def show_famkd_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                       file: TextIO | None = None, line: str | None = None) -> None:
+def show_famkd_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
     """famkd's own warnings as one line on stderr ("famkd: warning: ..."), others as Python shows them."""
     if issubclass(category, FamkdDeprecationWarning):
         print(f"famkd: warning: {message}", file=sys.stderr if file is None else file)

@@ -20,7 +20,13 @@ from torch import Tensor, nn
 from famkd.distill.fam_kd import FamKD
 from famkd.fam import FrequencyAttention
 
-FAM_KEYS = {"weights1": "global_filter", "rate1": "gamma1", "rate2": "gamma2", "w0.weight": "local.weight", "w0.bias": "local.bias"}
+FAM_KEYS = {
+    "weights1": "global_filter",
+    "rate1": "gamma1",
+    "rate2": "gamma2",
+    "w0.weight": "local.weight",
+    "w0.bias": "local.bias",
+}
 HEAD_PREFIXES = {
     "conv2.0.": "fam.",
     "conv2.1.": "bn.",
@@ -56,7 +62,7 @@ def head_key(index: int, rest: str) -> str | None:
     """famkd key of `atfs.{index}.{rest}`, or None if `rest` is not a published head key."""
     for old, new in HEAD_PREFIXES.items():
         if rest.startswith(old):
-            tail = rest[len(old):]
+            tail = rest[len(old) :]
             if new == "fam.":
                 mapped = fam_key(tail)
                 return None if mapped is None else f"heads.{index}.fam.{mapped}"
@@ -87,7 +93,9 @@ def load_official_state(target: FamKD | FrequencyAttention, state_dict: dict[str
     `conv1.*` is skipped. Errors name the offending key.
     """
     if not isinstance(target, (FamKD, FrequencyAttention)):
-        raise TypeError(f"load_official_state loads into a fam_kd distiller or a FrequencyAttention, not {type(target).__name__}")
+        raise TypeError(
+            f"load_official_state loads into a fam_kd distiller or a FrequencyAttention, not {type(target).__name__}"
+        )
     own = target.state_dict()
     converted = {}
     for key, value in state_dict.items():
@@ -96,11 +104,16 @@ def load_official_state(target: FamKD | FrequencyAttention, state_dict: dict[str
         if mapped is None:
             continue
         if mapped not in own:
-            raise OfficialStateError(f"published key {key!r} maps to {mapped!r}, which this {type(target).__name__} does not have "
-                                     "(was it built for another teacher/student pair or max_mid_channels?)")
+            raise OfficialStateError(
+                f"published key {key!r} maps to {mapped!r}, which this {type(target).__name__} does not have "
+                "(was it built for another teacher/student pair or max_mid_channels?)"
+            )
         value = convert_value(key, value)
         if value.shape != own[mapped].shape:
-            raise OfficialStateError(f"published key {key!r} has shape {tuple(value.shape)}, expected {tuple(own[mapped].shape)} for {mapped!r}")
+            raise OfficialStateError(
+                f"published key {key!r} has shape {tuple(value.shape)}, "
+                f"expected {tuple(own[mapped].shape)} for {mapped!r}"
+            )
         converted[mapped] = value
     missing = sorted(set(own) - set(converted))
     if missing:

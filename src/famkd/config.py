@@ -249,7 +249,7 @@ def _check_dotted_key(key: str) -> None:
             raise ConfigError(f"unknown key {key!r}: {prefix!r} is a single value, not a section")
         fields = field_types(cls)
         if part not in fields:
-            rest = "".join(f".{p}" for p in parts[depth + 1:])
+            rest = "".join(f".{p}" for p in parts[depth + 1 :])
             raise ConfigError(_unknown_key_message(prefix, part, cls, rest))
         if part in FREE_FORM_SECTIONS and depth == 0:
             return
@@ -317,10 +317,11 @@ def _build(cls: Any, values: dict, prefix: str) -> Any:
 
 
 def _unknown_key_message(prefix: str, name: str, cls: Any, rest: str = "") -> str:
-    """"unknown key 'train.epoch' (did you mean 'train.epochs'?)": the section first, then every key."""
+    """ "unknown key 'train.epoch' (did you mean 'train.epochs'?)": the section first, then every key."""
     key = f"{prefix}.{name}{rest}" if prefix else f"{name}{rest}"
     section_fields = list(field_types(cls))
     near = closest(name, section_fields)
+    hint: str | None
     if near is not None:
         hint = f"{prefix}.{near}{rest}" if prefix else f"{near}{rest}"
     else:

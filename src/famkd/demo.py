@@ -205,8 +205,9 @@ def train_run(
     return train(run_config(out_dir, name, data, settings, teacher_weights))
 
 
-def demo_summary(summaries: dict[str, dict], data_root: str | Path | None, settings: DemoSettings,
-                 total_time_s: float) -> dict:
+def demo_summary(
+    summaries: dict[str, dict], data_root: str | Path | None, settings: DemoSettings, total_time_s: float
+) -> dict:
     """What demo_summary.json holds: the dataset, the settings and one row per run."""
     rows = [
         {
@@ -237,7 +238,12 @@ TABLE_COLUMNS = ("run", "method", "model", "best acc (%)", "last acc (%)", "time
 
 def table_cells(row: dict) -> list[str]:
     return [
-        row["run"], row["method"], row["model"], f"{row['best_acc']:.2f}", f"{row['last_acc']:.2f}", f"{row['time_s']:.0f}"
+        row["run"],
+        row["method"],
+        row["model"],
+        f"{row['best_acc']:.2f}",
+        f"{row['last_acc']:.2f}",
+        f"{row['time_s']:.0f}",
     ]
 
 
@@ -250,7 +256,9 @@ def comparison_lines(result: dict) -> list[str]:
     """Accuracy differences that the table implies, in points of best test accuracy."""
     best = {row["run"]: row["best_acc"] for row in result["rows"]}
     lines = [f"teacher - vanilla student: {best['teacher'] - best['vanilla']:+.2f} points"]
-    lines += [f"{method} - vanilla student: {best[method] - best['vanilla']:+.2f} points" for method in STUDENT_METHODS[1:]]
+    lines += [
+        f"{method} - vanilla student: {best[method] - best['vanilla']:+.2f} points" for method in STUDENT_METHODS[1:]
+    ]
     lines.append(f"total time {result['total_time_s']:.0f} s")
     return lines
 
@@ -262,7 +270,9 @@ def results_table(result: dict) -> str:
     numeric = [False, False, False, True, True, True]
     lines = [table_title(result)]
     for row in rows:
-        lines.append("  ".join(c.rjust(w) if right else c.ljust(w) for c, w, right in zip(row, widths, numeric)).rstrip())
+        lines.append(
+            "  ".join(c.rjust(w) if right else c.ljust(w) for c, w, right in zip(row, widths, numeric)).rstrip()
+        )
     return "\n".join(lines + comparison_lines(result))
 
 

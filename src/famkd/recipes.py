@@ -13,9 +13,9 @@ from dataclasses import dataclass
 class CifarPair:
     teacher: str
     student: str
-    alpha: float           # FAM-KD feature-loss weight (the paper's alpha; the option loss_weight)
-    student_preact: bool   # FAM-KD matches the student's pre-activation maps
-    dkd_beta: float        # DKD baseline's beta (published DKD configs)
+    alpha: float  # FAM-KD feature-loss weight (the paper's alpha; the option loss_weight)
+    student_preact: bool  # FAM-KD matches the student's pre-activation maps
+    dkd_beta: float  # DKD baseline's beta (published DKD configs)
 
     @property
     def name(self) -> str:

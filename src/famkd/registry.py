@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -15,14 +16,14 @@ def closest(name: str, choices) -> str | None:
 
 
 class Registry(Generic[T]):
-    """A decorator registry: `@registry.register("name")` on a builder."""
+    """A decorator registry: `@registry.register("name")` on a builder (T: the builders' type)."""
 
     def __init__(self, kind: str):
         self.kind = kind
-        self._builders: dict[str, Callable[..., T]] = {}
+        self._builders: dict[str, T] = {}
 
-    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
-        def decorator(builder: Callable[..., T]) -> Callable[..., T]:
+    def register(self, name: str) -> Callable[[T], T]:
+        def decorator(builder: T) -> T:
             if name in self._builders:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._builders[name] = builder
@@ -30,7 +31,7 @@ class Registry(Generic[T]):
 
         return decorator
 
-    def get(self, name: str) -> Callable[..., T]:
+    def get(self, name: str) -> T:
         try:
             return self._builders[name]
         except KeyError:

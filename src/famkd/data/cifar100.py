@@ -82,15 +82,17 @@ def _load(directory: Path, layout: str) -> tuple[ImageDataset, ImageDataset]:
     for split in ("train", "test"):
         images, labels = read(directory, split)
         _check_labels(labels, len(names), directory, split)
-        datasets.append(ImageDataset(
-            images=images,
-            labels=labels,
-            num_classes=len(names),
-            mean=CIFAR100_MEAN,
-            std=CIFAR100_STD,
-            description=f"CIFAR-100 ({layout} layout at {directory}), {split}, {len(labels)} images",
-            class_names=tuple(names),
-        ))
+        datasets.append(
+            ImageDataset(
+                images=images,
+                labels=labels,
+                num_classes=len(names),
+                mean=CIFAR100_MEAN,
+                std=CIFAR100_STD,
+                description=f"CIFAR-100 ({layout} layout at {directory}), {split}, {len(labels)} images",
+                class_names=tuple(names),
+            )
+        )
     return datasets[0], datasets[1]
 
 
@@ -121,7 +123,7 @@ def _read_npy_split(directory: Path, split: str) -> tuple[torch.Tensor, torch.Te
     start = 0
     for shard in shards:
         # One strided copy per shard from the memory map straight into NCHW memory.
-        images.numpy()[start:start + len(shard)] = shard.transpose(0, 3, 1, 2)
+        images.numpy()[start : start + len(shard)] = shard.transpose(0, 3, 1, 2)
         start += len(shard)
     return images, torch.from_numpy(np.array(labels))
 
@@ -157,10 +159,15 @@ class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles dicts, lists, strings and numpy arrays only: a data file must not run code."""
 
     ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
     }
 
     def find_class(self, module: str, name: str):
@@ -244,8 +251,9 @@ def _topmost_missing(path: Path) -> Path | None:
     return missing
 
 
-def _not_found_message(places: list[tuple[Path, str]], download_note: str, explicit_root: bool,
-                       offer_download: bool) -> str:
+def _not_found_message(
+    places: list[tuple[Path, str]], download_note: str, explicit_root: bool, offer_download: bool
+) -> str:
     lines = ["CIFAR-100 not found. Looked in:"]
     for place, origin in places:
         state = "does not exist" if not place.exists() else "holds no cifar-100-python files and no meta.json"

@@ -33,9 +33,18 @@ class BatchLoader:
     max_steps > 0 stops an epoch after that many batches.
     """
 
-    def __init__(self, dataset: ImageDataset, batch_size: int, *, train: bool, seed: int = 0,
-                 device: torch.device | str = "cpu", drop_last: bool | None = None, max_steps: int = 0,
-                 channels_last: bool = False):
+    def __init__(
+        self,
+        dataset: ImageDataset,
+        batch_size: int,
+        *,
+        train: bool,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        drop_last: bool | None = None,
+        max_steps: int = 0,
+        channels_last: bool = False,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if max_steps < 0:

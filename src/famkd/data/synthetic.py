@@ -31,8 +31,10 @@ from famkd.errors import ConfigError
 
 SHAPE_NAMES = ("disk", "square", "triangle", "plus", "ring", "cross", "bar", "half-disk")
 KEY_COLOURS = ((0.90, 0.15, 0.15), (0.15, 0.25, 0.90))  # red, blue: their objects carry the class
-CLASS_RULES = {"diagonal": "shape of the red object and of the one diagonally opposite",
-               "colour": "shapes of the red and the blue object"}
+CLASS_RULES = {
+    "diagonal": "shape of the red object and of the one diagonally opposite",
+    "colour": "shapes of the red and the blue object",
+}
 DISTRACTOR_COLOURS = ((0.15, 0.80, 0.20), (0.85, 0.80, 0.15), (0.80, 0.80, 0.80))  # green, yellow, grey
 
 
@@ -57,9 +59,10 @@ class SyntheticSpec:
     def __post_init__(self) -> None:
         if not 1 <= self.num_shapes <= len(SHAPE_NAMES):
             raise ConfigError(f"num_shapes must be in [1, {len(SHAPE_NAMES)}], got {self.num_shapes}")
-        if not 1 <= self.num_classes <= self.num_shapes ** 2:
-            raise ConfigError(f"num_classes must be in [1, {self.num_shapes ** 2}] for {self.num_shapes} shapes, "
-                              f"got {self.num_classes}")
+        if not 1 <= self.num_classes <= self.num_shapes**2:
+            raise ConfigError(
+                f"num_classes must be in [1, {self.num_shapes**2}] for {self.num_shapes} shapes, got {self.num_classes}"
+            )
         if self.layout not in ("colour", "diagonal"):
             raise ConfigError(f"layout must be 'colour' or 'diagonal', got {self.layout!r}")
         if self.layout == "diagonal" and self.num_shapes < 3:
@@ -94,10 +97,11 @@ def synthetic_datasets(spec: SyntheticSpec = SyntheticSpec()) -> tuple[ImageData
     return datasets[0], datasets[1]
 
 
-def synthetic_datasets_from_config(cfg: DataConfig,
-                                   spec: SyntheticSpec = SyntheticSpec()) -> tuple[ImageDataset, ImageDataset]:
+def synthetic_datasets_from_config(
+    cfg: DataConfig, spec: SyntheticSpec = SyntheticSpec()
+) -> tuple[ImageDataset, ImageDataset]:
     """`synthetic_datasets` with data.classes and data.train_per_class (when non-zero) replacing the spec's."""
-    most_classes = spec.num_shapes ** 2
+    most_classes = spec.num_shapes**2
     if cfg.classes > most_classes:
         raise ConfigError(f"data.classes={cfg.classes} but the synthetic dataset has only {most_classes} classes")
     num_classes = cfg.classes or spec.num_classes
@@ -108,12 +112,13 @@ def synthetic_datasets_from_config(cfg: DataConfig,
 def _class_pairs(spec: SyntheticSpec) -> list[tuple[int, int]]:
     """(red shape, blue shape) of each class: the first num_classes of a seeded shuffle of all pairs."""
     generator = torch.Generator().manual_seed(spec.seed)
-    order = torch.randperm(spec.num_shapes ** 2, generator=generator)[: spec.num_classes]
+    order = torch.randperm(spec.num_shapes**2, generator=generator)[: spec.num_classes]
     return [(int(i) // spec.num_shapes, int(i) % spec.num_shapes) for i in order]
 
 
-def _generate(spec: SyntheticSpec, pairs: list[tuple[int, int]], per_class: int,
-              split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _generate(
+    spec: SyntheticSpec, pairs: list[tuple[int, int]], per_class: int, split_seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 (N, 3, 32, 32) images and int64 (N,) labels, classes interleaved 0, 1, ..., K-1, 0, ..."""
     generator = torch.Generator().manual_seed(spec.seed * 1_000_003 + 7919 * split_seed + 1)
     count = per_class * spec.num_classes
@@ -220,8 +225,9 @@ def _background(spec: SyntheticSpec, count: int, generator: torch.Generator) -> 
     return base + gradient + spec.background_texture * tint * grating
 
 
-def _draw_object(spec: SyntheticSpec, shape: torch.Tensor,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _draw_object(
+    spec: SyntheticSpec, shape: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """bool (N, 16, 16) mask of one object per image within a cell, and its (N, 16, 16) texture in [1-a, 1]."""
     count = len(shape)
     low, high = spec.radius

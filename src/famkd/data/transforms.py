@@ -64,8 +64,9 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     return images.to(torch.float32).mul_(scale).add_(shift)
 
 
-def normalization_constants(mean: Sequence[float], std: Sequence[float],
-                            device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def normalization_constants(
+    mean: Sequence[float], std: Sequence[float], device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """float32 (1, C, 1, 1) scale 1/(255 std) and shift -mean/std, so normalising is one multiply-add."""
     mean64 = torch.tensor(mean, dtype=torch.float64).view(1, -1, 1, 1)
     std64 = torch.tensor(std, dtype=torch.float64).view(1, -1, 1, 1)

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from famkd.distill.levels import level_features, warmup_factor
 from famkd.distill.options import DistillOptions, resolve_options
 from famkd.fam import HIGHPASS_FILTERS
-from famkd.models.features import Features, FeatureModel
+from famkd.models.features import FeatureModel, Features
 from famkd.settings import setting
 
 

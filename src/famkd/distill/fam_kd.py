@@ -46,9 +46,17 @@ class FamReviewHead(nn.Module):
         super().__init__()
         self.student_size = level.student_size
         self.teacher_size = level.teacher_size
-        self.input_proj = projection(level.student_channels, mid_channels, relu=True) if level.student_channels != mid_channels else None
+        self.input_proj = (
+            projection(level.student_channels, mid_channels, relu=True)
+            if level.student_channels != mid_channels
+            else None
+        )
         fuse = residual_channels is not None
-        self.residual_proj = projection(residual_channels, mid_channels, relu=True) if fuse and residual_channels != mid_channels else None
+        self.residual_proj = (
+            projection(residual_channels, mid_channels, relu=True)
+            if residual_channels is not None and residual_channels != mid_channels
+            else None
+        )
         self.attention = CrossAttention(mid_channels) if fuse else None
         self.fam = FrequencyAttention(mid_channels, level.teacher_channels, level.teacher_size, **fam_options)
         self.bn = nn.BatchNorm2d(level.teacher_channels)
@@ -69,7 +77,9 @@ class FamReviewHead(nn.Module):
 
 def mid_channel_counts(levels: list[Level], max_mid_channels: int) -> list[int]:
     """C_mid per level: the student's channels, capped at `max_mid_channels` when it is > 0."""
-    return [min(lv.student_channels, max_mid_channels) if max_mid_channels > 0 else lv.student_channels for lv in levels]
+    return [
+        min(lv.student_channels, max_mid_channels) if max_mid_channels > 0 else lv.student_channels for lv in levels
+    ]
 
 
 @register_distiller("fam_kd")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from typing import Any
 
 from famkd.distill.base import FeatureDistiller
 from famkd.distill.fam_kd import FamOptions

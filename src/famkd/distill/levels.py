@@ -8,6 +8,7 @@ stage count. Every channel count and size comes from the models' `feature_info`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -39,7 +40,7 @@ def paired_levels(student: FeatureInfo, teacher: FeatureInfo, image_size: int) -
 def level_features(features: Features, count: int, preact: bool) -> list[Tensor]:
     """The last `count - 1` stage maps (pre-activation if `preact`) plus the pooled map (B, C, 1, 1)."""
     stages = features.preact if preact else features.stages
-    return list(stages[len(stages) - (count - 1):]) + [features.pooled[:, :, None, None]]
+    return list(stages[len(stages) - (count - 1) :]) + [features.pooled[:, :, None, None]]
 
 
 def warmup_factor(epoch: int, warmup_epochs: int) -> float:
@@ -49,7 +50,7 @@ def warmup_factor(epoch: int, warmup_epochs: int) -> float:
 
 def feature_mse(outputs: list[Tensor], targets: list[Tensor]) -> Tensor:
     """Sum over levels of the mean squared error."""
-    return sum(F.mse_loss(out, target) for out, target in zip(outputs, targets))
+    return cast(Tensor, sum(F.mse_loss(out, target) for out, target in zip(outputs, targets)))  # >= 1 level
 
 
 def review_chain(heads, student_maps: list[Tensor]) -> list[Tensor]:

@@ -66,7 +66,8 @@ def create_distiller(
         if teacher is None:
             raise ConfigError(f"method {method!r} distills from a teacher: pass teacher=<a trained model>")
         check_compatible(student, teacher)
-    return cls(student, teacher if cls.needs_teacher else None, resolved, image_size)
+    build: Callable[..., Distiller] = cls  # subclasses take (student, teacher, options, image_size)
+    return build(student, teacher if cls.needs_teacher else None, resolved, image_size)
 
 
 def check_compatible(student: torch.nn.Module, teacher: torch.nn.Module) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +48,7 @@ def hierarchical_context_loss(outputs: list[Tensor], targets: list[Tensor]) -> T
     Weights are 1, 1/2, 1/4, 1/8 for the full map and each pooled size used in turn; a pooled
     size not smaller than the map is skipped; each level divides by the weights it used.
     """
-    total = 0.0
+    total: Tensor | float = 0.0
     for out, target in zip(outputs, targets):
         loss, weight, weight_sum = F.mse_loss(out, target), 1.0, 1.0
         for size in CONTEXT_POOL_SIZES:
@@ -57,7 +58,7 @@ def hierarchical_context_loss(outputs: list[Tensor], targets: list[Tensor]) -> T
             loss = loss + weight * F.mse_loss(F.adaptive_avg_pool2d(out, size), F.adaptive_avg_pool2d(target, size))
             weight_sum += weight
         total = total + loss / weight_sum
-    return total
+    return cast(Tensor, total)  # a tensor: there is at least one level
 
 
 class AttentionFusion(nn.Module):
@@ -74,6 +75,7 @@ class AttentionFusion(nn.Module):
     def forward(self, x: Tensor, residual: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x = self.input_proj(x)
         if self.attention is not None:
+            assert residual is not None  # every level but the deepest fuses the deeper level's residual
             x = self.fuse(x, residual)
         if self.student_size != self.teacher_size:
             x = F.interpolate(x, size=(self.teacher_size, self.teacher_size), mode="nearest")
@@ -87,7 +89,8 @@ class AttentionFusion(nn.Module):
         convolutions by the weight's halves, and a 1x1 convolution commutes with nearest
         upsampling, so the residual's half runs at the residual's own resolution.
         """
-        conv = self.attention[0]
+        assert self.attention is not None  # fuse runs only on heads built with fuse=True
+        conv = cast(nn.Conv2d, self.attention[0])
         channels = x.shape[1]
         logits = F.conv2d(x, conv.weight[:, :channels])
         maps = torch.sigmoid(add_upsampled(logits, F.conv2d(residual, conv.weight[:, channels:], conv.bias)))
@@ -111,7 +114,9 @@ def conv_output_head(mid_channels: int, level: Level) -> nn.Module:
 
 
 def fam_output_head(mid_channels: int, level: Level, hpf: str, cutoff: float, order: int) -> nn.Module:
-    fam = FrequencyAttention(mid_channels, level.teacher_channels, level.teacher_size, hpf=hpf, cutoff=cutoff, order=order)
+    fam = FrequencyAttention(
+        mid_channels, level.teacher_channels, level.teacher_size, hpf=hpf, cutoff=cutoff, order=order
+    )
     return nn.Sequential(fam, nn.BatchNorm2d(level.teacher_channels))
 
 
@@ -125,8 +130,14 @@ class ReviewDistiller(FeatureDistiller):
     loss_name = "reviewkd"
     teacher_preact = True
 
-    def __init__(self, student: FeatureModel, teacher: FeatureModel, options: ReviewKDOptions, image_size: int,
-                 output_head: Callable[[int, Level], nn.Module]):
+    def __init__(
+        self,
+        student: FeatureModel,
+        teacher: FeatureModel,
+        options: ReviewKDOptions,
+        image_size: int,
+        output_head: Callable[[int, Level], nn.Module],
+    ):
         super().__init__(student, teacher, options)
         levels = paired_levels(student.feature_info, teacher.feature_info, image_size)
         mid = min(options.max_mid_channels, levels[-1].student_channels)
@@ -159,7 +170,6 @@ class FamReviewKD(ReviewDistiller):
 
     Options = FamReviewKDOptions
 
-    def __init__(self, student: FeatureModel, teacher: FeatureModel, options: FamReviewKDOptions,
-                 image_size: int = 32):
+    def __init__(self, student: FeatureModel, teacher: FeatureModel, options: FamReviewKDOptions, image_size: int = 32):
         head = functools.partial(fam_output_head, **options.fam_options())
         super().__init__(student, teacher, options, image_size, head)

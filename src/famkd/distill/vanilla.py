@@ -26,8 +26,9 @@ class Vanilla(Distiller):
     needs_teacher = False
     Options = VanillaOptions
 
-    def __init__(self, student: FeatureModel, teacher: None = None, options: VanillaOptions | None = None,
-                 image_size: int = 32):
+    def __init__(
+        self, student: FeatureModel, teacher: None = None, options: VanillaOptions | None = None, image_size: int = 32
+    ):
         super().__init__(student, None)
         self.options = options if options is not None else VanillaOptions()
 

@@ -63,7 +63,8 @@ def refused_pickle_message(path: Path, torch_message: str) -> str:
 
 def capture_rng_state() -> dict[str, Any]:
     """The state of every random generator training touches (python, numpy, torch CPU and CUDA)."""
-    numpy_state = np.random.get_state()
+    numpy_state = np.random.get_state(legacy=True)  # legacy=True is the default; numpy's stubs assume False
+    assert isinstance(numpy_state, tuple)  # the legacy global generator is always MT19937
     return {
         "python": random.getstate(),
         "numpy": {

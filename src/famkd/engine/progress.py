@@ -135,8 +135,7 @@ class StopRequest:
             raise KeyboardInterrupt
         self.requested = True
         tqdm.write(
-            "\nCtrl-C: stopping after this step and saving a checkpoint "
-            "(press Ctrl-C again to abort without saving)",
+            "\nCtrl-C: stopping after this step and saving a checkpoint (press Ctrl-C again to abort without saving)",
             file=sys.stderr,
         )
 

@@ -1,15 +1,15 @@
 """The layout of a run folder: one object that knows where each file of a run lives.
 
-    config.yaml                 the merged config, every method option included
-    metrics.jsonl               one record per completed epoch (see famkd.engine.run_log)
-    summary.json                best/last accuracy, epochs, wall time, parameter counts, status
-    tensorboard/                TensorBoard scalars (when run.tensorboard)
-    checkpoints/last.pt         full training state after every epoch (or after Ctrl-C, marked
-                                with `partial_epoch`); see famkd.engine.checkpoint
-    checkpoints/best.pt         the same, for the epoch with the best test top-1 so far
-    student_last.pt, student_best.pt
-                                the student alone as a plain state dict (load it with
-                                create_model(name).load_state_dict(torch.load(path)))
+config.yaml                 the merged config, every method option included
+metrics.jsonl               one record per completed epoch (see famkd.engine.run_log)
+summary.json                best/last accuracy, epochs, wall time, parameter counts, status
+tensorboard/                TensorBoard scalars (when run.tensorboard)
+checkpoints/last.pt         full training state after every epoch (or after Ctrl-C, marked
+                            with `partial_epoch`); see famkd.engine.checkpoint
+checkpoints/best.pt         the same, for the epoch with the best test top-1 so far
+student_last.pt, student_best.pt
+                            the student alone as a plain state dict (load it with
+                            create_model(name).load_state_dict(torch.load(path)))
 """
 
 from __future__ import annotations

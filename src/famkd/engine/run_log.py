@@ -133,8 +133,14 @@ def format_epoch_line(record: dict, epochs: int) -> str:
     )
 
 
-def run_header(cfg: Config, distiller: Distiller, datasets: tuple[ImageDataset, ImageDataset], device: torch.device,
-               steps_per_epoch: int, resumed_at: tuple[int, int]) -> list[str]:
+def run_header(
+    cfg: Config,
+    distiller: Distiller,
+    datasets: tuple[ImageDataset, ImageDataset],
+    device: torch.device,
+    steps_per_epoch: int,
+    resumed_at: tuple[int, int],
+) -> list[str]:
     """The lines a run prints before training: models, data, device, and where it resumes
     (`resumed_at`: (epoch, step within it) of a mid-epoch checkpoint, (last completed epoch, 0) otherwise)."""
     student_params = sum(p.numel() for p in distiller.student.parameters())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch.optim.lr_scheduler import MultiStepLR
 
@@ -17,8 +19,12 @@ def build_optimizer(distiller: Distiller, train_cfg: TrainConfig) -> torch.optim
     pass over each parameter instead of several: FAM-KD's heads hold tens of millions).
     """
     parameters = list(distiller.student_parameters()) + list(distiller.head_parameters())
-    options = {"lr": train_cfg.lr, "momentum": train_cfg.momentum, "weight_decay": train_cfg.weight_decay,
-               "nesterov": train_cfg.nesterov}
+    options: dict[str, Any] = {
+        "lr": train_cfg.lr,
+        "momentum": train_cfg.momentum,
+        "weight_decay": train_cfg.weight_decay,
+        "nesterov": train_cfg.nesterov,
+    }
     try:
         return torch.optim.SGD(parameters, fused=True, **options)
     except RuntimeError:  # no fused SGD for this device or dtype in this torch version

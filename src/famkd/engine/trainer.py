@@ -38,8 +38,14 @@ from famkd.models import create_model
 
 StepHook = Callable[[int, int, int], None]  # (epoch, step within the epoch, global step)
 
-def train(cfg: Config | None, resume_dir: str | os.PathLike | None = None, *, overrides: Iterable[str] = (),
-          on_step: StepHook | None = None) -> dict[str, Any]:
+
+def train(
+    cfg: Config | None,
+    resume_dir: str | os.PathLike | None = None,
+    *,
+    overrides: Iterable[str] = (),
+    on_step: StepHook | None = None,
+) -> dict[str, Any]:
     """Train according to `cfg` and return the run summary (also written to summary.json).
 
     With `resume_dir`, continue the run saved there from checkpoints/last.pt; `cfg` may be
@@ -56,8 +62,13 @@ def train(cfg: Config | None, resume_dir: str | os.PathLike | None = None, *, ov
 class Trainer:
     """Everything one training session holds; `run()` trains the remaining epochs."""
 
-    def __init__(self, cfg: Config | None, resume_dir: str | os.PathLike | None, overrides: Iterable[str],
-                 on_step: StepHook | None):
+    def __init__(
+        self,
+        cfg: Config | None,
+        resume_dir: str | os.PathLike | None,
+        overrides: Iterable[str],
+        on_step: StepHook | None,
+    ):
         self.session_start = time.perf_counter()
         checkpoint = None
         if resume_dir is not None:
@@ -95,8 +106,8 @@ class Trainer:
         self.global_step = 0
         self.best_acc = -math.inf
         self.best_epoch = 0
-        self.last_acc = None
-        self.teacher_acc = None
+        self.last_acc: float | None = None
+        self.teacher_acc: float | None = None
         self.wall_time_before = 0.0  # wall time of earlier sessions of this run
         self.partial: EpochProgress | None = None
         self.log: RunLog | None = None
@@ -106,7 +117,7 @@ class Trainer:
     def _build_data(self) -> None:
         cfg = self.cfg
         self.train_set, self.test_set = build_datasets(cfg.data)
-        common = {"seed": cfg.run.seed, "device": self.device, "channels_last": cfg.train.channels_last}
+        common: dict[str, Any] = {"seed": cfg.run.seed, "device": self.device, "channels_last": cfg.train.channels_last}
         self.train_loader = BatchLoader(
             self.train_set, cfg.train.batch_size, train=True, max_steps=cfg.train.max_steps_per_epoch, **common
         )
@@ -178,8 +189,9 @@ class Trainer:
 
     def _print_header(self) -> None:
         resumed_at = (self.partial.epoch, self.partial.steps_done) if self.partial is not None else (self.epoch, 0)
-        header = run_header(self.cfg, self.distiller, (self.train_set, self.test_set), self.device,
-                            len(self.train_loader), resumed_at)
+        header = run_header(
+            self.cfg, self.distiller, (self.train_set, self.test_set), self.device, len(self.train_loader), resumed_at
+        )
         for line in header:
             tqdm.write(line)
 

@@ -132,8 +132,13 @@ class FrequencyAttention(nn.Module):
             mixing = (torch.ones(1, device=x.device), None, None, None)
         with torch.autocast(device_type=x.device.type, enabled=False):
             return SpectralFilter.apply(
-                x.to(dtype), self.global_filter.to(dtype), *(t if t is None else t.to(dtype) for t in mixing),
-                self.half_weight, self.negated_weight, self.negated_index, self.tail_index,
+                x.to(dtype),
+                self.global_filter.to(dtype),
+                *(t if t is None else t.to(dtype) for t in mixing),
+                self.half_weight,
+                self.negated_weight,
+                self.negated_index,
+                self.tail_index,
             )
 
     def check_input(self, x: Tensor) -> None:

@@ -64,9 +64,7 @@ def total_filter(effective: Tensor, gamma1: Tensor, local_term: Tensor | None) -
     return total, torch.conj_physical(total)
 
 
-def effective_filter_backward(
-    grad: Tensor, half_weight: Tensor, negated_weight: Tensor, tail_index: Tensor
-) -> Tensor:
+def effective_filter_backward(grad: Tensor, half_weight: Tensor, negated_weight: Tensor, tail_index: Tensor) -> Tensor:
     """Gradient of `effective_filter` with respect to K, complex (S, S, C_in, C_out) (frequency-major).
 
     grad: complex (S, H, C_in, C_out), d/dRe + i d/dIm of K_eff. K(u, v) receives half_weight * grad(u, v)
@@ -121,7 +119,7 @@ def transposed(matrix: Tensor) -> Tensor:
     out = matrix.new_empty(columns, rows)
     slab = max(TRANSPOSE_MIN_SLAB_ROWS, TRANSPOSE_SLAB_NUMEL // columns)
     for start in range(0, rows, slab):
-        out[:, start:start + slab] = matrix[start:start + slab].t()
+        out[:, start : start + slab] = matrix[start : start + slab].t()
     return out
 
 
@@ -186,30 +184,64 @@ class SpectralFilter(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, global_filter: Tensor, gamma1: Tensor, local_weight: Tensor | None,
-                local_bias: Tensor | None, gamma2: Tensor | None, half_weight: Tensor, negated_weight: Tensor,
-                negated_index: Tensor, tail_index: Tensor) -> Tensor:
+    def forward(
+        ctx,
+        x: Tensor,
+        global_filter: Tensor,
+        gamma1: Tensor,
+        local_weight: Tensor | None,
+        local_bias: Tensor | None,
+        gamma2: Tensor | None,
+        half_weight: Tensor,
+        negated_weight: Tensor,
+        negated_index: Tensor,
+        tail_index: Tensor,
+    ) -> Tensor:
         batch, c_in, size = x.shape[:3]
         c_out = global_filter.shape[1]
         frequencies = size * (size // 2 + 1)
         effective = effective_filter(global_filter, half_weight, negated_weight, negated_index)
-        local_term = None if local_weight is None else gamma2 * local_weight.view(c_out, c_in).t()
+        local_term: Tensor | None = None
+        if local_weight is not None:
+            assert gamma2 is not None  # the local branch always comes with its gamma2
+            local_term = gamma2 * local_weight.view(c_out, c_in).t()
         total, conjugate_total = total_filter(effective, gamma1, local_term)
         spectrum = torch.fft.rfft2(x, norm="ortho")
         rows = transposed(spectrum.reshape(batch * c_in, frequencies)).view(frequencies, batch, c_in)
         product = torch.bmm(rows, total).view(frequencies, batch * c_out)
         if local_bias is not None:  # a constant image is its DC coefficient alone: S * value (ortho)
+            assert gamma2 is not None
             product[0].view(batch, c_out).add_(size * gamma2 * local_bias)
-        ctx.save_for_backward(rows, conjugate_total, effective, gamma1, local_weight, local_bias, gamma2,
-                              half_weight, negated_weight, tail_index)
+        ctx.save_for_backward(
+            rows,
+            conjugate_total,
+            effective,
+            gamma1,
+            local_weight,
+            local_bias,
+            gamma2,
+            half_weight,
+            negated_weight,
+            tail_index,
+        )
         ctx.filter_strides = global_filter.stride()
         return frequency_major_irfft2(product, size).view(batch, c_out, size, size)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        (rows, conjugate_total, effective, gamma1, local_weight, local_bias, gamma2,
-         half_weight, negated_weight, tail_index) = ctx.saved_tensors
+        (
+            rows,
+            conjugate_total,
+            effective,
+            gamma1,
+            local_weight,
+            local_bias,
+            gamma2,
+            half_weight,
+            negated_weight,
+            tail_index,
+        ) = ctx.saved_tensors
         batch, c_out, size = grad.shape[:3]
         frequencies, c_in = conjugate_total.shape[:2]
         grad_spectrum = irfft2_adjoint(grad, size)
@@ -223,8 +255,9 @@ class SpectralFilter(torch.autograd.Function):
             grad_total = torch.bmm(rows.transpose(1, 2).conj(), grad_rows).view(size, -1, c_in, c_out)
             # d/dgamma1 = <dK_total, K_eff>, the real inner product of the complex entries.
             grads[2] = torch.vdot(effective.reshape(-1), grad_total.reshape(-1)).real.reshape(1)
-            by_frequency = effective_filter_backward(grad_total, gamma1 * half_weight.to(gamma1.dtype),
-                                                     gamma1 * negated_weight.to(gamma1.dtype), tail_index)
+            by_frequency = effective_filter_backward(
+                grad_total, gamma1 * half_weight.to(gamma1.dtype), gamma1 * negated_weight.to(gamma1.dtype), tail_index
+            )
             grad_filter = torch.view_as_real(by_frequency).permute(2, 3, 0, 1, 4)
             if grad_filter.stride() != ctx.filter_strides:  # the gradient takes the parameter's layout
                 grad_filter = grad_filter.new_empty_strided(grad_filter.shape, ctx.filter_strides).copy_(grad_filter)
@@ -237,8 +270,9 @@ class SpectralFilter(torch.autograd.Function):
         return tuple(grads)
 
 
-def local_gradients(summed: Tensor, grad_spectrum: Tensor, local_weight: Tensor, local_bias: Tensor,
-                    gamma2: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor]:
+def local_gradients(
+    summed: Tensor, grad_spectrum: Tensor, local_weight: Tensor, local_bias: Tensor, gamma2: Tensor, size: int
+) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of W, b and gamma2. W^T enters K_total at every frequency (`summed`: the real part of
     dL/dK_total summed over frequencies, (C_in, C_out)); b enters the output's DC coefficient."""
     c_out, c_in = local_weight.shape[:2]

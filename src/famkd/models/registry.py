@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from famkd.models.features import FeatureModel
 from famkd.registry import Registry
 
-MODELS: Registry[FeatureModel] = Registry("model")
+MODELS: Registry[Callable[..., FeatureModel]] = Registry("model")
 register_model = MODELS.register
 
 

@@ -7,8 +7,9 @@ from torch import nn
 
 def projection(in_channels: int, out_channels: int, relu: bool) -> nn.Sequential:
     """1x1 bias-free convolution + BN (+ ReLU), kaiming_uniform(a=1) initialised."""
-    layers = [nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False), nn.BatchNorm2d(out_channels)]
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
+    layers: list[nn.Module] = [conv, nn.BatchNorm2d(out_channels)]
     if relu:
         layers.append(nn.ReLU())
-    nn.init.kaiming_uniform_(layers[0].weight, a=1)
+    nn.init.kaiming_uniform_(conv.weight, a=1)
     return nn.Sequential(*layers)

@@ -36,7 +36,9 @@ class CrossAttention(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         if channels % 2:
-            raise ValueError(f"CrossAttention needs an even channel count (rel_h/rel_w split it in halves), got {channels}")
+            raise ValueError(
+                f"CrossAttention needs an even channel count (rel_h/rel_w split it in halves), got {channels}"
+            )
         self.channels = channels
         self.query = nn.Conv2d(channels, channels, kernel_size=1, bias=False)
         self.key = nn.Conv2d(channels, channels, kernel_size=1, bias=False)
@@ -58,8 +60,10 @@ class CrossAttention(nn.Module):
     def forward(self, x: Tensor, residual: Tensor) -> Tensor:
         """x: (B, C, H, W); residual: (B, C, h, w), nearest-upsampled to (H, W) if smaller."""
         if residual.shape[:2] != x.shape[:2] or residual.dim() != 4:
-            raise ValueError(f"CrossAttention needs x and residual with the same batch and channels, "
-                             f"got {tuple(x.shape)} and {tuple(residual.shape)}")
+            raise ValueError(
+                f"CrossAttention needs x and residual with the same batch and channels, "
+                f"got {tuple(x.shape)} and {tuple(residual.shape)}"
+            )
         query = self.query(residual)
         if query.shape[-2:] != x.shape[-2:]:
             query = F.interpolate(query, size=x.shape[-2:], mode="nearest")
@@ -87,7 +91,7 @@ def pad_window(x: Tensor) -> Tensor:
 
 def shifted(padded: Tensor, row: int, col: int, height: int, width: int) -> Tensor:
     """The (height, width) window of a padded map starting at (row, col): offset (row - 1, col - 1)."""
-    return padded[:, :, row:row + height, col:col + width]
+    return padded[:, :, row : row + height, col : col + width]
 
 
 def exp(x: Tensor) -> Tensor:
@@ -101,8 +105,10 @@ def exp(x: Tensor) -> Tensor:
 def attention_forward(query: Tensor, keys_padded: Tensor, values_padded: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
     """Output and log-sum-exp of the logits, per location. bias: (9, C)."""
     height, width = query.shape[-2:]
-    logits = [query * (shifted(keys_padded, row, col, height, width) + bias[j, :, None, None])
-              for j, (row, col) in enumerate(OFFSETS)]
+    logits = [
+        query * (shifted(keys_padded, row, col, height, width) + bias[j, :, None, None])
+        for j, (row, col) in enumerate(OFFSETS)
+    ]
     top = logits[0]
     for logit in logits[1:]:
         top = torch.maximum(top, logit)
@@ -115,8 +121,15 @@ def attention_forward(query: Tensor, keys_padded: Tensor, values_padded: Tensor,
     return weighted / total, top + torch.log(total)
 
 
-def attention_query_grads(grad: Tensor, query: Tensor, keys_padded: Tensor, values_padded: Tensor, bias: Tensor,
-                          out: Tensor, log_total: Tensor) -> tuple[Tensor, Tensor]:
+def attention_query_grads(
+    grad: Tensor,
+    query: Tensor,
+    keys_padded: Tensor,
+    values_padded: Tensor,
+    bias: Tensor,
+    out: Tensor,
+    log_total: Tensor,
+) -> tuple[Tensor, Tensor]:
     """Gradients of the query (B, C, H, W) and of the bias (9, C).
 
     With softmax weights w_j: d logit_j = w_j * grad * (v_j - out), d q = sum_j d logit_j (k_j + bias_j),
@@ -136,8 +149,14 @@ def attention_query_grads(grad: Tensor, query: Tensor, keys_padded: Tensor, valu
     return grad_query, torch.stack(grad_bias).sum(dim=1)
 
 
-def attention_key_value_grads(keys_values: Tensor, bias: Tensor, query_padded: Tensor, grad_padded: Tensor,
-                              out_padded: Tensor, log_total_padded: Tensor) -> Tensor:
+def attention_key_value_grads(
+    keys_values: Tensor,
+    bias: Tensor,
+    query_padded: Tensor,
+    grad_padded: Tensor,
+    out_padded: Tensor,
+    log_total_padded: Tensor,
+) -> Tensor:
     """Gradient of the keys and values, (B, 2C, H, W) as `window_attention` takes them, gathered
     rather than scattered.
 
@@ -152,11 +171,14 @@ def attention_key_value_grads(keys_values: Tensor, bias: Tensor, query_padded: T
     for j, (row, col) in enumerate(OFFSETS):
         mirror_row, mirror_col = WINDOW - 1 - row, WINDOW - 1 - col  # reads P - offset_j
         query = shifted(query_padded, mirror_row, mirror_col, height, width)
-        weight = exp(query * (keys + bias[j, :, None, None])
-                     - shifted(log_total_padded, mirror_row, mirror_col, height, width))
+        weight = exp(
+            query * (keys + bias[j, :, None, None]) - shifted(log_total_padded, mirror_row, mirror_col, height, width)
+        )
         grad_weighted = shifted(grad_padded, mirror_row, mirror_col, height, width) * weight
         grad_values = grad_values + grad_weighted
-        grad_keys = grad_keys + query * grad_weighted * (values - shifted(out_padded, mirror_row, mirror_col, height, width))
+        grad_keys = grad_keys + query * grad_weighted * (
+            values - shifted(out_padded, mirror_row, mirror_col, height, width)
+        )
     return torch.cat([grad_keys, grad_values], dim=1)  # compiled, each half is written in place
 
 
@@ -185,11 +207,19 @@ class WindowAttention(torch.autograd.Function):
         grad_query, grad_bias = ATTENTION_QUERY_GRADS(grad, query, keys_padded, values_padded, bias, out, log_total)
         height, width = query.shape[-2:]
         grad_keys_values = ATTENTION_KEY_VALUE_GRADS(
-            shifted(keys_values_padded, 1, 1, height, width), bias,
-            pad_window(query), pad_window(grad), pad_window(out), pad_window(log_total),
+            shifted(keys_values_padded, 1, 1, height, width),
+            bias,
+            pad_window(query),
+            pad_window(grad),
+            pad_window(out),
+            pad_window(log_total),
         )
         return grad_query, grad_keys_values, grad_bias
 
 
 def suggested_memory_format(x: Tensor) -> torch.memory_format:
-    return torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else torch.contiguous_format
+    return (
+        torch.channels_last
+        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        else torch.contiguous_format
+    )

@@ -35,8 +35,14 @@ def fam_heads(distiller: nn.Module) -> list[tuple[str, FrequencyAttention]]:
 def gamma_rows(distiller: nn.Module) -> list[dict[str, Any]]:
     """One row per FAM head: its path, size S, C_in -> C_out, gamma1 (global) and gamma2 (local)."""
     return [
-        {"head": name, "size": fam.size, "in": fam.in_channels, "out": fam.out_channels,
-         "gamma1": fam.gamma1.item(), "gamma2": fam.gamma2.item()}
+        {
+            "head": name,
+            "size": fam.size,
+            "in": fam.in_channels,
+            "out": fam.out_channels,
+            "gamma1": fam.gamma1.item(),
+            "gamma2": fam.gamma2.item(),
+        }
         for name, fam in fam_heads(distiller)
     ]
 
@@ -92,7 +98,9 @@ def plot_filter_spectra(distiller: nn.Module, path: Path) -> None:
     plt.close(figure)
 
 
-def plot_highpass_masks(path: Path, size: int = 32, cutoff: float = 0.1, smooth_cutoff: float = 0.3, order: int = 2) -> None:
+def plot_highpass_masks(
+    path: Path, size: int = 32, cutoff: float = 0.1, smooth_cutoff: float = 0.3, order: int = 2
+) -> None:
     """The ideal (published rule, `cutoff`), Gaussian and Butterworth (D0 = `smooth_cutoff`) masks."""
     plt = pyplot()
     masks = {
@@ -119,17 +127,23 @@ def distiller_from_checkpoint(path: str | Path) -> Distiller:
         path = RunDir(path).checkpoint()
     checkpoint = load_checkpoint(path)
     if "heads" not in checkpoint or "config" not in checkpoint:
-        raise FamkdError(f"{path} is not a famkd run checkpoint (it has no heads/config); pass a run directory or its checkpoints/last.pt")
+        raise FamkdError(
+            f"{path} is not a famkd run checkpoint (it has no heads/config); "
+            "pass a run directory or its checkpoints/last.pt"
+        )
     cfg = config_from_dict(checkpoint["config"])
     num_classes = next(v for k, v in reversed(checkpoint["student"].items()) if k.endswith("weight")).shape[0]
     student = create_model(cfg.student, num_classes=num_classes)
     teacher = create_model(cfg.teacher.name, num_classes=num_classes) if needs_teacher(cfg.method) else None
-    distiller = create_distiller(cfg.method, student=student, teacher=teacher,
-                                 image_size=dataset_image_size(cfg.data), **cfg.distill)
+    distiller = create_distiller(
+        cfg.method, student=student, teacher=teacher, image_size=dataset_image_size(cfg.data), **cfg.distill
+    )
     student.load_state_dict(checkpoint["student"])
     missing = set(distiller.head_state_dict()) - set(checkpoint["heads"])
     if missing:
-        raise FamkdError(f"{path}: heads in the checkpoint do not match method {cfg.method!r} (missing e.g. {sorted(missing)[:3]})")
+        raise FamkdError(
+            f"{path}: heads in the checkpoint do not match method {cfg.method!r} (missing e.g. {sorted(missing)[:3]})"
+        )
     distiller.load_state_dict(checkpoint["heads"], strict=False)
     return distiller
 
@@ -148,8 +162,12 @@ def inspect_run(path: str | Path, out_dir: str | Path) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_path", metavar="RUN_DIR", help="a famkd run directory (or its checkpoints/last.pt / best.pt)")
-    parser.add_argument("--out", default="", metavar="DIR", help="where to write the figures (default: RUN_DIR/inspect)")
+    parser.add_argument(
+        "run_path", metavar="RUN_DIR", help="a famkd run directory (or its checkpoints/last.pt / best.pt)"
+    )
+    parser.add_argument(
+        "--out", default="", metavar="DIR", help="where to write the figures (default: RUN_DIR/inspect)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -40,21 +40,35 @@ def group_results(summaries: list[dict]) -> list[dict]:
     for (method, teacher, student), runs in sorted(groups.items()):
         best_mean, best_std = mean_std([r["best_acc"] for r in runs])
         last_mean, last_std = mean_std([r["last_acc"] for r in runs])
-        rows.append({"method": method, "teacher": teacher, "student": student, "runs": len(runs),
-                     "best_mean": best_mean, "best_std": best_std, "last_mean": last_mean, "last_std": last_std})
+        rows.append(
+            {
+                "method": method,
+                "teacher": teacher,
+                "student": student,
+                "runs": len(runs),
+                "best_mean": best_mean,
+                "best_std": best_std,
+                "last_mean": last_mean,
+                "last_std": last_std,
+            }
+        )
     return rows
 
 
 def format_results(rows: list[dict]) -> str:
     lines = ["| method | teacher | student | runs | best top-1 (%) | last top-1 (%) |", "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['teacher']} | {r['student']} | {r['runs']} | "
-                     f"{r['best_mean']:.2f} ± {r['best_std']:.2f} | {r['last_mean']:.2f} ± {r['last_std']:.2f} |")
+        lines.append(
+            f"| {r['method']} | {r['teacher']} | {r['student']} | {r['runs']} | "
+            f"{r['best_mean']:.2f} ± {r['best_std']:.2f} | {r['last_mean']:.2f} ± {r['last_std']:.2f} |"
+        )
     return "\n".join(lines)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (searched recursively for summary.json)")
+    parser.add_argument(
+        "runs", nargs="+", metavar="RUN_DIR", help="run folders (searched recursively for summary.json)"
+    )
     parser.add_argument("--json", default="", metavar="FILE", help="also write the rows as JSON")
 
 

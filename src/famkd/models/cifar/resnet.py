@@ -58,6 +58,11 @@ class CifarResNet(FeatureModel):
       pooled: 8x8 average of layer3's output, (B, w3).
     """
 
+    # registered with add_module in __init__
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+
     def __init__(self, depth: int, widths: tuple[int, int, int, int], num_classes: int = 100):
         super().__init__()
         check_num_classes(num_classes)
@@ -69,8 +74,10 @@ class CifarResNet(FeatureModel):
         self.bn1 = nn.BatchNorm2d(stem_width)
         in_channels = stem_width
         for index, (width, stride) in enumerate(zip(stage_widths, (1, 2, 2)), start=1):
-            blocks = [BasicBlock(in_channels if i == 0 else width, width, stride if i == 0 else 1)
-                      for i in range(blocks_per_stage)]
+            blocks = [
+                BasicBlock(in_channels if i == 0 else width, width, stride if i == 0 else 1)
+                for i in range(blocks_per_stage)
+            ]
             self.add_module(f"layer{index}", nn.Sequential(*blocks))
             in_channels = width
         self.fc = nn.Linear(stage_widths[-1], num_classes)

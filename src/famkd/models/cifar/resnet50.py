@@ -56,6 +56,12 @@ class CifarBottleneckResNet(FeatureModel):
       pooled: global average of layer4's output, (B, 2048).
     """
 
+    # registered with add_module in __init__
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
     def __init__(self, num_blocks: tuple[int, int, int, int], num_classes: int = 100):
         super().__init__()
         check_num_classes(num_classes)
@@ -64,15 +70,18 @@ class CifarBottleneckResNet(FeatureModel):
         in_channels = 64
         widths = (64, 128, 256, 512)
         for index, (width, count, stride) in enumerate(zip(widths, num_blocks, (1, 2, 2, 2)), start=1):
-            blocks = [Bottleneck(in_channels if i == 0 else EXPANSION * width, width, stride if i == 0 else 1)
-                      for i in range(count)]
+            blocks = [
+                Bottleneck(in_channels if i == 0 else EXPANSION * width, width, stride if i == 0 else 1)
+                for i in range(count)
+            ]
             self.add_module(f"layer{index}", nn.Sequential(*blocks))
             in_channels = EXPANSION * width
         self.linear = nn.Linear(in_channels, num_classes)
         init_conv_kaiming_fan_out(self)
         self.feature_info = FeatureInfo(
-            stages=tuple(StageInfo(f"layer{i}", EXPANSION * w, s)
-                         for i, (w, s) in enumerate(zip(widths, (1, 2, 4, 8)), 1)),
+            stages=tuple(
+                StageInfo(f"layer{i}", EXPANSION * w, s) for i, (w, s) in enumerate(zip(widths, (1, 2, 4, 8)), 1)
+            ),
             pooled_channels=in_channels,
         )
 

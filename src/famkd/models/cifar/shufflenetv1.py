@@ -34,8 +34,9 @@ class ShuffleBottleneck(nn.Module):
         self.stride = stride
         self.conv1 = nn.Conv2d(in_channels, mid_channels, kernel_size=1, groups=self.first_groups, bias=False)
         self.bn1 = nn.BatchNorm2d(mid_channels)
-        self.conv2 = nn.Conv2d(mid_channels, mid_channels, kernel_size=3, stride=stride, padding=1,
-                               groups=mid_channels, bias=False)
+        self.conv2 = nn.Conv2d(
+            mid_channels, mid_channels, kernel_size=3, stride=stride, padding=1, groups=mid_channels, bias=False
+        )
         self.bn2 = nn.BatchNorm2d(mid_channels)
         self.conv3 = nn.Conv2d(mid_channels, out_channels, kernel_size=1, groups=groups, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
@@ -45,10 +46,7 @@ class ShuffleBottleneck(nn.Module):
         out = channel_shuffle(out, self.first_groups)
         out = F.relu(self.bn2(self.conv2(out)), inplace=True)
         out = self.bn3(self.conv3(out))
-        if self.stride == 2:
-            preact = torch.cat([out, F.avg_pool2d(x, 3, stride=2, padding=1)], dim=1)
-        else:
-            preact = out + x
+        preact = torch.cat([out, F.avg_pool2d(x, 3, stride=2, padding=1)], dim=1) if self.stride == 2 else out + x
         return F.relu(preact), preact
 
 
@@ -62,8 +60,18 @@ class ShuffleNetV1(FeatureModel):
       pooled: 4x4 average of layer3's output, (B, 960).
     """
 
-    def __init__(self, widths: tuple[int, int, int] = (240, 480, 960), num_blocks: tuple[int, int, int] = (4, 8, 4),
-                 groups: int = 3, num_classes: int = 100):
+    # registered with add_module in __init__
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+
+    def __init__(
+        self,
+        widths: tuple[int, int, int] = (240, 480, 960),
+        num_blocks: tuple[int, int, int] = (4, 8, 4),
+        groups: int = 3,
+        num_classes: int = 100,
+    ):
         super().__init__()
         check_num_classes(num_classes)
         self.conv1 = nn.Conv2d(3, STEM_CHANNELS, kernel_size=1, bias=False)

@@ -95,8 +95,18 @@ class ShuffleNetV2(FeatureModel):
       pooled: 4x4 average of the 1x1 conv-BN-ReLU head applied to layer3, (B, 1024).
     """
 
-    def __init__(self, widths: tuple[int, int, int] = (116, 232, 464), num_blocks: tuple[int, int, int] = (3, 7, 3),
-                 head_channels: int = 1024, num_classes: int = 100):
+    # registered with add_module in __init__
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+
+    def __init__(
+        self,
+        widths: tuple[int, int, int] = (116, 232, 464),
+        num_blocks: tuple[int, int, int] = (3, 7, 3),
+        head_channels: int = 1024,
+        num_classes: int = 100,
+    ):
         super().__init__()
         check_num_classes(num_classes)
         self.conv1 = conv1x1(3, STEM_CHANNELS)

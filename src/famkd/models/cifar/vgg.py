@@ -39,6 +39,13 @@ class VGG(FeatureModel):
       pooled: global average of relu(block4), (B, 512).
     """
 
+    # registered with add_module in __init__
+    block0: nn.Sequential
+    block1: nn.Sequential
+    block2: nn.Sequential
+    block3: nn.Sequential
+    block4: nn.Sequential
+
     def __init__(self, block_widths: list[list[int]], num_classes: int = 100):
         super().__init__()
         check_num_classes(num_classes)
@@ -58,6 +65,7 @@ class VGG(FeatureModel):
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                assert module.bias is not None  # conv_bn_block builds its convolutions with a bias
                 nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, 0.0, 0.01)

@@ -54,10 +54,12 @@ class WideGroup(nn.Module):
 
     def __init__(self, num_blocks: int, in_channels: int, out_channels: int, stride: int):
         super().__init__()
-        self.layer = nn.Sequential(*(
-            WideBlock(in_channels if i == 0 else out_channels, out_channels, stride if i == 0 else 1)
-            for i in range(num_blocks)
-        ))
+        self.layer = nn.Sequential(
+            *(
+                WideBlock(in_channels if i == 0 else out_channels, out_channels, stride if i == 0 else 1)
+                for i in range(num_blocks)
+            )
+        )
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x, first_entry = self.layer[0](x)
