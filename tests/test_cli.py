@@ -11,9 +11,11 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -380,3 +382,23 @@ def test_a_fam_training_run_prints_no_line_from_torchs_logger(teacher_run, data_
     lines = (completed.stdout + completed.stderr).splitlines()
     torch_lines = [line for line in lines if "CUDA_HOME" in line or re.match(r"^[IWE]\d{4} \d\d:\d\d", line)]
     assert torch_lines == [] and any(line.startswith("famkd train: method fam_kd") for line in lines)
+
+
+def test_resume_reads_the_run_checkpoint_once(fam_kd_run, tmp_path, monkeypatch):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(fam_kd_run, run_dir)
+    from famkd.engine import checkpoint
+    from famkd.engine import run_dir as run_dir_module
+
+    reads = []
+    plain_load = checkpoint.load_checkpoint
+
+    def counting_load(path):
+        reads.append(Path(path))
+        return plain_load(path)
+
+    monkeypatch.setattr(run_dir_module, "load_checkpoint", counting_load)
+    monkeypatch.setattr(checkpoint, "load_checkpoint", counting_load)
+    assert main(["train", "--resume", str(run_dir), "train.epochs=3"]) == 0
+    assert reads.count(run_dir / "checkpoints" / "last.pt") == 1
+    assert [r["epoch"] for r in read_metrics(run_dir)] == [1, 2, 3]
