@@ -665,3 +665,19 @@ def test_synthetic_spec_rejects_impossible_settings():
         SyntheticSpec(distractors=3)
     with pytest.raises(ValueError, match="layout must be 'colour' or 'diagonal'"):
         SyntheticSpec(layout="ring")
+
+
+def test_loader_with_indices_yields_each_images_position_in_the_dataset():
+    dataset = small_dataset()
+    train = BatchLoader(dataset, 16, train=True, seed=7, with_indices=True)
+    train.set_epoch(3)
+    generator = epoch_generator(7, 3)
+    order = torch.randperm(len(dataset), generator=generator)  # the documented draw, as in reference_epoch
+    plain = BatchLoader(dataset, 16, train=True, seed=7)
+    plain.set_epoch(3)
+    for step, ((images, labels, indices), (plain_images, plain_labels)) in enumerate(zip(train, plain, strict=True)):
+        assert torch.equal(indices, order[16 * step : 16 * (step + 1)])
+        assert torch.equal(labels, dataset.labels[indices]) and torch.equal(labels, plain_labels)
+        assert torch.equal(images, plain_images)
+    evaluation = list(BatchLoader(dataset, 16, train=False, with_indices=True))
+    assert torch.equal(torch.cat([indices for _, _, indices in evaluation]), torch.arange(len(dataset)))

@@ -30,7 +30,8 @@ class BatchLoader:
 
     train=True: a shuffled order, random crop (zero padding 4) and horizontal flip, drop_last by
     default. train=False: the dataset order, no augmentation, the last partial batch kept.
-    max_steps > 0 stops an epoch after that many batches.
+    max_steps > 0 stops an epoch after that many batches. With `with_indices`, each batch also
+    carries the images' positions in the dataset, int64 (B,): (images, labels, indices).
     """
 
     def __init__(
@@ -44,6 +45,7 @@ class BatchLoader:
         drop_last: bool | None = None,
         max_steps: int = 0,
         channels_last: bool = False,
+        with_indices: bool = False,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -57,6 +59,7 @@ class BatchLoader:
         self.drop_last = train if drop_last is None else drop_last
         self.max_steps = max_steps
         self.channels_last = channels_last
+        self.with_indices = with_indices
         self.epoch = 0
         self.labels = dataset.labels.to(self.device)
         images = dataset.images.to(self.device)
@@ -75,7 +78,7 @@ class BatchLoader:
         batches = count // self.batch_size if self.drop_last else math.ceil(count / self.batch_size)
         return min(batches, self.max_steps) if self.max_steps else batches
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         if self.train:
             order, offsets, flips = self._draw_epoch()
         for step in range(len(self)):
@@ -87,8 +90,14 @@ class BatchLoader:
                 batch = flip_where(batch, flips[start:stop])
                 labels = self.labels[indices]
             else:
+                indices = None
                 batch, labels = self.images[start:stop], self.labels[start:stop]
-            yield self._normalize(batch), labels
+            if not self.with_indices:
+                yield self._normalize(batch), labels
+            elif indices is None:
+                yield self._normalize(batch), labels, torch.arange(start, stop, device=self.device)
+            else:
+                yield self._normalize(batch), labels, indices
 
     def _draw_epoch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The epoch's order, crop offsets and flips (one per position), drawn on the CPU, moved once."""

@@ -17,6 +17,18 @@ from famkd.models.features import FeatureModel, Features
 from famkd.settings import setting
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """What a distiller needs to know of its training data before it sees a batch.
+
+    image_size: the side of the (square) training images, which fixes every feature level's size;
+    num_samples: the number of training images (0 = unknown), the size of a per-sample memory bank.
+    """
+
+    image_size: int = 32
+    num_samples: int = 0
+
+
 class Distiller(nn.Module):
     """Holds a trainable student, a frozen teacher and the method's training-only heads.
 
@@ -26,10 +38,14 @@ class Distiller(nn.Module):
     the exported student.
 
     Subclasses name their options class in `Options` and are built as
-    `cls(student, teacher, options, image_size)`; use `famkd.distill.create_distiller`.
+    `cls(student, teacher, options, data)` (`data`: a TrainingData); use
+    `famkd.distill.create_distiller`. A method that needs each image's position in the training
+    set (a memory bank) sets `needs_sample_indices`: its forward then takes them as a fourth
+    argument, `forward(images, targets, epoch, indices)`.
     """
 
     needs_teacher: ClassVar[bool] = True
+    needs_sample_indices: ClassVar[bool] = False
     Options: ClassVar[type[DistillOptions]] = DistillOptions
 
     def __init__(self, student: FeatureModel, teacher: FeatureModel | None):

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from famkd.distill.base import FamFilterOptions, FeatureDistiller, FeatureOptions
+from famkd.distill.base import FamFilterOptions, FeatureDistiller, FeatureOptions, TrainingData
 from famkd.distill.levels import Level, feature_mse, paired_levels, review_chain
 from famkd.distill.registry import register_distiller
 from famkd.fam import FrequencyAttention
@@ -86,16 +86,16 @@ def mid_channel_counts(levels: list[Level], max_mid_channels: int) -> list[int]:
 class FamKD(FeatureDistiller):
     """loss = ce_weight * CE + loss_weight * min(epoch / warmup_epochs, 1) * sum_levels MSE(head(student), teacher).
 
-    Options: FamKDOptions. `image_size` (the side of the training images) fixes every level's size.
+    Options: FamKDOptions. `data.image_size` (the side of the training images) fixes every level's size.
     """
 
     Options = FamKDOptions
     loss_name = "fam_kd"
     teacher_preact = False
 
-    def __init__(self, student: FeatureModel, teacher: FeatureModel, options: FamKDOptions, image_size: int = 32):
+    def __init__(self, student: FeatureModel, teacher: FeatureModel, options: FamKDOptions, data: TrainingData):
         super().__init__(student, teacher, options)
-        levels = paired_levels(student.feature_info, teacher.feature_info, image_size)
+        levels = paired_levels(student.feature_info, teacher.feature_info, data.image_size)
         mids = mid_channel_counts(levels, options.max_mid_channels)
         fam_options = options.fam_options()
         # Deepest level first, as the fusion runs from deep to shallow.

@@ -7,7 +7,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from famkd.distill.base import FeatureDistiller
+from famkd.distill.base import FeatureDistiller, TrainingData
 from famkd.distill.fam_kd import FamOptions
 from famkd.distill.levels import Level, feature_mse, paired_levels
 from famkd.distill.registry import register_distiller
@@ -41,9 +41,9 @@ class FamKDLayerToLayer(FeatureDistiller):
     loss_name = "fam_kd"
     teacher_preact = False
 
-    def __init__(self, student: FeatureModel, teacher: FeatureModel, options: FamOptions, image_size: int = 32):
+    def __init__(self, student: FeatureModel, teacher: FeatureModel, options: FamOptions, data: TrainingData):
         super().__init__(student, teacher, options)
-        levels = paired_levels(student.feature_info, teacher.feature_info, image_size)
+        levels = paired_levels(student.feature_info, teacher.feature_info, data.image_size)
         self.heads.extend(FamLayerHead(level, options.fam_options()) for level in levels)
 
     def head_outputs(self, student_maps: list[Tensor]) -> list[Tensor]:

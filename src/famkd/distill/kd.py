@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from famkd.distill.base import Distiller
+from famkd.distill.base import Distiller, TrainingData
 from famkd.distill.options import DistillOptions
 from famkd.distill.registry import register_distiller
 from famkd.models import FeatureModel
@@ -40,7 +40,7 @@ class KD(Distiller):
 
     Options = KDOptions
 
-    def __init__(self, student: FeatureModel, teacher: FeatureModel, options: KDOptions, image_size: int = 32):
+    def __init__(self, student: FeatureModel, teacher: FeatureModel, options: KDOptions, data: TrainingData):
         super().__init__(student, teacher)
         self.options = options
 

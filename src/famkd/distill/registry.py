@@ -1,6 +1,6 @@
 """The distiller registry and `create_distiller`, the one way to build a distiller.
 
-    create_distiller(method, student=..., teacher=..., image_size=32, **options)
+    create_distiller(method, student=..., teacher=..., image_size=32, num_samples=0, **options)
 
 checks the method's options (names and values; see famkd.distill.options), checks that student and
 teacher predict the same classes, and builds the distiller. The trainer, `famkd bench` and
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from famkd.distill.base import Distiller
+from famkd.distill.base import Distiller, TrainingData
 from famkd.errors import ConfigError
 from famkd.models import FeatureModel
 from famkd.registry import Registry
@@ -53,12 +53,14 @@ def create_distiller(
     student: FeatureModel,
     teacher: FeatureModel | None = None,
     image_size: int = 32,
+    num_samples: int = 0,
     **options: Any,
 ) -> Distiller:
     """Build the distiller `method` around `student` and (frozen) `teacher`.
 
     `options` are the method's options (see `list_options`); `image_size` is the side of the
-    training images, which fixes every feature level's size. Bad options are ConfigErrors.
+    training images, which fixes every feature level's size, and `num_samples` the size of the
+    training set (methods with a per-sample memory bank need it). Bad options are ConfigErrors.
     """
     cls = distiller_class(method)
     resolved = cls.resolve_options(options, method)
@@ -66,8 +68,9 @@ def create_distiller(
         if teacher is None:
             raise ConfigError(f"method {method!r} distills from a teacher: pass teacher=<a trained model>")
         check_compatible(student, teacher)
-    build: Callable[..., Distiller] = cls  # subclasses take (student, teacher, options, image_size)
-    return build(student, teacher if cls.needs_teacher else None, resolved, image_size)
+    build: Callable[..., Distiller] = cls  # subclasses take (student, teacher, options, data)
+    data = TrainingData(image_size=image_size, num_samples=num_samples)
+    return build(student, teacher if cls.needs_teacher else None, resolved, data)
 
 
 def check_compatible(student: torch.nn.Module, teacher: torch.nn.Module) -> None:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from famkd.distill.base import FamFilterOptions, FeatureDistiller, FeatureOptions
+from famkd.distill.base import FamFilterOptions, FeatureDistiller, FeatureOptions, TrainingData
 from famkd.distill.levels import Level, paired_levels, review_chain
 from famkd.distill.registry import register_distiller
 from famkd.fam import FrequencyAttention
@@ -135,11 +135,11 @@ class ReviewDistiller(FeatureDistiller):
         student: FeatureModel,
         teacher: FeatureModel,
         options: ReviewKDOptions,
-        image_size: int,
+        data: TrainingData,
         output_head: Callable[[int, Level], nn.Module],
     ):
         super().__init__(student, teacher, options)
-        levels = paired_levels(student.feature_info, teacher.feature_info, image_size)
+        levels = paired_levels(student.feature_info, teacher.feature_info, data.image_size)
         mid = min(options.max_mid_channels, levels[-1].student_channels)
         deepest = len(levels) - 1
         self.heads.extend(
@@ -160,8 +160,8 @@ class ReviewKD(ReviewDistiller):
 
     Options = ReviewKDOptions
 
-    def __init__(self, student: FeatureModel, teacher: FeatureModel, options: ReviewKDOptions, image_size: int = 32):
-        super().__init__(student, teacher, options, image_size, conv_output_head)
+    def __init__(self, student: FeatureModel, teacher: FeatureModel, options: ReviewKDOptions, data: TrainingData):
+        super().__init__(student, teacher, options, data, conv_output_head)
 
 
 @register_distiller("fam_reviewkd")
@@ -170,6 +170,6 @@ class FamReviewKD(ReviewDistiller):
 
     Options = FamReviewKDOptions
 
-    def __init__(self, student: FeatureModel, teacher: FeatureModel, options: FamReviewKDOptions, image_size: int = 32):
+    def __init__(self, student: FeatureModel, teacher: FeatureModel, options: FamReviewKDOptions, data: TrainingData):
         head = functools.partial(fam_output_head, **options.fam_options())
-        super().__init__(student, teacher, options, image_size, head)
+        super().__init__(student, teacher, options, data, head)

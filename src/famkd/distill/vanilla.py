@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from famkd.distill.base import Distiller
+from famkd.distill.base import Distiller, TrainingData
 from famkd.distill.options import DistillOptions
 from famkd.distill.registry import register_distiller
 from famkd.models import FeatureModel
@@ -27,7 +27,11 @@ class Vanilla(Distiller):
     Options = VanillaOptions
 
     def __init__(
-        self, student: FeatureModel, teacher: None = None, options: VanillaOptions | None = None, image_size: int = 32
+        self,
+        student: FeatureModel,
+        teacher: None = None,
+        options: VanillaOptions | None = None,
+        data: TrainingData | None = None,
     ):
         super().__init__(student, None)
         self.options = options if options is not None else VanillaOptions()

@@ -34,7 +34,7 @@ def topk_correct(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    loader: Iterable[tuple[Tensor, Tensor]],
+    loader: Iterable[tuple[Tensor, ...]],
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     description: str | None = None,
 ) -> dict[str, float]:
@@ -49,7 +49,7 @@ def evaluate(
     totals = None
     seen = 0
     batches = tqdm(loader, desc=description, unit="batch", leave=False, disable=None if description else True)
-    for images, labels in batches:
+    for images, labels, *_ in batches:
         with autocast():
             logits = model(images)
         batch = torch.cat(

@@ -106,7 +106,7 @@ class EpochProgress:
         )
 
 
-def timed_batches(batches: Iterator[tuple[Tensor, Tensor]], progress: EpochProgress) -> Iterator[tuple[Tensor, Tensor]]:
+def timed_batches(batches: Iterator[tuple[Tensor, ...]], progress: EpochProgress) -> Iterator[tuple[Tensor, ...]]:
     """Yield from `batches`, adding the time spent waiting for each batch to progress.wait_s."""
     while True:
         start = time.perf_counter()

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-StepModel = Callable[[Tensor, Tensor, int], tuple[Tensor, dict[str, Tensor]]]
+StepModel = Callable[..., tuple[Tensor, dict[str, Tensor]]]
 
 
 def optimizer_step(
@@ -19,11 +19,16 @@ def optimizer_step(
     images: Tensor,
     labels: Tensor,
     epoch: int,
+    indices: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The distiller's forward under `autocast`, the loss terms summed in float32, backward (scaled
-    when `grad_scaler`, for fp16) and the optimiser step. Returns the logits and the loss terms."""
+    when `grad_scaler`, for fp16) and the optimiser step. Returns the logits and the loss terms.
+
+    `indices` (the images' positions in the training set) go to the forward of distillers that
+    need them (`needs_sample_indices`)."""
+    extra = () if indices is None else (indices,)
     with autocast():
-        logits, losses = step_model(images, labels, epoch)
+        logits, losses = step_model(images, labels, epoch, *extra)
     loss = torch.stack([term.float() for term in losses.values()]).sum()
     optimizer.zero_grad(set_to_none=True)
     if grad_scaler is not None:

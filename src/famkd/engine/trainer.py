@@ -22,6 +22,7 @@ from tqdm import tqdm
 from famkd.config import Config, config_to_dict, dump_config
 from famkd.data import BatchLoader, build_datasets
 from famkd.distill import create_distiller, needs_teacher
+from famkd.distill.registry import distiller_class
 from famkd.engine.checkpoint import capture_rng_state, library_versions, restore_rng_state, save_checkpoint
 from famkd.engine.device import autocast_factory, resolve_device, to_channels_last
 from famkd.engine.evaluate import evaluate
@@ -118,8 +119,14 @@ class Trainer:
         cfg = self.cfg
         self.train_set, self.test_set = build_datasets(cfg.data)
         common: dict[str, Any] = {"seed": cfg.run.seed, "device": self.device, "channels_last": cfg.train.channels_last}
+        with_indices = distiller_class(cfg.method).needs_sample_indices
         self.train_loader = BatchLoader(
-            self.train_set, cfg.train.batch_size, train=True, max_steps=cfg.train.max_steps_per_epoch, **common
+            self.train_set,
+            cfg.train.batch_size,
+            train=True,
+            max_steps=cfg.train.max_steps_per_epoch,
+            with_indices=with_indices,
+            **common,
         )
         self.test_loader = BatchLoader(self.test_set, cfg.train.eval_batch_size, train=False, **common)
         if len(self.train_loader) == 0:
@@ -135,9 +142,14 @@ class Trainer:
         self.teacher = None
         if self.needs_teacher:
             self.teacher, cfg.teacher.name = load_teacher_and_name(cfg.teacher, num_classes)
-        image_size = self.train_set.images.shape[-1]
+        image_size, num_samples = self.train_set.images.shape[-1], len(self.train_set)
         self.distiller = create_distiller(
-            cfg.method, student=student, teacher=self.teacher, image_size=image_size, **cfg.distill
+            cfg.method,
+            student=student,
+            teacher=self.teacher,
+            image_size=image_size,
+            num_samples=num_samples,
+            **cfg.distill,
         )
         self.distiller.to(self.device)
         if cfg.train.channels_last:
@@ -228,8 +240,8 @@ class Trainer:
         session_start = interval_start = time.perf_counter()
         interval_images = 0
         try:
-            for images, labels in timed_batches(batches, progress):
-                logits, losses = self._step(images, labels, progress.epoch)
+            for images, labels, *indices in timed_batches(batches, progress):
+                logits, losses = self._step(images, labels, progress.epoch, *indices)
                 self.global_step += 1
                 progress.add(logits, labels, losses, self.global_step)
                 interval_images += labels.shape[0]
@@ -249,10 +261,12 @@ class Trainer:
         finally:
             display.close()
 
-    def _step(self, images: Tensor, labels: Tensor, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
+    def _step(
+        self, images: Tensor, labels: Tensor, epoch: int, indices: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """One optimiser step; returns the detached logits and loss terms (no host sync)."""
         logits, losses = optimizer_step(
-            self.step_model, self.optimizer, self.grad_scaler, self.autocast, images, labels, epoch
+            self.step_model, self.optimizer, self.grad_scaler, self.autocast, images, labels, epoch, indices
         )
         return logits.detach(), losses
 
