@@ -21,6 +21,7 @@ from famkd.models import create_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "configs" / "cifar100"
+QUICK_DIR = REPO_ROOT / "configs" / "cifar100-quick"
 DISTILL_METHODS = ("fam_kd", "fam_kd_l2l", "reviewkd", "fam_reviewkd", "kd")
 LIGHTWEIGHT = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
 
@@ -92,9 +93,15 @@ def pair_id(pair: PaperPair) -> str:
 
 def test_configs_are_exactly_what_the_generator_writes():
     generated = make_configs.config_texts()
-    assert committed_configs() == sorted(generated), "run `python tools/make_configs.py` and commit"
+    committed = [f"cifar100/{name}" for name in committed_configs()]
+    committed += [
+        f"cifar100-quick/{name}"
+        for name in sorted(p.relative_to(QUICK_DIR).as_posix() for p in QUICK_DIR.rglob("*.yaml"))
+    ]
+    assert sorted(committed) == sorted(generated), "run `python tools/make_configs.py` and commit"
     for name, text in generated.items():
-        assert (CONFIG_DIR / name).read_text() == text, f"{name} is out of step: run `python tools/make_configs.py`"
+        path = REPO_ROOT / "configs" / name
+        assert path.read_text() == text, f"{name} is out of step: run `python tools/make_configs.py`"
 
 
 def test_config_set_covers_every_method_pair_and_vanilla_model():
@@ -212,18 +219,37 @@ def test_distiller_builds_from_config_and_computes_its_losses(name, attributes):
 def test_check_mode_lists_changed_missing_and_extra_files(tmp_path, capsys):
     assert make_configs.main(["--dir", str(tmp_path)]) == 0
     assert make_configs.main(["--check", "--dir", str(tmp_path)]) == 0
-    edited = tmp_path / "kd" / "vgg13_vgg8.yaml"
+    edited = tmp_path / "cifar100" / "kd" / "vgg13_vgg8.yaml"
     edited.write_text(edited.read_text().replace("temperature: 4.0", "temperature: 2.0"))
-    (tmp_path / "vanilla" / "vgg8.yaml").unlink()
-    (tmp_path / "kd" / "old_pair.yaml").write_text("method: kd\n")
+    (tmp_path / "cifar100" / "vanilla" / "vgg8.yaml").unlink()
+    (tmp_path / "cifar100-quick" / "kd" / "old_pair.yaml").write_text("method: kd\n")
+    (tmp_path / "imagenet").mkdir()
+    (tmp_path / "imagenet" / "hand_written.yaml").write_text("method: kd\n")  # not a generated folder
     capsys.readouterr()
     assert make_configs.main(["--check", "--dir", str(tmp_path)]) == 1
     report = capsys.readouterr().err
-    assert "kd/vgg13_vgg8.yaml (differs)" in report
-    assert "vanilla/vgg8.yaml (missing)" in report
-    assert "kd/old_pair.yaml (not generated" in report
-    assert "fam_kd/" not in report  # untouched files are not listed
+    assert "cifar100/kd/vgg13_vgg8.yaml (differs)" in report
+    assert "cifar100/vanilla/vgg8.yaml (missing)" in report
+    assert "cifar100-quick/kd/old_pair.yaml (not generated" in report
+    assert "fam_kd/" not in report and "imagenet" not in report  # untouched files are not listed
 
     assert make_configs.main(["--dir", str(tmp_path)]) == 0
-    assert not (tmp_path / "kd" / "old_pair.yaml").exists()
+    assert not (tmp_path / "cifar100-quick" / "kd" / "old_pair.yaml").exists()
+    assert (tmp_path / "imagenet" / "hand_written.yaml").exists()
     assert make_configs.main(["--check", "--dir", str(tmp_path)]) == 0
+
+
+QUICK_MILESTONES = [9, 11, 13]  # 150/180/210 of 240 epochs, scaled to 15 and rounded
+
+
+@pytest.mark.parametrize("name", committed_configs())
+def test_quick_configs_shorten_the_schedule_and_keep_the_recipe(name):
+    full, quick = load_config(CONFIG_DIR / name), load_config(QUICK_DIR / name)
+    assert (quick.train.epochs, quick.train.lr_milestones) == (15, QUICK_MILESTONES)
+    if "warmup_epochs" in full.distill:
+        assert (full.distill["warmup_epochs"], quick.distill["warmup_epochs"]) == (20, 1)  # 20 * 15 / 240 -> 1
+    unchanged = (config_to_dict(c) for c in (full, quick))
+    full_values, quick_values = unchanged
+    for values in (full_values, quick_values):
+        values["train"].pop("epochs"), values["train"].pop("lr_milestones"), values["distill"].pop("warmup_epochs", 0)
+    assert quick_values == full_values

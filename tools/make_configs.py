@@ -1,11 +1,14 @@
-"""Write configs/cifar100/ from the paper's pair table (famkd.recipes; docs/method.md gives the sources).
+"""Write configs/cifar100/ and configs/cifar100-quick/ from the paper's pair table (famkd.recipes;
+docs/method.md gives the sources).
 
-    python tools/make_configs.py           rewrite configs/cifar100 (and delete stale .yaml files there)
+    python tools/make_configs.py           rewrite both folders (and delete stale .yaml files there)
     python tools/make_configs.py --check   exit 1 listing the files that differ from what would be written
 
-Each file states only the values that differ from famkd.config's defaults, plus `method`,
-`student` and `teacher.name`, which are always written so a file reads on its own. The
-output is deterministic: the same table always gives byte-identical files.
+Each cifar100/ file states only the values that differ from famkd.config's defaults, plus `method`,
+`student` and `teacher.name`, which are always written so a file reads on its own, and the
+recipe's method options. Each cifar100-quick/ file names its cifar100/ file as `base:` and
+shortens the schedule alone (see QUICK_EPOCHS). The output is deterministic: the same table always
+gives byte-identical files.
 """
 
 from __future__ import annotations
@@ -21,8 +24,11 @@ from famkd.config import Config, config_to_dict
 from famkd.recipes import CIFAR_PAIRS, LIGHTWEIGHT_STUDENTS, CifarPair
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CIFAR_CONFIG_DIR = REPO_ROOT / "configs" / "cifar100"
-RUN_PREFIX = "configs/cifar100"
+CONFIG_DIR = REPO_ROOT / "configs"
+FULL = "cifar100"  # the paper's schedule
+QUICK = "cifar100-quick"  # the same recipes on a short schedule
+GENERATED_FOLDERS = (FULL, QUICK)
+QUICK_EPOCHS = 15
 
 # The CIFAR-100 schedule (docs/method.md) shared by every run; lr comes per student.
 CIFAR_SCHEDULE = {
@@ -146,7 +152,7 @@ def distill_config_text(method: str, pair: CifarPair) -> str:
     relative = f"{method}/{pair.name}.yaml"
     header = (
         f"# {METHOD_TITLES[method]}, {pair.teacher} -> {pair.student} on CIFAR-100 (docs/method.md). "
-        f"Run: famkd train {RUN_PREFIX}/{relative} teacher.checkpoint=PATH"
+        f"Run: famkd train configs/{FULL}/{relative} teacher.checkpoint=PATH"
     )
     values = minimal_config(method, pair.student, pair.teacher, distill_options(method, pair))
     notes = {option: note for (m, name, option), note in VALUE_NOTES.items() if (m, name) == (method, pair.name)}
@@ -157,32 +163,60 @@ def vanilla_config_text(model: str) -> str:
     role = "a teacher" if any(pair.teacher == model for pair in CIFAR_PAIRS) else "a student baseline"
     header = (
         f"# {model} trained from scratch on CIFAR-100 ({role}, the docs/method.md schedule). "
-        f"Run: famkd train {RUN_PREFIX}/vanilla/{model}.yaml"
+        f"Run: famkd train configs/{FULL}/vanilla/{model}.yaml"
     )
     values = minimal_config("vanilla", model, "", {})
     return "\n".join([header, *yaml_lines(values, {})]) + "\n"
 
 
+def quick_schedule(epochs: int = QUICK_EPOCHS) -> dict:
+    """The paper's schedule shrunk to `epochs`: milestones at the same fractions of the run (rounded), the
+    other settings unchanged."""
+    scale = epochs / CIFAR_SCHEDULE["epochs"]
+    return {"epochs": epochs, "lr_milestones": [round(m * scale) for m in CIFAR_SCHEDULE["lr_milestones"]]}
+
+
+def quick_warmup(epochs: int = QUICK_EPOCHS) -> int:
+    """The warm-up at the same fraction of the run as 20 of 240 epochs, at least one epoch."""
+    return max(1, round(FAM_WARMUP_EPOCHS * epochs / CIFAR_SCHEDULE["epochs"]))
+
+
+def quick_config_text(full_relative: str, options: dict) -> str:
+    """A cifar100-quick file: its cifar100 counterpart as base, the short schedule and warm-up on top."""
+    values: dict = {"base": f"../../{FULL}/{full_relative}", "train": quick_schedule()}
+    if "warmup_epochs" in options:
+        values["distill"] = {"warmup_epochs": quick_warmup()}
+    header = (
+        f"# Quick protocol (docs/method.md#quick-protocol): configs/{FULL}/{full_relative} on a {QUICK_EPOCHS}-epoch "
+        f"schedule. Run: famkd train configs/{QUICK}/{full_relative}"
+        + (" teacher.checkpoint=PATH" if not full_relative.startswith("vanilla/") else "")
+    )
+    return "\n".join([header, *yaml_lines(values, {})]) + "\n"
+
+
 def config_texts() -> dict[str, str]:
-    """Relative path under configs/cifar100 (e.g. "fam_kd/resnet56_resnet20.yaml") -> file text."""
-    texts = {
-        f"{method}/{pair.name}.yaml": distill_config_text(method, pair)
+    """Relative path under configs/ (e.g. "cifar100/fam_kd/resnet56_resnet20.yaml") -> file text."""
+    full = {
+        f"{method}/{pair.name}.yaml": (distill_config_text(method, pair), distill_options(method, pair))
         for method in DISTILL_METHODS
         for pair in CIFAR_PAIRS
     }
-    texts.update({f"vanilla/{model}.yaml": vanilla_config_text(model) for model in vanilla_models()})
+    full.update({f"vanilla/{model}.yaml": (vanilla_config_text(model), {}) for model in vanilla_models()})
+    texts = {f"{FULL}/{name}": text for name, (text, _) in full.items()}
+    texts.update({f"{QUICK}/{name}": quick_config_text(name, options) for name, (_, options) in full.items()})
     return dict(sorted(texts.items()))
 
 
 def existing_configs(directory: Path) -> list[str]:
-    """Relative paths of the .yaml files under `directory`, sorted."""
-    return sorted(path.relative_to(directory).as_posix() for path in directory.rglob("*.yaml"))
+    """Relative paths of the .yaml files in the generated folders under `directory`, sorted."""
+    found = [path for folder in GENERATED_FOLDERS for path in (directory / folder).rglob("*.yaml")]
+    return sorted(path.relative_to(directory).as_posix() for path in found)
 
 
 def stale_configs(directory: Path) -> list[str]:
     """Files under `directory` that differ from, are missing from, or are absent from the generated set."""
     expected = config_texts()
-    present = existing_configs(directory) if directory.is_dir() else []
+    present = existing_configs(directory)
     problems = [f"{name} (not generated: delete it)" for name in present if name not in expected]
     for name, text in expected.items():
         path = directory / name
@@ -199,7 +233,7 @@ def write_configs(directory: Path) -> tuple[list[str], list[str]]:
     Returns (written relative paths, deleted relative paths).
     """
     expected = config_texts()
-    deleted = [name for name in (existing_configs(directory) if directory.is_dir() else []) if name not in expected]
+    deleted = [name for name in existing_configs(directory) if name not in expected]
     for name in deleted:
         (directory / name).unlink()
     for name, text in expected.items():
@@ -210,15 +244,15 @@ def write_configs(directory: Path) -> tuple[list[str], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Generate configs/cifar100 from famkd.recipes (docs/method.md).")
+    parser = argparse.ArgumentParser(
+        description="Generate configs/cifar100 and configs/cifar100-quick from famkd.recipes (docs/method.md)."
+    )
     parser.add_argument(
         "--check",
         action="store_true",
         help="write nothing; exit 1 listing the files that differ from the generated ones",
     )
-    parser.add_argument(
-        "--dir", type=Path, default=CIFAR_CONFIG_DIR, help=f"config directory (default: {CIFAR_CONFIG_DIR})"
-    )
+    parser.add_argument("--dir", type=Path, default=CONFIG_DIR, help=f"the configs folder (default: {CONFIG_DIR})")
     args = parser.parse_args(argv)
     if args.check:
         problems = stale_configs(args.dir)
