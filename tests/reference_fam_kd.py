@@ -4,7 +4,9 @@ Written from docs/method.md with the literal formulas, independent of famkd's mo
 full-spectrum FFT2, a complex einsum, an fftshift-ed box mask, IFFT2 and the real part; the
 3x3 cross-attention as a loop over the nine window offsets; BatchNorm in training mode through
 F.batch_norm (the running statistics in `state` are updated in place, as a module would); and
-nearest resizing by explicit index arithmetic.
+nearest resizing by explicit index arithmetic. Heterogeneous pairs (a student map smaller than the
+teacher's, e.g. ShuffleV1's 16/8/4 against wrn_40_2's 32/16/8) take the level's map, once fused, to
+its FAM's side by that nearest resize, and pass the resized map on as the next residual.
 
 `state` holds the published keys without the `atfs.` prefix split off, e.g.
 `atfs.1.conv2.0.weights1` (complex, C_in x C_out x S x S), `atfs.1.att_conv.rel_h` (C/2,1,1,3,1).

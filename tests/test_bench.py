@@ -1,13 +1,21 @@
-"""`famkd bench` in-process on tiny settings: the JSON schema, the ratios and the error messages."""
+"""`famkd bench` in-process on tiny settings: the JSON schema, the ratios and the error messages; what
+it times (a fake step on a fake clock); methods that need sample indices."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
+import torch
+import torch.nn.functional as F
 
+from famkd.bench import TRAIN_SET_SIZE, add_arguments, benchmark
 from famkd.cli import main
+from famkd.distill import Distiller, register_distiller
+from famkd.distill.registry import DISTILLERS
 
 REQUIRED_KEYS = {"method", "ms_per_step", "images_per_s", "peak_mem_mb", "ratio_to_kd"}
 TINY = [
@@ -82,3 +90,95 @@ def test_without_kd_the_ratio_is_null(tmp_path):
 def test_bad_arguments_are_clear_errors(argument, message, capsys):
     assert main(TINY + argument) == 1  # a repeated option: argparse keeps the last
     assert message in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- what is timed
+
+WARMUP_STEPS = 2
+WARMUP_STEP_S = 100.0  # every warm-up step: timing one would show in the median, the mean and the maximum
+# The timed steps, in order. Medians 3 and 30 ms; means 4 and 38 ms.
+TIMED_STEP_S = {"vanilla": [0.003, 0.001, 0.010, 0.002, 0.004], "kd": [0.020, 0.090, 0.030, 0.010, 0.040]}
+
+
+class FakeClock:
+    """Seconds that pass only when a fake step advances them."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def bench_args(*arguments: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args([*TINY[1:], *arguments])
+
+
+def test_ms_per_step_is_the_median_of_the_timed_steps_after_the_warmup():
+    clock = FakeClock()
+    steps_taken = dict.fromkeys(TIMED_STEP_S, 0)
+
+    def fake_step(bench_run, images, labels, indices, autocast):
+        taken = steps_taken[bench_run.method]
+        steps_taken[bench_run.method] += 1
+        clock.now += WARMUP_STEP_S if taken < WARMUP_STEPS else TIMED_STEP_S[bench_run.method][taken - WARMUP_STEPS]
+
+    args = bench_args("--steps", "5", "--warmup", str(WARMUP_STEPS), "--no-memory")
+    results = benchmark(args, list(TIMED_STEP_S), torch.device("cpu"), step=fake_step, clock=clock)
+
+    assert steps_taken == {"vanilla": 7, "kd": 7}
+    vanilla, kd = results
+    assert (vanilla["method"], kd["method"]) == ("vanilla", "kd")
+    assert vanilla["ms_per_step"] == pytest.approx(3.0, rel=1e-9)
+    assert kd["ms_per_step"] == pytest.approx(30.0, rel=1e-9)
+    assert (vanilla["ms_per_step_min"], vanilla["ms_per_step_max"]) == pytest.approx((1.0, 10.0), rel=1e-9)
+    assert (kd["ms_per_step_min"], kd["ms_per_step_max"]) == pytest.approx((10.0, 90.0), rel=1e-9)
+    assert vanilla["images_per_s"] == pytest.approx(4 / 0.003, rel=1e-9)
+    assert vanilla["ratio_to_kd"] == pytest.approx(0.1, rel=1e-9)
+
+
+# ---------------------------------------------------------------- methods that need sample indices
+
+INDEX_METHOD = "test_index_recorder"
+
+
+@pytest.fixture
+def index_recorder(monkeypatch):
+    """Registers INDEX_METHOD for this test only: a method that needs sample indices and records, in the
+    namespace returned, the training-set size it was built for and the indices each forward received."""
+    record = SimpleNamespace(num_samples=[], indices=[])
+
+    class IndexRecorder(Distiller):
+        needs_sample_indices = True
+
+        def __init__(self, student, teacher, options, data):
+            super().__init__(student, teacher)
+            record.num_samples.append(data.num_samples)
+
+        def forward(self, images, targets, epoch, indices):
+            record.indices.append(indices.clone())
+            logits = self.student(images)
+            return logits, {"ce": F.cross_entropy(logits, targets)}
+
+    monkeypatch.setattr(DISTILLERS, "_builders", dict(DISTILLERS._builders))  # restored after the test
+    register_distiller(INDEX_METHOD)(IndexRecorder)
+    return record
+
+
+def test_a_method_that_needs_sample_indices_gets_fixed_ones(index_recorder, tmp_path):
+    out = tmp_path / "bench.json"
+    # kd takes no indices: its forward would fail if it were given some.
+    assert main(TINY + ["--methods", f"kd,{INDEX_METHOD}", "--no-memory", "--json", str(out)]) == 0
+    assert [r["method"] for r in json.loads(out.read_text())] == ["kd", INDEX_METHOD]
+    assert index_recorder.num_samples == [TRAIN_SET_SIZE] == [50000]
+    first, *others = index_recorder.indices
+    assert len(others) == 2  # one warm-up step and two timed ones
+    assert first.shape == (4,) and first.dtype == torch.int64
+    assert first.min() >= 0 and first.max() < TRAIN_SET_SIZE and len(set(first.tolist())) == 4  # distinct
+    assert all(torch.equal(first, indices) for indices in others)
+
+
+def test_the_test_only_method_is_registered_for_its_test_alone():
+    assert INDEX_METHOD not in DISTILLERS

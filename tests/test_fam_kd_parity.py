@@ -1,7 +1,8 @@
 """fam_kd equals the published FAM-KD model.
 
 (a) losses and gradient norms precomputed by the published code (tests/fixtures/README_fam_kd.md);
-(b) a direct functional oracle (reference_fam_kd.py) on a random published-layout state dict;
+(b) a direct functional oracle (reference_fam_kd.py) on a random published-layout state dict, for
+    equal map sizes inside the warm-up and for a heterogeneous pair (resized maps) after it;
 (c) `load_official_state` round trips, skips and errors.
 All float64, train mode (batch statistics in every BatchNorm but the frozen teacher's).
 """
@@ -173,15 +174,26 @@ def deepest_first_levels(features, count: int, preact: bool) -> list[torch.Tenso
     return [features.pooled[:, :, None, None]] + list(stages[::-1][: count - 1])
 
 
-@pytest.mark.parametrize("max_mid_channels, preact", [(0, False), (32, True)])
-def test_distiller_equals_the_direct_oracle(max_mid_channels, preact):
+# (teacher, student, max_mid_channels, student_preact, epoch). wrn_40_2 -> ShuffleV1 is heterogeneous: the
+# student maps (16/8/4) are nearest-resized to the teacher's sides (32/16/8) before each FAM, and its epoch
+# 25 is past the warm-up (20 epochs), where the weight is loss_weight x 1. Its heads are capped at 32
+# channels: uncapped, its float64 run takes about 8 s and 3 GB.
+ORACLE_CASES = [
+    ("resnet8", "resnet8", 0, False, 7),
+    ("resnet8", "resnet8", 32, True, 7),
+    ("wrn_40_2", "ShuffleV1", 32, False, 25),
+]
+
+
+@pytest.mark.parametrize("teacher_name, student_name, max_mid_channels, preact, epoch", ORACLE_CASES)
+def test_distiller_equals_the_direct_oracle(teacher_name, student_name, max_mid_channels, preact, epoch):
     torch.manual_seed(1)
-    epoch, alpha, warmup = 7, 1.5, 20
+    alpha, warmup = 1.5, 20
     distiller = (
         create_distiller(
             "fam_kd",
-            student=create_model("resnet8"),
-            teacher=create_model("resnet8"),
+            student=create_model(student_name),
+            teacher=create_model(teacher_name),
             loss_weight=alpha,
             warmup_epochs=warmup,
             student_preact=preact,

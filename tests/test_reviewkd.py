@@ -1,6 +1,7 @@
 """ReviewKD's loss and gradients against a direct float64 transcription of the published method:
 attention-based fusion with a concatenated 1x1 convolution and an interpolated residual, and
-the hierarchical context loss written out level by level."""
+the hierarchical context loss written out level by level. The loss terms of forward() (weights and
+warm-up included) are checked in test_fam_l2l_reviewkd.py."""
 
 from __future__ import annotations
 

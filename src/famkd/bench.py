@@ -6,7 +6,9 @@ momentum and weight decay over the student and the heads) and its step: autocast
 summed loss terms, zero_grad, backward, optimiser step. Steps run round-robin across the
 methods, each round starting one method later, so that every method sees the same machine
 load; the first `--warmup` rounds are not timed. A step is timed from its start until the
-device has finished it.
+device has finished it. Methods that need each image's position in the training set
+(`needs_sample_indices`, e.g. a memory bank) are built for CIFAR-100's 50000 training images and
+get one fixed random position per image of the batch.
 
 Peak memory, per method:
 - cuda: the peak of torch.cuda.max_memory_allocated over the method's timed steps, less the
@@ -21,6 +23,7 @@ images_per_s, peak_mem_mb, ratio_to_kd (null when kd was not timed), plus the se
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import resource
@@ -48,6 +51,7 @@ from famkd.registry import closest
 
 IMAGE_SIZE = 32
 BENCH_EPOCH = 1  # the epoch passed to the distillers; it only scales a loss weight
+TRAIN_SET_SIZE = 50000  # CIFAR-100's training images: the memory bank of methods that need sample indices
 MEMORY_CHILD_STEPS = 2  # the second step is the first with momentum buffers and gradients alive
 MEMORY_NOTE = {
     "cuda": "cuda max allocated during the timed steps, other methods' tensors excluded",
@@ -93,6 +97,11 @@ class MethodRun:
     grad_scaler: torch.amp.GradScaler | None
     times_s: list[float] = field(default_factory=list)
     peak_bytes: int = 0
+
+
+Autocast = Callable[[], contextlib.AbstractContextManager]
+# One method's training step: (its run, images, labels, the images' training-set positions, autocast).
+TrainingStep = Callable[[MethodRun, Tensor, Tensor, Tensor, Autocast], None]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -144,14 +153,28 @@ def check_settings(args: argparse.Namespace) -> None:
             raise FamkdError(f"{setting} must be >= {minimum}, got {value}")
 
 
-def benchmark(args: argparse.Namespace, methods: list[str], device: torch.device) -> list[dict]:
-    """Time every method round-robin and return one result dict per method (peak_mem_mb None on cpu)."""
+def benchmark(
+    args: argparse.Namespace,
+    methods: list[str],
+    device: torch.device,
+    *,
+    step: TrainingStep | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> list[dict]:
+    """Time every method round-robin and return one result dict per method (peak_mem_mb None on cpu).
+
+    `step` takes one method's step (default: training_step), and `clock` (seconds) times it.
+    """
+    step = step or training_step
     torch.manual_seed(args.seed)
     images, labels = random_batch(args.batch_size, args.num_classes, device, args.channels_last)
     teacher = create_model(args.teacher, num_classes=args.num_classes).to(device)
     if args.channels_last:
         to_channels_last(teacher)
     runs = [build_method(args, method, teacher, device) for method in methods]
+    # The batch's positions in the training set (distinct, as in a real epoch), for the methods that take them;
+    # drawn after the models are built, so that their weights depend on the seed alone.
+    indices = torch.randperm(TRAIN_SET_SIZE)[: args.batch_size].to(device)
     autocast = autocast_factory(args.amp, device)
     for round_index in range(args.warmup + args.steps):
         shift = round_index % len(runs)
@@ -161,11 +184,11 @@ def benchmark(args: argparse.Namespace, methods: list[str], device: torch.device
             if measure_memory:
                 resident_before = torch.cuda.memory_allocated(device)
                 torch.cuda.reset_peak_memory_stats(device)
-            start = time.perf_counter()
-            training_step(bench_run, images, labels, autocast)
+            start = clock()
+            step(bench_run, images, labels, indices, autocast)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            elapsed = time.perf_counter() - start
+            elapsed = clock() - start
             if timed:
                 bench_run.times_s.append(elapsed)
             if measure_memory:
@@ -189,7 +212,10 @@ def memory_format(channels_last: bool) -> torch.memory_format:
 def build_method(args: argparse.Namespace, method: str, teacher, device: torch.device) -> MethodRun:
     """The method's distiller around a fresh student, with the trainer's optimiser."""
     student = create_model(args.student, num_classes=args.num_classes)
-    distiller = create_distiller(method, student=student, teacher=teacher, image_size=IMAGE_SIZE)
+    labels = torch.arange(TRAIN_SET_SIZE) % args.num_classes  # a balanced training set, for memory banks
+    distiller = create_distiller(
+        method, student=student, teacher=teacher, image_size=IMAGE_SIZE, num_samples=TRAIN_SET_SIZE, labels=labels
+    )
     distiller.to(device)
     if args.channels_last:
         to_channels_last(distiller)
@@ -200,10 +226,18 @@ def build_method(args: argparse.Namespace, method: str, teacher, device: torch.d
     return MethodRun(method, distiller, step_model, optimizer, grad_scaler)
 
 
-def training_step(bench_run: MethodRun, images: Tensor, labels: Tensor, autocast) -> None:
-    """One optimiser step, as the trainer takes it."""
+def training_step(bench_run: MethodRun, images: Tensor, labels: Tensor, indices: Tensor, autocast: Autocast) -> None:
+    """One optimiser step, as the trainer takes it; `indices` (the images' training-set positions) go to
+    the methods that need them."""
     optimizer_step(
-        bench_run.step_model, bench_run.optimizer, bench_run.grad_scaler, autocast, images, labels, BENCH_EPOCH
+        bench_run.step_model,
+        bench_run.optimizer,
+        bench_run.grad_scaler,
+        autocast,
+        images,
+        labels,
+        BENCH_EPOCH,
+        indices if bench_run.distiller.needs_sample_indices else None,
     )
 
 
