@@ -22,11 +22,14 @@ class TrainingData:
     """What a distiller needs to know of its training data before it sees a batch.
 
     image_size: the side of the (square) training images, which fixes every feature level's size;
-    num_samples: the number of training images (0 = unknown), the size of a per-sample memory bank.
+    num_samples: the number of training images (0 = unknown), the size of a per-sample memory bank;
+    labels: the training images' labels, int64 (num_samples,), or None where unknown (a contrastive
+    method draws each image's negatives from the other classes with them).
     """
 
     image_size: int = 32
     num_samples: int = 0
+    labels: Tensor | None = None
 
 
 class Distiller(nn.Module):

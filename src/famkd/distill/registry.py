@@ -1,6 +1,6 @@
 """The distiller registry and `create_distiller`, the one way to build a distiller.
 
-    create_distiller(method, student=..., teacher=..., image_size=32, num_samples=0, **options)
+    create_distiller(method, student=..., teacher=..., image_size=32, num_samples=0, labels=None, **options)
 
 checks the method's options (names and values; see famkd.distill.options), checks that student and
 teacher predict the same classes, and builds the distiller. The trainer, `famkd bench` and
@@ -54,13 +54,15 @@ def create_distiller(
     teacher: FeatureModel | None = None,
     image_size: int = 32,
     num_samples: int = 0,
+    labels: torch.Tensor | None = None,
     **options: Any,
 ) -> Distiller:
     """Build the distiller `method` around `student` and (frozen) `teacher`.
 
     `options` are the method's options (see `list_options`); `image_size` is the side of the
-    training images, which fixes every feature level's size, and `num_samples` the size of the
-    training set (methods with a per-sample memory bank need it). Bad options are ConfigErrors.
+    training images, which fixes every feature level's size, `num_samples` the size of the training
+    set and `labels` its labels (methods with a per-sample memory bank need them). Bad options are
+    ConfigErrors.
     """
     cls = distiller_class(method)
     resolved = cls.resolve_options(options, method)
@@ -69,7 +71,7 @@ def create_distiller(
             raise ConfigError(f"method {method!r} distills from a teacher: pass teacher=<a trained model>")
         check_compatible(student, teacher)
     build: Callable[..., Distiller] = cls  # subclasses take (student, teacher, options, data)
-    data = TrainingData(image_size=image_size, num_samples=num_samples)
+    data = TrainingData(image_size=image_size, num_samples=num_samples, labels=labels)
     return build(student, teacher if cls.needs_teacher else None, resolved, data)
 
 

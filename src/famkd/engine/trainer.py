@@ -142,15 +142,13 @@ class Trainer:
         self.teacher = None
         if self.needs_teacher:
             self.teacher, cfg.teacher.name = load_teacher_and_name(cfg.teacher, num_classes)
-        image_size, num_samples = self.train_set.images.shape[-1], len(self.train_set)
-        self.distiller = create_distiller(
-            cfg.method,
-            student=student,
-            teacher=self.teacher,
-            image_size=image_size,
-            num_samples=num_samples,
-            **cfg.distill,
-        )
+        train_set = self.train_set
+        data: dict[str, Any] = {
+            "image_size": train_set.images.shape[-1],
+            "num_samples": len(train_set),
+            "labels": train_set.labels,
+        }
+        self.distiller = create_distiller(cfg.method, student=student, teacher=self.teacher, **data, **cfg.distill)
         self.distiller.to(self.device)
         if cfg.train.channels_last:
             to_channels_last(self.distiller)
