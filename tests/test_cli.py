@@ -267,8 +267,16 @@ def test_help_lists_every_subcommand_and_each_has_help(capsys):
         "bench",
         "inspect",
         "results",
+        "sweep",
     ]
-    for command, option in (("train", "--resume"), ("eval", "--model"), ("inspect", "--out"), ("results", "--json")):
+    commands = (
+        ("train", "--resume"),
+        ("eval", "--model"),
+        ("inspect", "--out"),
+        ("results", "--json"),
+        ("sweep", "--seeds"),
+    )
+    for command, option in commands:
         with pytest.raises(SystemExit) as done:
             main([command, "--help"])
         assert done.value.code == 0 and option in capsys.readouterr().out

@@ -7,6 +7,7 @@
     famkd bench ...                                       (famkd.bench)
     famkd inspect RUN_DIR [--out DIR]                     (famkd.report.fam_inspect)
     famkd results RUN_DIR [RUN_DIR ...]                   (famkd.report.results)
+    famkd sweep CONFIG --seeds 0,1,2 [key=value ...]      (famkd.sweep)
 
 Subcommands living in other modules provide `add_arguments(parser)` and `run(args) -> int`;
 they are imported only when chosen, so `famkd --help` stays fast. Every command first has malloc
@@ -35,6 +36,7 @@ MODULE_COMMANDS = {
     "bench": ("famkd.bench", "time the training step of several distillation methods side by side"),
     "inspect": ("famkd.report.fam_inspect", "show what FAM learned in a run: gamma per level, filter spectra, masks"),
     "results": ("famkd.report.results", "best and last accuracy over seeds (mean and std) from run folders"),
+    "sweep": ("famkd.sweep", "train one config over several seeds (restartable), then show the results table"),
 }
 
 

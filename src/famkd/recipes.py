@@ -43,3 +43,50 @@ CIFAR_PAIRS = (
     CifarPair("resnet32x4", "ShuffleV2", alpha=20, student_preact=False, dkd_beta=8),
     CifarPair("wrn_40_2", "ShuffleV1", alpha=20, student_preact=False, dkd_beta=8),
 )
+
+
+# ---- published CIFAR-100 test top-1 (%) ----------------------------------------------------------
+# As listed in docs/method.md, "Reference numbers" (tests/test_results.py checks every number against
+# that section). Papers report the best epoch's accuracy, averaged over runs. `famkd results --reference`
+# shows them beside measured runs.
+
+
+@dataclass(frozen=True)
+class PublishedTop1:
+    """A published distillation result: `method` on `teacher` -> `student`."""
+
+    method: str
+    teacher: str
+    student: str
+    top1: float
+    variant: str = ""  # the distill option that differs from the method's defaults, e.g. "hpf=gaussian"
+
+
+PUBLISHED_DISTILLATION_TOP1 = (
+    PublishedTop1("reviewkd", "resnet110", "resnet32", 73.89),
+    PublishedTop1("reviewkd", "resnet32x4", "resnet8x4", 75.63),
+    PublishedTop1("fam_reviewkd", "resnet110", "resnet32", 74.28),
+    PublishedTop1("fam_reviewkd", "resnet32x4", "resnet8x4", 76.19),
+    PublishedTop1("fam_kd", "resnet110", "resnet32", 74.45),
+    PublishedTop1("fam_kd", "resnet32x4", "resnet8x4", 76.84),
+    PublishedTop1("fam_kd", "resnet110", "resnet32", 74.49, variant="hpf=gaussian"),
+    PublishedTop1("fam_kd", "resnet32x4", "resnet8x4", 76.75, variant="hpf=gaussian"),
+    PublishedTop1("fam_kd", "resnet110", "resnet32", 74.50, variant="hpf=butterworth"),
+    PublishedTop1("fam_kd", "resnet32x4", "resnet8x4", 76.71, variant="hpf=butterworth"),
+)
+
+# Models trained alone (method vanilla): the community teacher checkpoints, then the published students.
+PUBLISHED_VANILLA_TOP1 = {
+    "resnet56": 72.34,
+    "resnet110": 74.31,
+    "resnet32x4": 79.42,
+    "wrn_40_2": 75.61,
+    "vgg13": 74.64,
+    "ResNet50": 79.34,
+    "resnet20": 69.06,
+    "resnet32": 71.14,
+    "resnet8x4": 72.50,
+    "wrn_16_2": 73.26,
+    "wrn_40_1": 71.98,
+    "vgg8": 70.36,
+}

@@ -1,83 +1,402 @@
-"""Results over seeds: best and last top-1 per (method, teacher, student), mean and std.
+"""`famkd results`: completed runs grouped over seeds into a methods x (teacher -> student) table.
 
-    famkd results RUN_DIR [RUN_DIR ...]
+    famkd results RUN_DIR [RUN_DIR ...] [--format markdown|csv] [--reference] [--json FILE]
 
-Each RUN_DIR (or any folder below it) holding a summary.json counts as one run; runs of the
-same method, teacher and student are grouped (typically one per run.seed), and each group is
-reported as best and last accuracy, mean +- sample std over its runs.
+Every run under the given folders whose summary.json says status "completed" counts. Runs are averaged
+together only when they share method, teacher, student and settings (`run_settings`): the epochs, the
+training data (summary.json's description without the folder it was read from), the teacher's weights
+(`teacher_identity`) and every setting of the run's config.yaml except those that say where and how it ran
+rather than what it trained (IGNORED_SETTINGS: file locations, device, compilation, memory layout,
+logging). A group gives one cell: best and last top-1, mean ± sample std over its runs, and n; a single run
+has no std (shown as "-", null in JSON, empty in CSV).
+
+Rows are methods, columns teacher -> student pairs. A run of method vanilla (a model trained alone) fills two
+rows: "teacher" under every column whose teacher is that model, "vanilla" under every column whose student
+is; a model trained alone that is in no pair gets a column of its own. When groups that differ in settings
+fall in the same cell, their row splits into one row per group, labelled with the settings that tell them
+apart (e.g. "kd [train.epochs=2]"): never a silent merge. `--reference` adds the published numbers of
+famkd.recipes as "(published)" rows. A summary.json that cannot be read is skipped with a warning.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
+import re
 import statistics
+import sys
 from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-from famkd.engine.run_dir import SUMMARY_FILE
+import yaml
+
+from famkd.engine.run_dir import CONFIG_FILE, SUMMARY_FILE
 from famkd.errors import FamkdError
+from famkd.files import write_text_atomic
+from famkd.recipes import PUBLISHED_DISTILLATION_TOP1, PUBLISHED_VANILLA_TOP1
+
+VANILLA = "vanilla"
+TEACHER_ROW = "teacher"
+REQUIRED_KEYS = ("status", "method", "student", "best_acc", "last_acc", "epochs")
+# Config keys left out of the comparison: the row and column, and where or how a run executed. The teacher
+# and the data are compared by identity instead (`teacher_identity`, `data_identity`).
+IGNORED_SETTINGS = {
+    "method",
+    "student",
+    "device",
+    "train.eval_batch_size",
+    "train.log_interval",
+    "train.compile",
+    "train.channels_last",
+}
+IGNORED_SECTIONS = ("teacher.", "data.", "run.")
+CAPTION = "best / last test top-1 (%): mean ± sample std over n runs (- : a single run has no std)"
 
 
-def find_summaries(paths: list[str | Path]) -> list[dict]:
-    """Every completed run's summary.json under `paths`, sorted by path."""
-    found = sorted({f for path in paths for f in Path(path).rglob(SUMMARY_FILE)})
-    summaries = [json.loads(f.read_text()) for f in found]
-    return [s for s in summaries if s.get("status", "completed") == "completed"]
+@dataclass(frozen=True)
+class Run:
+    """One completed run: what it trained, its accuracies and the settings that must match to average it."""
+
+    folder: Path
+    method: str
+    teacher: str | None
+    student: str
+    seed: int | None
+    best_acc: float
+    last_acc: float
+    settings: dict[str, str]
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+@dataclass
+class Group:
+    """Runs averaged together: same method, teacher, student and settings."""
+
+    method: str
+    teacher: str | None
+    student: str
+    settings: dict[str, str]
+    runs: list[Run] = field(default_factory=list)
 
 
-def group_results(summaries: list[dict]) -> list[dict]:
-    """One row per (method, teacher, student): runs, best and last accuracy mean and std."""
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for summary in summaries:
-        groups[(summary["method"], summary.get("teacher") or "-", summary["student"])].append(summary)
+@dataclass(frozen=True)
+class Cell:
+    """One table cell: statistics over a group's runs, or a published number (n None, best_mean only)."""
+
+    n: int | None
+    best_mean: float
+    best_std: float | None
+    last_mean: float | None
+    last_std: float | None
+    seeds: list[int | None] = field(default_factory=list)
+    runs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Row:
+    """A table row: a method (or "teacher" / "vanilla"), the settings in its label, its cells by column."""
+
+    label: str
+    method: str
+    published: bool
+    settings: dict[str, str]
+    cells: dict[str, Cell] = field(default_factory=dict)
+
+
+@dataclass
+class Table:
+    """Column names ("teacher -> student", or a model trained alone) and the rows in display order."""
+
+    columns: list[str]
+    rows: list[Row]
+
+
+@dataclass(frozen=True)
+class Column:
+    """A teacher -> student pair, or (teacher None) a model trained alone that is in no pair."""
+
+    teacher: str | None
+    student: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.teacher} -> {self.student}" if self.teacher else self.student
+
+
+# ---- reading runs ------------------------------------------------------------------------------
+
+
+def collect_runs(paths: Iterable[str | Path]) -> tuple[list[Run], list[str]]:
+    """The completed runs under `paths` (searched recursively), and one message per summary.json skipped."""
+    folders = [Path(path) for path in paths]
+    for folder in folders:
+        if not folder.is_dir():
+            raise FamkdError(f"{folder} is not a folder; give run folders or folders that hold them")
+    runs, skipped = [], []
+    for summary_file in sorted({found.resolve() for folder in folders for found in folder.rglob(SUMMARY_FILE)}):
+        try:
+            run = read_run(summary_file)
+        except ValueError as problem:
+            skipped.append(f"skipped {summary_file}: {problem}")
+            continue
+        if run is not None:
+            runs.append(run)
+    return runs, skipped
+
+
+def read_run(summary_file: Path) -> Run | None:
+    """The run of `summary_file` (None when it has not completed); ValueError saying what is wrong with it."""
+    summary = read_mapping(summary_file, json.loads, "JSON")
+    missing = [key for key in REQUIRED_KEYS if key not in summary]
+    if missing:
+        raise ValueError(f"it lacks {', '.join(missing)} (not a famkd summary?)")
+    if summary["status"] != "completed":
+        return None
+    for key in ("best_acc", "last_acc"):
+        if not isinstance(summary[key], (int, float)):
+            raise ValueError(f"{key} is {summary[key]!r}, not a number")
+    config_file = summary_file.parent / CONFIG_FILE
+    config = read_mapping(config_file, yaml.safe_load, "YAML") if config_file.is_file() else {}
+    return Run(
+        folder=summary_file.parent,
+        method=summary["method"],
+        teacher=summary.get("teacher"),
+        student=summary["student"],
+        seed=summary.get("seed"),
+        best_acc=float(summary["best_acc"]),
+        last_acc=float(summary["last_acc"]),
+        settings=run_settings(summary, config),
+    )
+
+
+def read_mapping(path: Path, parse: Callable[[str], Any], kind: str) -> dict:
+    """The mapping `parse` reads from `path`; ValueError naming the file when it is not one."""
+    try:
+        values = parse(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        raise ValueError(f"{path.name} is not valid {kind} ({error})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path.name} holds a {type(values).__name__}, not a {kind} mapping")
+    return values
+
+
+def run_settings(summary: dict, config: dict) -> dict[str, str]:
+    """What must match for runs to be averaged: config settings (IGNORED_* left out), epochs, data, teacher."""
+    settings = {
+        key: setting_text(value)
+        for key, value in flat_settings(config).items()
+        if key not in IGNORED_SETTINGS and not key.startswith(IGNORED_SECTIONS)
+    }
+    settings["train.epochs"] = str(summary["epochs"])
+    settings["data"] = data_identity(summary)
+    if summary.get("teacher"):
+        settings["teacher"] = teacher_identity(summary, config)
+    return settings
+
+
+def flat_settings(values: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as {"train.epochs": 240, "distill.hpf": "ideal", ...}."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flat_settings(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def setting_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def data_identity(summary: dict) -> str:
+    """The training data as summary.json describes it, without where it was read from (the slice, the count)."""
+    description = summary.get("dataset") or "unknown"
+    return re.sub(r" \(\w+ layout at .*\)(?=, train, )", "", description)
+
+
+def teacher_identity(summary: dict, config: dict) -> str:
+    """The teacher's weights: their sha256 when recorded, else the checkpoint path and its measured test top-1."""
+    teacher = config.get("teacher") or {}
+    sha256 = summary.get("teacher_sha256") or teacher.get("sha256")
+    if sha256:
+        return f"sha256 {sha256[:12]}"
+    accuracy = summary.get("teacher_acc")
+    measured = f" (top-1 {accuracy:.2f})" if isinstance(accuracy, (int, float)) else ""
+    return f"{teacher.get('checkpoint') or '?'}{measured}"
+
+
+# ---- grouping and statistics ---------------------------------------------------------------------
+
+
+def group_runs(runs: Iterable[Run]) -> list[Group]:
+    """Runs with the same method, teacher, student and settings, in first-seen order."""
+    groups: dict[tuple, Group] = {}
+    for run in runs:
+        key = (run.method, run.teacher, run.student, tuple(sorted(run.settings.items())))
+        groups.setdefault(key, Group(run.method, run.teacher, run.student, run.settings)).runs.append(run)
+    return list(groups.values())
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def group_cell(group: Group) -> Cell:
+    best_mean, best_std = mean_std([run.best_acc for run in group.runs])
+    last_mean, last_std = mean_std([run.last_acc for run in group.runs])
+    seeds = [run.seed for run in group.runs]
+    folders = [str(run.folder) for run in group.runs]
+    return Cell(len(group.runs), best_mean, best_std, last_mean, last_std, seeds, folders)
+
+
+def comparison_table(runs: Iterable[Run], reference: bool = False) -> Table:
+    """The methods x pairs table of `runs` (see the module docstring); `reference` adds published rows."""
+    groups = group_runs(runs)
+    columns = table_columns(groups)
+    placed: dict[str, list[tuple[Group, Column]]] = defaultdict(list)
+    for group in groups:
+        for row_kind, column in placements(group, columns):
+            placed[row_kind].append((group, column))
+    methods = {group.method for group in groups} | {r.method for r in PUBLISHED_DISTILLATION_TOP1 if reference}
     rows = []
-    for (method, teacher, student), runs in sorted(groups.items()):
-        best_mean, best_std = mean_std([r["best_acc"] for r in runs])
-        last_mean, last_std = mean_std([r["last_acc"] for r in runs])
-        rows.append(
-            {
-                "method": method,
-                "teacher": teacher,
-                "student": student,
-                "runs": len(runs),
-                "best_mean": best_mean,
-                "best_std": best_std,
-                "last_mean": last_mean,
-                "last_std": last_std,
-            }
-        )
-    return rows
+    for row_kind in (TEACHER_ROW, VANILLA, *sorted(methods - {VANILLA})):
+        rows += split_rows(row_kind, placed[row_kind])
+        if reference:
+            rows += published_rows(row_kind, columns)
+    return Table([column.name for column in columns], rows)
 
 
-def format_results(rows: list[dict]) -> str:
-    lines = ["| method | teacher | student | runs | best top-1 (%) | last top-1 (%) |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(
-            f"| {r['method']} | {r['teacher']} | {r['student']} | {r['runs']} | "
-            f"{r['best_mean']:.2f} ± {r['best_std']:.2f} | {r['last_mean']:.2f} ± {r['last_std']:.2f} |"
-        )
+def table_columns(groups: list[Group]) -> list[Column]:
+    """Every teacher -> student pair distilled, then each model trained alone that is in no pair."""
+    pairs = {Column(g.teacher, g.student) for g in groups if g.method != VANILLA}
+    in_pairs = {model for pair in pairs for model in (pair.teacher, pair.student)}
+    alone = {Column(None, g.student) for g in groups if g.method == VANILLA and g.student not in in_pairs}
+    return sorted(pairs, key=lambda c: (str(c.teacher), c.student)) + sorted(alone, key=lambda c: c.student)
+
+
+def placements(group: Group, columns: list[Column]) -> list[tuple[str, Column]]:
+    """(row kind, column) of every cell `group` fills."""
+    if group.method != VANILLA:
+        return [(group.method, column) for column in columns if column == Column(group.teacher, group.student)]
+    as_teacher = [(TEACHER_ROW, column) for column in columns if column.teacher == group.student]
+    return as_teacher + [(VANILLA, column) for column in columns if column.student == group.student]
+
+
+def split_rows(row_kind: str, placed: list[tuple[Group, Column]]) -> list[Row]:
+    """The rows of one kind: one, or one per setting values that differ within some cell, labelled with them."""
+    by_cell: dict[Column, list[Group]] = defaultdict(list)
+    for group, column in placed:
+        by_cell[column].append(group)
+    label_keys = sorted({key for groups in by_cell.values() for key in differing_keys(groups)})
+    rows: dict[str, Row] = {}
+    for group, column in placed:
+        shown = {key: group.settings.get(key, "-") for key in label_keys}
+        label = row_label(row_kind, shown)
+        rows.setdefault(label, Row(label, row_kind, False, shown)).cells[column.name] = group_cell(group)
+    return [rows[label] for label in sorted(rows)]
+
+
+def row_label(row_kind: str, settings: dict[str, str]) -> str:
+    """ "kd", or "kd [train.epochs=2, distill.temperature=4]" when settings tell its rows apart."""
+    return row_kind + (" [" + ", ".join(f"{k}={v}" for k, v in settings.items()) + "]" if settings else "")
+
+
+def differing_keys(groups: list[Group]) -> set[str]:
+    keys = {key for group in groups for key in group.settings}
+    return {key for key in keys if len({group.settings.get(key) for group in groups}) > 1}
+
+
+def published_rows(row_kind: str, columns: list[Column]) -> list[Row]:
+    """The published numbers (famkd.recipes) of one row kind for the table's columns, one row per variant."""
+    variants: dict[str, dict[str, float]] = defaultdict(dict)  # distill option off its default -> column -> top-1
+    if row_kind in (TEACHER_ROW, VANILLA):
+        model = {column.name: column.teacher if row_kind == TEACHER_ROW else column.student for column in columns}
+        top1 = {name: PUBLISHED_VANILLA_TOP1[m] for name, m in model.items() if m in PUBLISHED_VANILLA_TOP1}
+        variants[""] = top1
+    else:
+        for result in PUBLISHED_DISTILLATION_TOP1:
+            pair = Column(result.teacher, result.student)
+            if result.method == row_kind and pair in columns:
+                variants[result.variant][pair.name] = result.top1
+    rows = []
+    for variant, values in sorted(variants.items()):
+        option, _, value = variant.partition("=")
+        settings = {f"distill.{option}": value} if variant else {}
+        cells = {name: Cell(None, top1, None, None, None) for name, top1 in values.items()}
+        rows.append(Row(row_label(row_kind, settings) + " (published)", row_kind, True, settings, cells))
+    return [row for row in rows if row.cells]
+
+
+# ---- output ----------------------------------------------------------------------------------------
+
+
+def cell_text(cell: Cell) -> str:
+    """ "74.12 ± 0.21 / 73.90 ± 0.30 (n=3)"; a published number alone."""
+    if cell.n is None:
+        return f"{cell.best_mean:.2f}"
+
+    def spread(std: float | None) -> str:
+        return "-" if std is None else f"{std:.2f}"
+
+    return (
+        f"{cell.best_mean:.2f} ± {spread(cell.best_std)} / {cell.last_mean:.2f} ± {spread(cell.last_std)} (n={cell.n})"
+    )
+
+
+def format_markdown(table: Table) -> str:
+    lines = [CAPTION, "", "| method | " + " | ".join(table.columns) + " |", "|---" * (len(table.columns) + 1) + "|"]
+    for row in table.rows:
+        cells = [cell_text(row.cells[name]) if name in row.cells else "" for name in table.columns]
+        lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def format_csv(table: Table) -> str:
+    """One line per filled cell: row, column, n, best_mean, best_std, last_mean, last_std (empty: none)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["row", "column", "n", "best_mean", "best_std", "last_mean", "last_std"])
+    for row in table.rows:
+        for name, cell in row.cells.items():
+            numbers = (cell.n, cell.best_mean, cell.best_std, cell.last_mean, cell.last_std)
+            writer.writerow([row.label, name, *("" if x is None else x for x in numbers)])
+    return out.getvalue().rstrip("\n")
+
+
+def table_rows(table: Table) -> list[dict]:
+    """The rows as plain data (for --json): label, method, published, settings, cells by column."""
+    return [asdict(row) for row in table.rows]
+
+
+# ---- the command -----------------------------------------------------------------------------------
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "runs", nargs="+", metavar="RUN_DIR", help="run folders (searched recursively for summary.json)"
+        "runs", nargs="+", metavar="RUN_DIR", help="run folders or folders holding them (searched recursively)"
     )
-    parser.add_argument("--json", default="", metavar="FILE", help="also write the rows as JSON")
+    parser.add_argument("--format", choices=("markdown", "csv"), default="markdown", help="table format")
+    parser.add_argument("--reference", action="store_true", help="add the published CIFAR-100 numbers")
+    parser.add_argument("--json", default="", metavar="FILE", help="also write the table rows as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
-    summaries = find_summaries(args.runs)
-    if not summaries:
-        raise FamkdError(f"no completed run (summary.json) found under {', '.join(args.runs)}")
-    rows = group_results(summaries)
-    print(format_results(rows))
+    runs, skipped = collect_runs(args.runs)
+    for message in skipped:
+        print(f"famkd: warning: {message}", file=sys.stderr)
+    if not runs:
+        raise FamkdError(
+            f"no completed run (summary.json with status completed) under {', '.join(args.runs)}; "
+            "give the folders famkd train or famkd sweep wrote (run.dir)"
+        )
+    table = comparison_table(runs, reference=args.reference)
+    print(format_csv(table) if args.format == "csv" else format_markdown(table))
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        write_text_atomic(args.json, json.dumps(table_rows(table), indent=2) + "\n")
     return 0
