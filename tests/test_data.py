@@ -293,8 +293,12 @@ def test_data_errors_are_famkd_errors_that_keep_their_standard_base(tiny_cifar_n
         load(tiny_cifar_npy, classes=101)
     with pytest.raises(ConfigError, match="data.classes=10 but the synthetic dataset has only 9 classes"):
         build_datasets(DataConfig(dataset="synthetic", classes=10))
-    with pytest.raises(ConfigError, match="unknown dataset 'imagenet': choose cifar100 or synthetic"):
+    with pytest.raises(ConfigError, match="unknown dataset 'cifar10': choose cifar100, synthetic, imagenet"):
+        build_datasets(DataConfig(dataset="cifar10"))
+    with pytest.raises(ConfigError, match="data.dataset=imagenet needs data.root=<folder holding train/ and val/>"):
         build_datasets(DataConfig(dataset="imagenet"))
+    with pytest.raises(ConfigError, match="data.classes and data.train_per_class select CIFAR subsets"):
+        build_datasets(DataConfig(dataset="imagenet", root="/x", classes=3))
     with pytest.raises(ConfigError, match="distractors must be 0, 1 or 2"):
         SyntheticSpec(distractors=3)
 
@@ -581,8 +585,9 @@ def test_dataset_image_size_is_the_side_of_the_built_images(tiny_cifar_npy: Path
         train, test = build_datasets(config)
         assert dataset_image_size(config) == 32
         assert train.images.shape[-2:] == test.images.shape[-2:] == (32, 32)
-    with pytest.raises(ConfigError, match="unknown dataset 'imagenet': choose cifar100 or synthetic"):
-        dataset_image_size(DataConfig(dataset="imagenet"))
+    assert dataset_image_size(DataConfig(dataset="imagenet", crop_size=96)) == 96
+    with pytest.raises(ConfigError, match="unknown dataset 'cifar10': choose cifar100, synthetic, imagenet"):
+        dataset_image_size(DataConfig(dataset="cifar10"))
 
 
 def test_synthetic_class_names_describe_the_shape_pairs():

@@ -297,6 +297,8 @@ def test_loader_settings_follow_the_device_and_workers(tiny_root):
     assert loader.pin_memory and loader.persistent_workers and loader.drop_last
     loader = ImageNetLoader(train, 4, train=False, workers=0).loader
     assert not (loader.pin_memory or loader.persistent_workers or loader.drop_last)
+    assert loader.sampler == range(0, len(train), 1)  # evaluation: every image once, in order, no padding
+    loader = ImageNetLoader(train, 4, train=True, workers=0).loader
     assert isinstance(loader.sampler, DistributedSampler) and loader.sampler.num_replicas == 1
 
 

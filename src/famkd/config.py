@@ -61,11 +61,14 @@ class TeacherConfig:
 class DataConfig:
     """Where the images come from and which of them are used."""
 
-    dataset: str = setting("cifar100", choices=("cifar100", "synthetic"))
-    root: str = ""  # "" -> $FAMKD_DATA -> ./data
+    dataset: str = setting("cifar100", choices=("cifar100", "synthetic", "imagenet"))
+    root: str = ""  # "" -> $FAMKD_DATA -> ./data (imagenet: required)
     train_per_class: int = setting(0, minimum=0)  # 0 = all; else the first N train images of each class
     classes: int = setting(0, minimum=0)  # 0 = all; else keep only labels < classes
     download: bool = False  # true: fetch cifar-100-python with torchvision when it is absent (never unasked)
+    workers: int = setting(8, minimum=0)  # imagenet: DataLoader worker processes per training process
+    crop_size: int = setting(224, minimum=1)  # imagenet: side of the training crop and the evaluation crop
+    resize_size: int = setting(256, minimum=1)  # imagenet: evaluation images are resized to this, then cropped
 
 
 @dataclass
@@ -84,6 +87,7 @@ class TrainConfig:
     eval_batch_size: int = setting(256, minimum=1)
     channels_last: bool = False
     compile: bool = False
+    sync_bn: bool = False  # several processes (torchrun): batch-norm statistics over the global batch
     log_interval: int = setting(20, minimum=1)  # steps between host syncs for the progress bar
 
 

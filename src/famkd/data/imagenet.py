@@ -102,6 +102,11 @@ class ImageFolderSplit(Dataset[Sample]):
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def labels(self) -> Tensor:
+        """Every sample's label, int64 (N,)."""
+        return torch.tensor([label for _, label in self.samples], dtype=torch.int64)
+
     def __len__(self) -> int:
         return len(self.samples)
 
@@ -336,8 +341,12 @@ class ImageNetLoader:
         self.epoch = 0
         self.skipped: list[str] = []
         num_replicas, rank = replica_and_rank(num_replicas, rank)
-        self.sampler: DistributedSampler[Sample] = DistributedSampler(
-            dataset, num_replicas=num_replicas, rank=rank, shuffle=train, seed=seed
+        # Training: each process a shuffled share (padded to equal shares); evaluation: every rank-th
+        # image, no padding, so that the processes together see each image once.
+        self.sampler: DistributedSampler[Sample] | range = (
+            DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+            if train
+            else range(rank, len(dataset), num_replicas)
         )
         worker_seed = int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
         self.loader = DataLoader(
@@ -355,7 +364,8 @@ class ImageNetLoader:
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order the next iteration follows."""
         self.epoch = epoch
-        self.sampler.set_epoch(epoch)
+        if isinstance(self.sampler, DistributedSampler):
+            self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
         """Batches per epoch on this process, after drop_last and max_steps."""

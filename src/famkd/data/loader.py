@@ -32,6 +32,12 @@ class BatchLoader:
     default. train=False: the dataset order, no augmentation, the last partial batch kept.
     max_steps > 0 stops an epoch after that many batches. With `with_indices`, each batch also
     carries the images' positions in the dataset, int64 (B,): (images, labels, indices).
+
+    One of `num_replicas` processes (this one `rank`, e.g. under torchrun) loads its share, with
+    `batch_size` images per process: in training, rank r takes rows [r * batch_size, (r + 1) *
+    batch_size) of each global batch of the same (seed, epoch) order, so the processes together see
+    exactly the batches one process with batch_size * num_replicas would; in evaluation, rank r takes
+    the r-th of num_replicas contiguous parts of the dataset, so together they cover it once.
     """
 
     def __init__(
@@ -46,6 +52,8 @@ class BatchLoader:
         max_steps: int = 0,
         channels_last: bool = False,
         with_indices: bool = False,
+        num_replicas: int = 1,
+        rank: int = 0,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -60,6 +68,9 @@ class BatchLoader:
         self.max_steps = max_steps
         self.channels_last = channels_last
         self.with_indices = with_indices
+        self.num_replicas, self.rank = num_replicas, rank
+        part = math.ceil(len(dataset) / num_replicas)  # evaluation: this process's contiguous part
+        self.eval_range = (min(rank * part, len(dataset)), min((rank + 1) * part, len(dataset)))
         self.epoch = 0
         self.labels = dataset.labels.to(self.device)
         images = dataset.images.to(self.device)
@@ -73,17 +84,24 @@ class BatchLoader:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        """Batches per epoch, after drop_last and max_steps."""
-        count = len(self.dataset)
-        batches = count // self.batch_size if self.drop_last else math.ceil(count / self.batch_size)
+        """Batches per epoch on this process, after drop_last and max_steps."""
+        if self.train:
+            count, per_batch = len(self.dataset), self.batch_size * self.num_replicas
+        else:
+            count, per_batch = self.eval_range[1] - self.eval_range[0], self.batch_size
+        batches = count // per_batch if self.drop_last else math.ceil(count / per_batch)
         return min(batches, self.max_steps) if self.max_steps else batches
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         if self.train:
             order, offsets, flips = self._draw_epoch()
         for step in range(len(self)):
-            start = step * self.batch_size
-            stop = min(start + self.batch_size, len(self.dataset))
+            if self.train:
+                start = (step * self.num_replicas + self.rank) * self.batch_size
+                stop = min(start + self.batch_size, len(self.dataset))
+            else:
+                start = self.eval_range[0] + step * self.batch_size
+                stop = min(start + self.batch_size, self.eval_range[1])
             if self.train:
                 indices = order[start:stop]
                 batch = crop_padded(self.images, indices, offsets[start:stop], self.image_size)

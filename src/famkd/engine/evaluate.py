@@ -13,9 +13,10 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from famkd.config import DataConfig, config_from_dict
-from famkd.data import BatchLoader, build_datasets
+from famkd.data import build_datasets, build_loader
 from famkd.engine.checkpoint import load_checkpoint
 from famkd.engine.device import resolve_device
+from famkd.engine.distributed import all_reduce_sum
 from famkd.engine.run_dir import RunDir
 from famkd.engine.teacher import model_from_checkpoint
 
@@ -40,28 +41,35 @@ def evaluate(
 ) -> dict[str, float]:
     """Evaluate `model` (called as model(images) -> logits) on every batch of `loader`.
 
-    Returns {"top1", "top5"} in percent and {"loss"}, the mean cross-entropy per image.
+    Returns {"top1", "top5"} in percent, {"loss"}, the mean cross-entropy per image, and {"images"}, the
+    number of images evaluated; under several training processes each evaluates its part of the test set
+    and the counts are summed, so the numbers cover the whole set once.
     The model's train/eval mode is restored afterwards. With `description`, a progress bar named
     so shows on a terminal (none in logs or pipes); it disappears when the evaluation ends.
     """
     was_training = model.training
     model.eval()
     totals = None
-    seen = 0
     batches = tqdm(loader, desc=description, unit="batch", leave=False, disable=None if description else True)
     for images, labels, *_ in batches:
         with autocast():
             logits = model(images)
-        batch = torch.cat(
-            [topk_correct(logits, labels), F.cross_entropy(logits.float(), labels, reduction="sum").reshape(1)]
-        )
+        loss = F.cross_entropy(logits.float(), labels, reduction="sum").reshape(1)
+        count = torch.full((1,), labels.shape[0], dtype=torch.float32, device=labels.device)
+        batch = torch.cat([topk_correct(logits, labels), loss, count])
         totals = batch if totals is None else totals + batch
-        seen += labels.shape[0]
     model.train(was_training)
-    if totals is None:
+    if totals is None:  # this process's part of the test set is empty (more processes than batches)
+        totals = torch.zeros(4, device=next(model.parameters(), torch.zeros(())).device)
+    top1_hits, top5_hits, loss_sum, seen = all_reduce_sum(totals).tolist()
+    if not seen:
         raise ValueError("evaluation loader yielded no batches")
-    top1_hits, top5_hits, loss_sum = totals.tolist()
-    return {"top1": 100.0 * top1_hits / seen, "top5": 100.0 * top5_hits / seen, "loss": loss_sum / seen}
+    return {
+        "top1": 100.0 * top1_hits / seen,
+        "top5": 100.0 * top5_hits / seen,
+        "loss": loss_sum / seen,
+        "images": int(seen),
+    }
 
 
 def evaluate_checkpoint(
@@ -92,6 +100,6 @@ def evaluate_checkpoint(
     _, test_set = build_datasets(data_cfg)
     model, arch = model_from_checkpoint(checkpoint, checkpoint_path, model_name, test_set.num_classes)
     target = resolve_device(device)
-    loader = BatchLoader(test_set, batch_size, train=False, device=target)
+    loader = build_loader(test_set, data_cfg, batch_size, train=False, device=target)
     result = evaluate(model.to(target), loader, description="test")
     return {**result, "arch": arch, "checkpoint": str(checkpoint_path), "data": test_set.description}

@@ -21,6 +21,9 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from famkd.engine.distributed import all_reduce_sum
+from famkd.errors import NonFiniteLossError
+
 
 @dataclasses.dataclass
 class EpochProgress:
@@ -57,12 +60,14 @@ class EpochProgress:
         self.steps_done += 1
 
     def read(self) -> dict[str, float]:
-        """Epoch means so far, loss_<term> and train_acc (one host sync)."""
+        """Epoch means so far, loss_<term> and train_acc, over every training process (one host sync)."""
         assert self.correct is not None, "read() before the first step"
         names = list(self.loss_sums)
-        values = torch.stack([self.loss_sums[n] for n in names] + [self.correct.float()]).tolist()
-        means = {f"loss_{n}": v / self.images_seen for n, v in zip(names, values)}
-        means["train_acc"] = 100.0 * values[-1] / self.images_seen
+        images = torch.tensor(float(self.images_seen), device=self.correct.device)
+        totals = all_reduce_sum(torch.stack([self.loss_sums[n] for n in names] + [self.correct.float(), images]))
+        *sums, correct, images_seen = totals.tolist()
+        means = {f"loss_{n}": v / images_seen for n, v in zip(names, sums)}
+        means["train_acc"] = 100.0 * correct / images_seen
         return means
 
     def first_non_finite(self, means: dict[str, float] | None = None) -> tuple[str, float, int] | None:
@@ -75,6 +80,22 @@ class EpochProgress:
         first_steps = {name: int(self.first_bad_step[name]) for name in bad}
         name = min(bad, key=lambda term: first_steps[term])
         return name, means[f"loss_{name}"], first_steps[name]
+
+    def raise_if_non_finite(
+        self, means: dict[str, float] | None, global_step: int, steps_per_epoch: int, kept: str
+    ) -> None:
+        """NonFiniteLossError naming the first term that went bad, where in the epoch, and `kept` (what
+        the run keeps), when a term is NaN or infinite; `global_step` is the step just taken."""
+        bad = self.first_non_finite(means)
+        if bad is None:
+            return
+        name, value, bad_step = bad
+        step_in_epoch = bad_step - (global_step - self.steps_done)
+        raise NonFiniteLossError(
+            f"loss term {name!r} became {'nan' if math.isnan(value) else 'infinite'} at epoch {self.epoch}, "
+            f"step {step_in_epoch} of {steps_per_epoch} (global step {bad_step}); training stopped and "
+            f"{kept}. Try a lower train.lr or distill option weight, or amp=off."
+        )
 
     def state_dict(self) -> dict[str, Any]:
         assert self.correct is not None, "state_dict() before the first step"
@@ -104,6 +125,24 @@ class EpochProgress:
             wait_s=state["wait_s"],
             elapsed_s=state["elapsed_s"],
         )
+
+
+@dataclasses.dataclass
+class RunState:
+    """Where a run stands, saved in every checkpoint: the last completed epoch (from 1), the optimiser steps
+    taken, the best and last test top-1, the teacher's, and the wall time of the run's earlier sessions."""
+
+    epoch: int = 0
+    global_step: int = 0
+    best_acc: float = -math.inf
+    best_epoch: int = 0
+    last_acc: float | None = None
+    teacher_acc: float | None = None
+    wall_time_s: float = 0.0
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict[str, Any]) -> RunState:
+        return cls(**{field.name: checkpoint[field.name] for field in dataclasses.fields(cls)})
 
 
 def timed_batches(batches: Iterator[tuple[Tensor, ...]], progress: EpochProgress) -> Iterator[tuple[Tensor, ...]]:

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from famkd.config import Config
-from famkd.data import ImageDataset
+from famkd.data import Dataset
 from famkd.distill import Distiller
 from famkd.engine.run_dir import RunDir
 from famkd.files import write_text_atomic
@@ -37,15 +37,26 @@ class RunLog:
     """Appends epoch records to metrics.jsonl and mirrors scalars to TensorBoard.
 
     Every TensorBoard scalar uses the global step as its x axis, so that a resumed run can
-    purge the events written after its checkpoint (`resume_step`).
+    purge the events written after its checkpoint (`resume_step`). A log that is not `enabled` (on
+    every training process but the first) writes nothing.
     """
 
-    def __init__(self, run_dir: str | os.PathLike, tensorboard: bool, resume_epoch: int = 0, resume_step: int = 0):
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        tensorboard: bool,
+        resume_epoch: int = 0,
+        resume_step: int = 0,
+        enabled: bool = True,
+    ):
         self.run_dir = RunDir(run_dir)
-        self.run_dir.path.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir.metrics_file
-        self._keep_epochs_up_to(resume_epoch)
+        self.enabled = enabled
         self.writer = None
+        if not enabled:
+            return
+        self.run_dir.path.mkdir(parents=True, exist_ok=True)
+        self._keep_epochs_up_to(resume_epoch)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -58,6 +69,8 @@ class RunLog:
         write_text_atomic(self.metrics_path, "".join(json.dumps(record) + "\n" for record in records))
 
     def log_epoch(self, record: dict) -> None:
+        if not self.enabled:
+            return
         with self.metrics_path.open("a") as file:
             file.write(json.dumps(record) + "\n")
         if self.writer is not None:
@@ -84,7 +97,9 @@ class EpochProgressDisplay:
     and where stderr is no terminal (log files, pipes) a plain line at most every `line_every_s` seconds.
     """
 
-    def __init__(self, total: int, epoch: int, epochs: int, initial: int = 0, line_every_s: float = 60.0):
+    def __init__(
+        self, total: int, epoch: int, epochs: int, initial: int = 0, line_every_s: float = 60.0, enabled: bool = True
+    ):
         self.bar = tqdm(
             total=total,
             initial=initial,
@@ -92,8 +107,9 @@ class EpochProgressDisplay:
             unit="step",
             leave=False,
             dynamic_ncols=True,
-            disable=None,
+            disable=None if enabled else True,
         )
+        self.enabled = enabled
         self.total, self.epoch, self.epochs = total, epoch, epochs
         self.steps = self.first_step = initial
         self.start = self.last_line = time.perf_counter()
@@ -109,7 +125,7 @@ class EpochProgressDisplay:
             self.bar.set_postfix(loss=f"{loss:.4f}", acc=f"{accuracy:.1f}%", img_s=f"{images_per_s:.0f}")
             return
         now = time.perf_counter()
-        if now - self.last_line < self.line_every_s:
+        if not self.enabled or now - self.last_line < self.line_every_s:
             return
         self.last_line = now
         seconds_per_step = (now - self.start) / (self.steps - self.first_step)
@@ -136,21 +152,23 @@ def format_epoch_line(record: dict, epochs: int) -> str:
 def run_header(
     cfg: Config,
     distiller: Distiller,
-    datasets: tuple[ImageDataset, ImageDataset],
+    datasets: tuple[Dataset, Dataset],
     device: torch.device,
     steps_per_epoch: int,
     resumed_at: tuple[int, int],
+    processes: int = 1,
 ) -> list[str]:
     """The lines a run prints before training: models, data, device, and where it resumes
     (`resumed_at`: (epoch, step within it) of a mid-epoch checkpoint, (last completed epoch, 0) otherwise)."""
     student_params = sum(p.numel() for p in distiller.student.parameters())
     teacher = f", teacher {cfg.teacher.name or '?'} ({cfg.teacher.checkpoint})" if distiller.teacher is not None else ""
+    sharing = f", {processes} processes sharing the global batch of {cfg.train.batch_size}" if processes > 1 else ""
     lines = [
         f"famkd train: method {cfg.method}, student {cfg.student} ({student_params / 1e6:.3f}M params), "
         f"heads {distiller.num_head_parameters() / 1e6:.3f}M params{teacher}",
         f"train data: {datasets[0].description}",
         f"test data: {datasets[1].description}",
-        f"device {device}, amp {cfg.amp}, {steps_per_epoch} steps/epoch, run dir {cfg.run.dir}",
+        f"device {device}, amp {cfg.amp}, {steps_per_epoch} steps/epoch{sharing}, run dir {cfg.run.dir}",
     ]
     epoch, step = resumed_at
     if step:

@@ -9,7 +9,7 @@ step are accumulated on the device (famkd.engine.progress) and read back every
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -20,19 +20,20 @@ from torch import Tensor
 from tqdm import tqdm
 
 from famkd.config import Config, config_to_dict, dump_config
-from famkd.data import BatchLoader, build_datasets
+from famkd.data import build_datasets, build_loader, dataset_image_size
 from famkd.distill import create_distiller, needs_teacher
 from famkd.distill.registry import distiller_class
 from famkd.engine.checkpoint import capture_rng_state, library_versions, restore_rng_state, save_checkpoint
 from famkd.engine.device import autocast_factory, resolve_device, to_channels_last
+from famkd.engine.distributed import join_processes, leave_processes, process_device, wrap_for_training
 from famkd.engine.evaluate import evaluate
-from famkd.engine.progress import EpochProgress, StopRequest, timed_batches
+from famkd.engine.progress import EpochProgress, RunState, StopRequest, timed_batches
 from famkd.engine.run_dir import RunDir, default_run_dir, resume_point
 from famkd.engine.run_log import EpochProgressDisplay, RunLog, format_epoch_line, run_header
 from famkd.engine.schedule import build_optimizer, build_scheduler
 from famkd.engine.seeding import seed_everything, set_deterministic_algorithms
 from famkd.engine.step import optimizer_step
-from famkd.engine.teacher import load_teacher_and_name, missing_teacher_message
+from famkd.engine.teacher import file_sha256, load_teacher_and_name, missing_teacher_message
 from famkd.errors import FamkdError, NonFiniteLossError, TrainingInterrupted
 from famkd.files import copy_file_atomic, write_text_atomic
 from famkd.models import create_model
@@ -58,6 +59,7 @@ def train(
         return Trainer(cfg, resume_dir, overrides, on_step).run()
     finally:
         set_deterministic_algorithms(previous_determinism)
+        leave_processes()
 
 
 class Trainer:
@@ -93,42 +95,47 @@ class Trainer:
         if self.needs_teacher and not cfg.teacher.checkpoint:
             raise FamkdError(missing_teacher_message(cfg))
 
+        self.processes = join_processes(cfg.device)  # one process, or one of those torchrun started
+        self.main = self.processes.is_main  # process 0 alone prints and writes the run folder
         seed_everything(cfg.run.seed, cfg.run.deterministic)
-        self.device = resolve_device(cfg.device)
+        self.device = process_device(resolve_device(cfg.device), self.processes)
         self.autocast = autocast_factory(cfg.amp, self.device)
         self._build_data()
         self._build_models()
         self.optimizer = build_optimizer(self.distiller, cfg.train)
         self.scheduler = build_scheduler(self.optimizer, cfg.train)
         self.grad_scaler = torch.amp.GradScaler(self.device.type) if cfg.amp == "fp16" else None
-        self.step_model = torch.compile(self.distiller) if cfg.train.compile else self.distiller
+        step_model = wrap_for_training(self.distiller, self.processes, self.device, cfg.train.sync_bn)
+        self.step_model = torch.compile(step_model) if cfg.train.compile else step_model
 
-        self.epoch = 0  # last completed epoch
-        self.global_step = 0
-        self.best_acc = -math.inf
-        self.best_epoch = 0
-        self.last_acc: float | None = None
-        self.teacher_acc: float | None = None
-        self.wall_time_before = 0.0  # wall time of earlier sessions of this run
+        self.state = RunState()
         self.partial: EpochProgress | None = None
         self.log: RunLog | None = None
         if checkpoint is not None:
             self._restore(checkpoint)
 
     def _build_data(self) -> None:
-        cfg = self.cfg
-        self.train_set, self.test_set = build_datasets(cfg.data)
-        common: dict[str, Any] = {"seed": cfg.run.seed, "device": self.device, "channels_last": cfg.train.channels_last}
+        cfg, processes = self.cfg, self.processes
         with_indices = distiller_class(cfg.method).needs_sample_indices
-        self.train_loader = BatchLoader(
+        batch = processes.batch_share(cfg.train.batch_size)
+        self.train_set, self.test_set = build_datasets(cfg.data)
+        common: dict[str, Any] = {
+            "seed": cfg.run.seed,
+            "device": self.device,
+            "channels_last": cfg.train.channels_last,
+            "num_replicas": processes.world_size,
+            "rank": processes.rank,
+        }
+        self.train_loader = build_loader(
             self.train_set,
-            cfg.train.batch_size,
+            cfg.data,
+            batch,
             train=True,
-            max_steps=cfg.train.max_steps_per_epoch,
             with_indices=with_indices,
+            max_steps=cfg.train.max_steps_per_epoch,
             **common,
         )
-        self.test_loader = BatchLoader(self.test_set, cfg.train.eval_batch_size, train=False, **common)
+        self.test_loader = build_loader(self.test_set, cfg.data, cfg.train.eval_batch_size, train=False, **common)
         if len(self.train_loader) == 0:
             raise FamkdError(
                 f"no full training batch: {len(self.train_set.labels)} training images, "
@@ -142,11 +149,11 @@ class Trainer:
         self.teacher = None
         if self.needs_teacher:
             self.teacher, cfg.teacher.name = load_teacher_and_name(cfg.teacher, num_classes)
-        train_set = self.train_set
+        self.teacher_sha256 = file_sha256(cfg.teacher.checkpoint) if self.teacher is not None and self.main else None
         data: dict[str, Any] = {
-            "image_size": train_set.images.shape[-1],
-            "num_samples": len(train_set),
-            "labels": train_set.labels,
+            "image_size": dataset_image_size(cfg.data),
+            "num_samples": len(self.train_set),
+            "labels": self.train_set.labels,
         }
         self.distiller = create_distiller(cfg.method, student=student, teacher=self.teacher, **data, **cfg.distill)
         self.distiller.to(self.device)
@@ -165,13 +172,7 @@ class Trainer:
         if self.grad_scaler is not None and checkpoint["grad_scaler"] is not None:
             self.grad_scaler.load_state_dict(checkpoint["grad_scaler"])
         restore_rng_state(checkpoint["rng"])
-        self.epoch = checkpoint["epoch"]
-        self.global_step = checkpoint["global_step"]
-        self.best_acc = checkpoint["best_acc"]
-        self.best_epoch = checkpoint["best_epoch"]
-        self.last_acc = checkpoint["last_acc"]
-        self.teacher_acc = checkpoint["teacher_acc"]
-        self.wall_time_before = checkpoint["wall_time_s"]
+        self.state = RunState.from_checkpoint(checkpoint)
         if checkpoint["partial_epoch"] is not None:
             self.partial = EpochProgress.from_state_dict(checkpoint["partial_epoch"], self.device)
 
@@ -179,12 +180,15 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
-        write_text_atomic(self.run_dir.config_file, dump_config(cfg))
-        self.log = RunLog(self.run_dir.path, cfg.run.tensorboard, resume_epoch=self.epoch, resume_step=self.global_step)
+        if self.main:
+            write_text_atomic(self.run_dir.config_file, dump_config(cfg))
+        self.log = RunLog(
+            self.run_dir.path, cfg.run.tensorboard, self.state.epoch, self.state.global_step, enabled=self.main
+        )
         try:
             self._print_header()
-            if self.teacher is not None and self.teacher_acc is None:
-                self.teacher_acc = self._measure_teacher()
+            if self.teacher is not None and self.state.teacher_acc is None:
+                self.state.teacher_acc = self._measure_teacher()
             with StopRequest() as stop:
                 self._train_epochs(stop)
             return self._finish("completed")
@@ -198,22 +202,26 @@ class Trainer:
             self.log.close()
 
     def _print_header(self) -> None:
-        resumed_at = (self.partial.epoch, self.partial.steps_done) if self.partial is not None else (self.epoch, 0)
-        header = run_header(
-            self.cfg, self.distiller, (self.train_set, self.test_set), self.device, len(self.train_loader), resumed_at
-        )
-        for line in header:
+        partial, datasets = self.partial, (self.train_set, self.test_set)
+        resumed_at = (partial.epoch, partial.steps_done) if partial is not None else (self.state.epoch, 0)
+        steps, processes = len(self.train_loader), self.processes.world_size
+        for line in run_header(self.cfg, self.distiller, datasets, self.device, steps, resumed_at, processes):
+            self._say(line)
+
+    def _say(self, line: str) -> None:
+        if self.main:
             tqdm.write(line)
 
     def _measure_teacher(self) -> float:
         assert self.teacher is not None and self.log is not None
         result = evaluate(self.teacher, self.test_loader, self.autocast, description="teacher test")
-        tqdm.write(f"teacher test accuracy: top-1 {result['top1']:.2f}%, top-5 {result['top5']:.2f}%")
+        top1, top5, images = result["top1"], result["top5"], result["images"]
+        self._say(f"teacher test accuracy: top-1 {top1:.2f}%, top-5 {top5:.2f}% ({images} images)")
         self.log.log_scalars({"teacher/top1": result["top1"], "teacher/top5": result["top5"]}, 0)
         return result["top1"]
 
     def _train_epochs(self, stop: StopRequest) -> None:
-        for epoch in range(self.epoch + 1, self.cfg.train.epochs + 1):
+        for epoch in range(self.state.epoch + 1, self.cfg.train.epochs + 1):
             progress = self.partial if self.partial is not None else EpochProgress(epoch)
             self.partial = None
             lr = self.optimizer.param_groups[0]["lr"]
@@ -222,7 +230,7 @@ class Trainer:
                 self._raise_interrupted(f"during epoch {epoch}, after step {progress.steps_done}")
             self.scheduler.step()
             self._end_epoch(progress, lr)
-            if stop.requested and epoch < self.cfg.train.epochs:
+            if self.processes.any(stop.requested, self.device) and epoch < self.cfg.train.epochs:
                 self._raise_interrupted(f"after epoch {epoch}")
 
     def _train_epoch(self, progress: EpochProgress, stop: StopRequest) -> bool:
@@ -234,22 +242,25 @@ class Trainer:
         batches = iter(self.train_loader)
         for _ in range(progress.steps_done):  # the (seed, epoch)-determined order replays exactly
             next(batches)
-        display = EpochProgressDisplay(steps, progress.epoch, cfg.train.epochs, initial=progress.steps_done)
+        display = EpochProgressDisplay(steps, progress.epoch, cfg.train.epochs, progress.steps_done, enabled=self.main)
         session_start = interval_start = time.perf_counter()
         interval_images = 0
         try:
             for images, labels, *indices in timed_batches(batches, progress):
                 logits, losses = self._step(images, labels, progress.epoch, *indices)
-                self.global_step += 1
-                progress.add(logits, labels, losses, self.global_step)
+                self.state.global_step += 1
+                progress.add(logits, labels, losses, self.state.global_step)
                 interval_images += labels.shape[0]
                 display.step()
                 if self.on_step is not None:
-                    self.on_step(progress.epoch, progress.steps_done, self.global_step)
-                if progress.steps_done % cfg.train.log_interval == 0:
+                    self.on_step(progress.epoch, progress.steps_done, self.state.global_step)
+                at_interval = progress.steps_done % cfg.train.log_interval == 0
+                if at_interval:
                     self._report_interval(progress, display, interval_images, interval_start)
                     interval_start, interval_images = time.perf_counter(), 0
-                if stop.requested and progress.steps_done < steps:
+                # Processes agree on stopping where they synchronise anyway; a single process stops at once.
+                agree = at_interval or not self.processes.distributed
+                if agree and self.processes.any(stop.requested, self.device) and progress.steps_done < steps:
                     self._check_finite(progress)
                     progress.elapsed_s += time.perf_counter() - session_start
                     return False
@@ -280,38 +291,29 @@ class Trainer:
         scalars = {f"train/{k}": v for k, v in means.items()}
         scalars.update({"train/loss": loss, "train/images_per_s": images_per_s})
         assert self.log is not None
-        self.log.log_scalars(scalars, self.global_step)
+        self.log.log_scalars(scalars, self.state.global_step)
 
     def _check_finite(self, progress: EpochProgress, means: dict[str, float] | None = None) -> None:
         """Raise NonFiniteLossError naming the first loss term that was NaN or infinite."""
-        bad = progress.first_non_finite(means)
-        if bad is None:
-            return
-        name, value, global_step = bad
-        step_in_epoch = global_step - (self.global_step - progress.steps_done)
         kept = (
-            f"the last good checkpoint is kept: {self.run_dir.checkpoint()} (epoch {self.epoch})"
+            f"the last good checkpoint is kept: {self.run_dir.checkpoint()} (epoch {self.state.epoch})"
             if self.run_dir.has_checkpoint()
             else "no checkpoint had been written yet"
         )
-        raise NonFiniteLossError(
-            f"loss term {name!r} became {'nan' if math.isnan(value) else 'infinite'} at epoch {progress.epoch}, "
-            f"step {step_in_epoch} of {len(self.train_loader)} (global step {global_step}); training stopped and "
-            f"{kept}. Try a lower train.lr or distill option weight, or amp=off."
-        )
+        progress.raise_if_non_finite(means, self.state.global_step, len(self.train_loader), kept)
 
     def _end_epoch(self, progress: EpochProgress, lr: float) -> None:
         means = progress.read()
         test = evaluate(self.distiller.student, self.test_loader, self.autocast, description="test")
-        self.epoch = progress.epoch
-        self.last_acc = test["top1"]
-        is_best = test["top1"] > self.best_acc
+        self.state.epoch = progress.epoch
+        self.state.last_acc = test["top1"]
+        is_best = test["top1"] > self.state.best_acc
         if is_best:
-            self.best_acc, self.best_epoch = test["top1"], self.epoch
+            self.state.best_acc, self.state.best_epoch = test["top1"], self.state.epoch
         loss_terms = {k: v for k, v in means.items() if k.startswith("loss_")}
         record = {
-            "epoch": self.epoch,
-            "global_step": self.global_step,
+            "epoch": self.state.epoch,
+            "global_step": self.state.global_step,
             "lr": lr,
             "loss": sum(loss_terms.values()),
             **loss_terms,
@@ -319,6 +321,7 @@ class Trainer:
             "test_acc": test["top1"],
             "test_top5": test["top5"],
             "test_loss": test["loss"],
+            "test_images": test["images"],
             "epoch_time_s": progress.elapsed_s,
             "images_per_s": progress.images_seen / progress.elapsed_s,
             "data_wait_fraction": progress.wait_s / progress.elapsed_s,
@@ -326,14 +329,17 @@ class Trainer:
         assert self.log is not None
         self.log.log_epoch(record)  # before the checkpoint: a crash in between replays this epoch on resume
         self._save_checkpoint(partial=None)
-        student_state = self.distiller.student.state_dict()
-        save_checkpoint(self.run_dir.student(), student_state)
-        if is_best:
-            copy_file_atomic(self.run_dir.checkpoint(), self.run_dir.checkpoint(best=True))
-            save_checkpoint(self.run_dir.student(best=True), student_state)
-        tqdm.write(format_epoch_line(record, self.cfg.train.epochs))
+        if self.main:
+            student_state = self.distiller.student.state_dict()
+            save_checkpoint(self.run_dir.student(), student_state)
+            if is_best:
+                copy_file_atomic(self.run_dir.checkpoint(), self.run_dir.checkpoint(best=True))
+                save_checkpoint(self.run_dir.student(best=True), student_state)
+        self._say(format_epoch_line(record, self.cfg.train.epochs))
 
     def _save_checkpoint(self, partial: EpochProgress | None) -> None:
+        if not self.main:
+            return
         save_checkpoint(
             self.run_dir.checkpoint(),
             {
@@ -342,14 +348,9 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "grad_scaler": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
-                "epoch": self.epoch,
-                "global_step": self.global_step,
-                "rng": capture_rng_state(),
-                "best_acc": self.best_acc,
-                "best_epoch": self.best_epoch,
-                "last_acc": self.last_acc,
-                "teacher_acc": self.teacher_acc,
+                **dataclasses.asdict(self.state),
                 "wall_time_s": self._wall_time(),
+                "rng": capture_rng_state(),
                 "partial_epoch": partial.state_dict() if partial is not None else None,
                 "config": config_to_dict(self.cfg),
                 "versions": library_versions(),
@@ -363,7 +364,7 @@ class Trainer:
         )
 
     def _wall_time(self) -> float:
-        return self.wall_time_before + time.perf_counter() - self.session_start
+        return self.state.wall_time_s + time.perf_counter() - self.session_start
 
     def _finish(self, status: str, error: str = "") -> dict[str, Any]:
         cfg = self.cfg
@@ -372,15 +373,16 @@ class Trainer:
             "method": cfg.method,
             "student": cfg.student,
             "teacher": cfg.teacher.name if self.teacher is not None else None,
-            "best_acc": self.best_acc if self.best_epoch else None,
-            "last_acc": self.last_acc,
-            "best_epoch": self.best_epoch or None,
-            "epochs_completed": self.epoch,
+            "best_acc": self.state.best_acc if self.state.best_epoch else None,
+            "last_acc": self.state.last_acc,
+            "best_epoch": self.state.best_epoch or None,
+            "epochs_completed": self.state.epoch,
             "epochs": cfg.train.epochs,
             "wall_time_s": self._wall_time(),
             "student_params": sum(p.numel() for p in self.distiller.student.parameters()),
             "head_params": self.distiller.num_head_parameters(),
-            "teacher_acc": self.teacher_acc,
+            "teacher_acc": self.state.teacher_acc,
+            "teacher_sha256": self.teacher_sha256,
             "dataset": self.train_set.description,
             "device": str(self.device),
             "amp": cfg.amp,
@@ -389,5 +391,6 @@ class Trainer:
         }
         if error:
             summary["error"] = error
-        self.run_dir.write_summary(summary)
+        if self.main:
+            self.run_dir.write_summary(summary)
         return summary

@@ -1,0 +1,121 @@
+"""Several training processes (torchrun, DDP): joining the group, reductions, and the wrapped model.
+
+`famkd train` runs as one process, or as one of several started by
+
+    torchrun --nproc_per_node N [--nnodes M --rdzv-endpoint HOST:PORT ...] -m famkd train CONFIG ...
+
+which sets WORLD_SIZE, RANK and LOCAL_RANK. Each process then joins the group (NCCL on CUDA, gloo
+on the CPU), takes the GPU of its local rank, loads 1/N of every global batch (`train.batch_size`
+is the global batch: it must divide by N) and trains a DistributedDataParallel copy of the
+student and the heads; the frozen teacher is not synchronised. Process 0 alone prints, logs and
+writes the run folder; every process resumes from its checkpoints. Loss terms, train accuracy and
+the test counts are summed over the processes, so the logged numbers cover the whole global batch
+and the whole test set (`all_reduce_sum`). A process that fails exits with its error, and torchrun
+then stops the others.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from famkd.distill import Distiller
+from famkd.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place among the training processes (one process: world_size 1, rank 0)."""
+
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Process 0, the one that prints and writes."""
+        return self.rank == 0
+
+    def batch_share(self, global_batch: int, setting: str = "train.batch_size") -> int:
+        """This process's share of a global batch; a remainder is an error."""
+        if global_batch % self.world_size:
+            raise ConfigError(
+                f"{setting}={global_batch} is the global batch and must divide by the {self.world_size} processes; "
+                f"choose a multiple of {self.world_size}"
+            )
+        return global_batch // self.world_size
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """Whether `flag` is set on any process (each process calls this at the same point)."""
+        if not self.distributed:
+            return flag
+        value = torch.tensor([float(flag)], device=device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+
+def join_processes(device_setting: str) -> Processes:
+    """The process group torchrun describes in the environment, joined (a single process: nothing to join)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Processes()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device_setting != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Processes(world_size, rank, local_rank)
+
+
+def process_device(device: torch.device, processes: Processes) -> torch.device:
+    """The GPU of this process's local rank when training on CUDA with several processes."""
+    if processes.distributed and device.type == "cuda":
+        return torch.device("cuda", processes.local_rank)
+    return device
+
+
+def all_reduce_sum(tensor: Tensor) -> Tensor:
+    """`tensor` summed over the processes (in place), or as it is with a single process."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def wrap_for_training(distiller: Distiller, processes: Processes, device: torch.device, sync_bn: bool) -> nn.Module:
+    """`distiller` for the training step: as it is with one process, else a DistributedDataParallel around the
+    student and the heads (find_unused_parameters=False: every head parameter gets a gradient), with the frozen
+    teacher's parameters and buffers left out of the synchronisation, and, with `sync_bn`, the student's and the
+    heads' batch norms computing their statistics over the global batch."""
+    if not processes.distributed:
+        return distiller
+    if distiller.needs_sample_indices:
+        raise ConfigError(
+            f"{type(distiller).__name__} keeps a per-sample memory that famkd does not share between processes "
+            "yet: train it as one process (without torchrun)"
+        )
+    if sync_bn:
+        teacher, distiller.teacher = distiller.teacher, None  # the frozen teacher keeps its own batch norms
+        nn.SyncBatchNorm.convert_sync_batchnorm(distiller)
+        distiller.teacher = teacher
+    teacher_state = [f"teacher.{name}" for name in distiller.teacher.state_dict()] if distiller.teacher else []
+    ignore = getattr(DistributedDataParallel, "_set_params_and_buffers_to_ignore_for_model", None)
+    if ignore is not None:  # without it the teacher's tensors are synchronised too: identical, so harmless
+        ignore(distiller, teacher_state)
+    device_ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(distiller, device_ids=device_ids, find_unused_parameters=False)
+
+
+def leave_processes() -> None:
+    """Leave the process group, if this process joined one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
