@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check for famkd (about 5 minutes on one H100; budget 8). Run from anywhere:
+# GPU check for famkd (about 7 minutes on one H100, section 2d estimated; budget 10). Run from anywhere:
 #
 #     python benchmarks/make_cifar_slice.py      # once, where the real CIFAR-100 is (./.cifar_slice is git-ignored)
 #     bash benchmarks/gpu_check.sh
@@ -7,11 +7,14 @@
 # Prints, in order:
 #   1. the FAM fast-vs-direct and cross-attention equivalence check on the device (float64);
 #   2. `famkd bench` for resnet32x4 -> resnet8x4 and resnet56 -> resnet20, fp32, then bf16 + channels-last;
+#      2d. the ImageNet pair resnet34 -> resnet18 at 224 x 224 (1000 classes), kd, reviewkd and fam_kd, at batch
+#      64 and 128 per GPU (IMAGENET_BATCHES), fp32 and bf16 + channels-last: step time and peak memory per GPU;
 #   3. a 2-epoch fam_kd run (resnet56 -> resnet20, bf16) on ./.cifar_slice (10k real CIFAR-100 images),
 #      with the slice's teacher checkpoint (.cifar_slice/teacher.pth).
 # Settings (environment): DEVICE (cuda), STEPS (20), WARMUP (3), TRAIN_STEPS (0 = whole epochs),
-# PYTHON (python), COMPILE=1 adds a `famkd bench --compile` run of kd,fam_kd. A CPU dry run:
-#     DEVICE=cpu STEPS=2 WARMUP=1 TRAIN_STEPS=2 BATCH=8 bash benchmarks/gpu_check.sh
+# PYTHON (python), IMAGENET_BATCHES ("64 128"), COMPILE=1 adds a `famkd bench --compile` run of kd,fam_kd.
+# A CPU dry run:
+#     DEVICE=cpu STEPS=2 WARMUP=1 TRAIN_STEPS=2 BATCH=8 IMAGENET_BATCHES=2 bash benchmarks/gpu_check.sh
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -19,6 +22,7 @@ DEVICE=${DEVICE:-cuda}
 STEPS=${STEPS:-20}
 WARMUP=${WARMUP:-3}
 BATCH=${BATCH:-64}
+IMAGENET_BATCHES=${IMAGENET_BATCHES:-64 128}
 TRAIN_STEPS=${TRAIN_STEPS:-0}
 PYTHON=${PYTHON:-python}
 COMPILE=${COMPILE:-0}
@@ -66,6 +70,16 @@ if [ "$COMPILE" = 1 ]; then
         --steps "$STEPS" --warmup "$WARMUP" --device "$DEVICE" --amp bf16 --channels-last --compile \
         --json "$OUT/resnet32x4_resnet8x4_bf16_compile.json"
 fi
+
+section "2d. famkd bench, ImageNet resnet34 -> resnet18 at 224, batch $IMAGENET_BATCHES, fp32 and bf16 + channels-last"
+for batch in $IMAGENET_BATCHES; do
+    famkd bench --teacher resnet34 --student resnet18 --image-size 224 --num-classes 1000 \
+        --methods kd,reviewkd,fam_kd --batch-size "$batch" --steps "$STEPS" --warmup "$WARMUP" --device "$DEVICE" \
+        --json "$OUT/imagenet_resnet34_resnet18_b${batch}_fp32.json"
+    famkd bench --teacher resnet34 --student resnet18 --image-size 224 --num-classes 1000 \
+        --methods kd,reviewkd,fam_kd --batch-size "$batch" --steps "$STEPS" --warmup "$WARMUP" --device "$DEVICE" \
+        --amp bf16 --channels-last --json "$OUT/imagenet_resnet34_resnet18_b${batch}_bf16.json"
+done
 
 section "3. 2-epoch fam_kd on $SLICE (resnet56 -> resnet20, bf16)"
 if [ ! -f "$SLICE/meta.json" ] || [ ! -f "$SLICE/teacher.pth" ]; then

@@ -182,3 +182,29 @@ def test_a_method_that_needs_sample_indices_gets_fixed_ones(index_recorder, tmp_
 
 def test_the_test_only_method_is_registered_for_its_test_alone():
     assert INDEX_METHOD not in DISTILLERS
+
+
+# ---------------------------------------------------------------- image size and classes
+
+
+def test_image_size_and_num_classes_shape_the_batch_and_the_heads():
+    seen, clock = {}, FakeClock()
+
+    def fake_step(bench_run, images, labels, indices, autocast):
+        seen["images"], seen["labels"] = images.shape, labels
+        seen["fam_sizes"] = [head.fam.size for head in bench_run.distiller.heads]
+        clock.now += 0.01
+
+    args = bench_args("--image-size", "16", "--num-classes", "7", "--steps", "1", "--warmup", "0", "--no-memory")
+    (record,) = benchmark(args, ["fam_kd"], torch.device("cpu"), step=fake_step, clock=clock)
+
+    assert seen["images"] == (4, 3, 16, 16)
+    assert seen["labels"].max() < 7
+    assert seen["fam_sizes"] == [1, 4, 8, 16]  # resnet8 at 16 x 16: stages at strides 1, 2, 4, then the pooled level
+    assert (record["image_size"], record["num_classes"]) == (16, 7)
+
+
+def test_the_image_size_defaults_to_cifar_and_must_be_positive(capsys):
+    assert bench_args().image_size == 32
+    assert main(TINY + ["--methods", "kd", "--image-size", "0"]) == 1
+    assert "--image-size must be >= 1, got 0" in capsys.readouterr().err

@@ -31,7 +31,8 @@ from famkd.errors import TrainingInterrupted
 from famkd.models import create_model
 
 TIMING_KEYS = {"epoch_time_s", "images_per_s", "data_wait_fraction"}
-EPOCH_KEYS = {"epoch", "global_step", "lr", "loss", "train_acc", "test_acc", "test_top5", "test_loss"} | TIMING_KEYS
+EPOCH_KEYS = {"epoch", "global_step", "lr", "loss", "train_acc", "test_acc", "test_top5", "test_loss", "test_images"}
+EPOCH_KEYS |= TIMING_KEYS
 CHECKPOINT_KEYS = {
     "student",
     "heads",
@@ -314,6 +315,7 @@ FAM_KD_OPTIONS = {
     "cutoff": 0.1,
     "order": 2,
     "max_mid_channels": 0,
+    "pooled_level": "loss",
 }
 
 

@@ -1,14 +1,14 @@
-"""Write configs/cifar100/ and configs/cifar100-quick/ from the paper's pair table (famkd.recipes;
-docs/method.md gives the sources).
+"""Write configs/cifar100/, configs/cifar100-quick/ and configs/imagenet/ from the paper's pair tables
+(famkd.recipes; docs/method.md gives the sources).
 
-    python tools/make_configs.py           rewrite both folders (and delete stale .yaml files there)
+    python tools/make_configs.py           rewrite the three folders (and delete stale .yaml files there)
     python tools/make_configs.py --check   exit 1 listing the files that differ from what would be written
 
-Each cifar100/ file states only the values that differ from famkd.config's defaults, plus `method`,
-`student` and `teacher.name`, which are always written so a file reads on its own, and the
-recipe's method options. Each cifar100-quick/ file names its cifar100/ file as `base:` and
-shortens the schedule alone (see QUICK_EPOCHS). The output is deterministic: the same table always
-gives byte-identical files.
+Each cifar100/ and imagenet/ file states only the values that differ from famkd.config's defaults,
+plus `method`, `student` and `teacher.name`, which are always written so a file reads on its own,
+and the recipe's method options. Each cifar100-quick/ file names its cifar100/ file as `base:` and
+shortens the schedule alone (see QUICK_EPOCHS). The output is deterministic: the same tables always
+give byte-identical files.
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ from pathlib import Path
 import yaml
 
 from famkd.config import Config, config_to_dict
-from famkd.recipes import CIFAR_PAIRS, LIGHTWEIGHT_STUDENTS, CifarPair
+from famkd.recipes import CIFAR_PAIRS, IMAGENET_PAIRS, LIGHTWEIGHT_STUDENTS, CifarPair, ImageNetPair
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "configs"
 FULL = "cifar100"  # the paper's schedule
 QUICK = "cifar100-quick"  # the same recipes on a short schedule
-GENERATED_FOLDERS = (FULL, QUICK)
+IMAGENET = "imagenet"
+GENERATED_FOLDERS = (FULL, QUICK, IMAGENET)
 QUICK_EPOCHS = 15
 
 # The CIFAR-100 schedule (docs/method.md) shared by every run; lr comes per student.
@@ -45,6 +46,12 @@ DEFAULT_LR = 0.05
 FAM_WARMUP_EPOCHS = 20
 KD_OPTIONS = {"temperature": 4.0, "ce_weight": 0.1, "loss_weight": 0.9}
 REVIEWKD_OPTIONS = {"loss_weight": 5.0, "warmup_epochs": 20}
+# The CRD benchmark (RepDistiller) runs of the baselines: CE weight 1, no logit-KD term (`-a 0`), `-b` the weight.
+FITNET_OPTIONS = {"loss_weight": 100.0, "ce_weight": 1.0}
+AT_OPTIONS = {"loss_weight": 1000.0, "ce_weight": 1.0}
+CRD_OPTIONS = {"loss_weight": 0.8, "ce_weight": 1.0, "feat_dim": 128, "nce_k": 16384, "nce_t": 0.07, "nce_mom": 0.5}
+WCORD_OPTIONS = {**CRD_OPTIONS, "local_weight": 0.8}
+DKD_OPTIONS = {"alpha": 1.0, "temperature": 4.0, "warmup_epochs": 20, "ce_weight": 1.0}  # beta per pair
 
 METHOD_TITLES = {
     "fam_kd": "FAM-KD (review form)",
@@ -52,8 +59,60 @@ METHOD_TITLES = {
     "reviewkd": "ReviewKD",
     "fam_reviewkd": "FAM + ReviewKD",
     "kd": "KD",
+    "fitnet": "FitNet",
+    "at": "AT",
+    "dkd": "DKD",
+    "crd": "CRD",
+    "wcord": "WCoRD",
+}
+FIXED_RECIPES = {
+    "reviewkd": REVIEWKD_OPTIONS,
+    "fam_reviewkd": REVIEWKD_OPTIONS,
+    "kd": KD_OPTIONS,
+    "fitnet": FITNET_OPTIONS,
+    "at": AT_OPTIONS,
+    "crd": CRD_OPTIONS,
+    "wcord": WCORD_OPTIONS,
 }
 DISTILL_METHODS = tuple(METHOD_TITLES)
+
+# The ImageNet recipe (docs/method.md, "ImageNet"): the supplement's schedule for every run. batch_size is
+# the global batch, split over the processes of a multi-GPU run.
+IMAGENET_SCHEDULE = {
+    "epochs": 100,
+    "batch_size": 256,
+    "lr": 0.1,
+    "momentum": 0.9,
+    "weight_decay": 1e-4,
+    "lr_milestones": [30, 60, 90],
+    "lr_decay": 0.1,
+}
+IMAGENET_DATA = {"dataset": "imagenet"}
+IMAGENET_STUDENTS = tuple(dict.fromkeys(pair.student for pair in IMAGENET_PAIRS))
+IMAGENET_WARMUP_EPOCHS = 1
+IMAGENET_KD_OPTIONS = {"temperature": 1.0, "ce_weight": 0.5, "loss_weight": 0.5}
+IMAGENET_METHOD_TITLES = {"fam_kd": "FAM-KD (review form)", "kd": "KD", "reviewkd": "ReviewKD", "dkd": "DKD"}
+# Where each method's ImageNet options come from; {pair} is the pair's folder in the published configs.
+IMAGENET_SOURCES = {
+    "fam_kd": "the supplement (weight 1, warm-up 1 epoch); the pooled level as a residual alone, as in the published "
+    "FAM-KD configs/imagenet/r34_r18/fam_kd.yaml",
+    "kd": "mdistiller's configs/imagenet/{pair}/kd.yaml, the DKD paper's ImageNet KD (trained at batch 512, lr 0.2)",
+    "reviewkd": "mdistiller's configs/imagenet/{pair}/reviewkd.yaml; head width: ReviewKD's ImageNet code",
+    "dkd": "mdistiller's configs/imagenet/{pair}/dkd.yaml, alpha at its default 1 (trained at batch 512, lr 0.2)",
+}
+# Trailing comments on single ImageNet distill values: (method, pair name, option) -> why.
+IMAGENET_VALUE_NOTES = {
+    (
+        "fam_kd",
+        "resnet50_MobileNetV1",
+        "student_preact",
+    ): "as the only published FAM config of this pair (FAM_REVIEW_KD, STU_PREACT true); docs/method.md",
+    (
+        "reviewkd",
+        "resnet50_MobileNetV1",
+        "max_mid_channels",
+    ): "ReviewKD's ImageNet code and mdistiller's config; mdistiller's code ignores it and uses 512",
+}
 
 # Trailing comments on single values: (method, pair name, distill option) -> why the value is what it is.
 VALUE_NOTES = {
@@ -73,10 +132,10 @@ def distill_options(method: str, pair: CifarPair) -> dict:
             "student_preact": pair.student_preact,
             "warmup_epochs": FAM_WARMUP_EPOCHS,
         }
-    if method in ("reviewkd", "fam_reviewkd"):
-        return dict(REVIEWKD_OPTIONS)
-    if method == "kd":
-        return dict(KD_OPTIONS)
+    if method == "dkd":
+        return {**DKD_OPTIONS, "beta": float(pair.dkd_beta)}
+    if method in FIXED_RECIPES:
+        return dict(FIXED_RECIPES[method])
     raise ValueError(f"no CIFAR recipe for method {method!r}; known: {', '.join(DISTILL_METHODS)}")
 
 
@@ -105,14 +164,15 @@ def differing(values: dict, defaults: dict) -> dict:
     return kept
 
 
-def minimal_config(method: str, student: str, teacher: str, distill: dict) -> dict:
+def minimal_config(method: str, student: str, teacher: str, distill: dict, train: dict, data: dict) -> dict:
     """The config of one run as a nested dict, reduced to what differs from the defaults."""
     full = {
         "method": method,
         "student": student,
         "teacher": {"name": teacher},
         "distill": distill,
-        "train": {**CIFAR_SCHEDULE, "lr": model_lr(student)},
+        "data": data,
+        "train": train,
     }
     defaults = {**config_to_dict(Config()), "distill": {}}  # the recipe's options are always written
     kept = differing(full, defaults)
@@ -154,7 +214,9 @@ def distill_config_text(method: str, pair: CifarPair) -> str:
         f"# {METHOD_TITLES[method]}, {pair.teacher} -> {pair.student} on CIFAR-100 (docs/method.md). "
         f"Run: famkd train configs/{FULL}/{relative} teacher.checkpoint=PATH"
     )
-    values = minimal_config(method, pair.student, pair.teacher, distill_options(method, pair))
+    values = minimal_config(
+        method, pair.student, pair.teacher, distill_options(method, pair), cifar_train(pair.student), {}
+    )
     notes = {option: note for (m, name, option), note in VALUE_NOTES.items() if (m, name) == (method, pair.name)}
     return "\n".join([header, *yaml_lines(values, notes)]) + "\n"
 
@@ -165,8 +227,82 @@ def vanilla_config_text(model: str) -> str:
         f"# {model} trained from scratch on CIFAR-100 ({role}, the docs/method.md schedule). "
         f"Run: famkd train configs/{FULL}/vanilla/{model}.yaml"
     )
-    values = minimal_config("vanilla", model, "", {})
+    values = minimal_config("vanilla", model, "", {}, cifar_train(model), {})
     return "\n".join([header, *yaml_lines(values, {})]) + "\n"
+
+
+def cifar_train(student: str) -> dict:
+    """The CIFAR-100 schedule with the student's learning rate."""
+    return {**CIFAR_SCHEDULE, "lr": model_lr(student)}
+
+
+def imagenet_distill_options(method: str, pair: ImageNetPair) -> dict:
+    """The distiller options of `method` for the ImageNet `pair` (docs/method.md, "ImageNet")."""
+    if method == "fam_kd":
+        return {
+            "loss_weight": 1.0,
+            "warmup_epochs": IMAGENET_WARMUP_EPOCHS,
+            "student_preact": pair.fam_student_preact,
+            "pooled_level": "residual",
+        }
+    if method == "kd":
+        return dict(IMAGENET_KD_OPTIONS)
+    if method == "reviewkd":
+        return {
+            "loss_weight": pair.reviewkd_weight,
+            "warmup_epochs": IMAGENET_WARMUP_EPOCHS,
+            "student_preact": True,
+            "max_mid_channels": pair.reviewkd_mid_channels,
+        }
+    if method == "dkd":
+        return {
+            "alpha": 1.0,
+            "beta": pair.dkd_beta,
+            "temperature": 1.0,
+            "warmup_epochs": IMAGENET_WARMUP_EPOCHS,
+            "ce_weight": 1.0,
+        }
+    raise ValueError(f"no ImageNet recipe for method {method!r}; known: {', '.join(IMAGENET_METHOD_TITLES)}")
+
+
+IMAGENET_BATCH_NOTE = "# train.batch_size is the global batch: 256 images per step over all processes together."
+
+
+def imagenet_config_text(method: str, pair: ImageNetPair) -> str:
+    relative = f"{method}/{pair.name}.yaml"
+    header = [
+        f"# {IMAGENET_METHOD_TITLES[method]}, {pair.teacher} -> {pair.student} on ImageNet (docs/method.md). "
+        f"Run: famkd train configs/{IMAGENET}/{relative} data.root=PATH teacher.checkpoint=PATH",
+        IMAGENET_BATCH_NOTE,
+        f"# Method options: {IMAGENET_SOURCES[method].format(pair=pair.published_name)}.",
+    ]
+    distill = imagenet_distill_options(method, pair)
+    values = minimal_config(method, pair.student, pair.teacher, distill, IMAGENET_SCHEDULE, IMAGENET_DATA)
+    notes = {
+        option: note for (m, name, option), note in IMAGENET_VALUE_NOTES.items() if (m, name) == (method, pair.name)
+    }
+    return "\n".join([*header, *yaml_lines(values, notes)]) + "\n"
+
+
+def imagenet_vanilla_text(model: str) -> str:
+    header = [
+        f"# {model} trained from scratch on ImageNet (a student baseline, the docs/method.md schedule). "
+        f"Run: famkd train configs/{IMAGENET}/vanilla/{model}.yaml data.root=PATH",
+        IMAGENET_BATCH_NOTE,
+    ]
+    values = minimal_config("vanilla", model, "", {}, IMAGENET_SCHEDULE, IMAGENET_DATA)
+    return "\n".join([*header, *yaml_lines(values, {})]) + "\n"
+
+
+def imagenet_config_texts() -> dict[str, str]:
+    """Relative path under configs/imagenet/ -> file text: every method on every pair, and the students alone."""
+    texts = {
+        f"{method}/{pair.name}.yaml": imagenet_config_text(method, pair)
+        for method in IMAGENET_METHOD_TITLES
+        for pair in IMAGENET_PAIRS
+    }
+    texts.update({f"vanilla/{model}.yaml": imagenet_vanilla_text(model) for model in IMAGENET_STUDENTS})
+    return texts
 
 
 def quick_schedule(epochs: int = QUICK_EPOCHS) -> dict:
@@ -204,6 +340,7 @@ def config_texts() -> dict[str, str]:
     full.update({f"vanilla/{model}.yaml": (vanilla_config_text(model), {}) for model in vanilla_models()})
     texts = {f"{FULL}/{name}": text for name, (text, _) in full.items()}
     texts.update({f"{QUICK}/{name}": quick_config_text(name, options) for name, (_, options) in full.items()})
+    texts.update({f"{IMAGENET}/{name}": text for name, text in imagenet_config_texts().items()})
     return dict(sorted(texts.items()))
 
 
@@ -245,7 +382,8 @@ def write_configs(directory: Path) -> tuple[list[str], list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Generate configs/cifar100 and configs/cifar100-quick from famkd.recipes (docs/method.md)."
+        description="Generate configs/cifar100, configs/cifar100-quick and configs/imagenet from famkd.recipes "
+        "(docs/method.md)."
     )
     parser.add_argument(
         "--check",

@@ -1,7 +1,8 @@
 """`famkd bench`: time the training step of several distillation methods side by side.
 
 Every method trains its own student (and heads) against one shared, randomly initialised
-teacher, on one fixed random batch of CIFAR shape, with the trainer's optimiser (SGD with
+teacher, on one fixed random batch of (B, 3, S, S) images, S = `--image-size` (32, CIFAR's side, by
+default; 224 for the ImageNet models, with `--num-classes 1000`), with the trainer's optimiser (SGD with
 momentum and weight decay over the student and the heads) and its step: autocast forward,
 summed loss terms, zero_grad, backward, optimiser step. Steps run round-robin across the
 methods, each round starting one method later, so that every method sees the same machine
@@ -49,7 +50,7 @@ from famkd.models import create_model
 from famkd.models.registry import MODELS
 from famkd.registry import closest
 
-IMAGE_SIZE = 32
+DEFAULT_IMAGE_SIZE = 32  # CIFAR's side
 BENCH_EPOCH = 1  # the epoch passed to the distillers; it only scales a loss weight
 TRAIN_SET_SIZE = 50000  # CIFAR-100's training images: the memory bank of methods that need sample indices
 MEMORY_CHILD_STEPS = 2  # the second step is the first with momentum buffers and gradients alive
@@ -75,7 +76,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channels-last", action="store_true", help="models and images in channels-last layout")
     parser.add_argument("--compile", action="store_true", help="torch.compile each distiller")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave the default)")
-    parser.add_argument("--num-classes", type=int, default=100)
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=DEFAULT_IMAGE_SIZE,
+        help="side of the square random images, which fixes the heads' sizes (224 for the ImageNet models)",
+    )
+    parser.add_argument(
+        "--num-classes", type=int, default=100, help="classes the models predict (1000 for the ImageNet models)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--no-memory",
@@ -145,6 +154,8 @@ def check_settings(args: argparse.Namespace) -> None:
             raise FamkdError(f"{setting}: unknown model {name!r}{hint}")
     for setting, value, minimum in (
         ("--batch-size", args.batch_size, 1),
+        ("--image-size", args.image_size, 1),
+        ("--num-classes", args.num_classes, 1),
         ("--steps", args.steps, 1),
         ("--warmup", args.warmup, 0),
         ("--threads", args.threads, 0),
@@ -167,7 +178,7 @@ def benchmark(
     """
     step = step or training_step
     torch.manual_seed(args.seed)
-    images, labels = random_batch(args.batch_size, args.num_classes, device, args.channels_last)
+    images, labels = random_batch(args.batch_size, args.image_size, args.num_classes, device, args.channels_last)
     teacher = create_model(args.teacher, num_classes=args.num_classes).to(device)
     if args.channels_last:
         to_channels_last(teacher)
@@ -198,9 +209,11 @@ def benchmark(
     return summarize(args, runs, device, images.shape[0])
 
 
-def random_batch(batch_size: int, num_classes: int, device: torch.device, channels_last: bool) -> tuple[Tensor, Tensor]:
-    """Normalised-looking random images (B, 3, 32, 32) and labels (B,)."""
-    images = torch.randn(batch_size, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)
+def random_batch(
+    batch_size: int, image_size: int, num_classes: int, device: torch.device, channels_last: bool
+) -> tuple[Tensor, Tensor]:
+    """Normalised-looking random images (B, 3, S, S), S = image_size, and labels (B,)."""
+    images = torch.randn(batch_size, 3, image_size, image_size, device=device)
     labels = torch.randint(num_classes, (batch_size,), device=device)
     return images.contiguous(memory_format=memory_format(channels_last)), labels
 
@@ -214,7 +227,12 @@ def build_method(args: argparse.Namespace, method: str, teacher, device: torch.d
     student = create_model(args.student, num_classes=args.num_classes)
     labels = torch.arange(TRAIN_SET_SIZE) % args.num_classes  # a balanced training set, for memory banks
     distiller = create_distiller(
-        method, student=student, teacher=teacher, image_size=IMAGE_SIZE, num_samples=TRAIN_SET_SIZE, labels=labels
+        method,
+        student=student,
+        teacher=teacher,
+        image_size=args.image_size,
+        num_samples=TRAIN_SET_SIZE,
+        labels=labels,
     )
     distiller.to(device)
     if args.channels_last:
@@ -281,6 +299,8 @@ def settings_record(args: argparse.Namespace, device: torch.device) -> dict:
         "teacher": args.teacher,
         "student": args.student,
         "batch_size": args.batch_size,
+        "image_size": args.image_size,
+        "num_classes": args.num_classes,
         "steps": args.steps,
         "warmup": args.warmup,
         "device": str(device),
@@ -337,6 +357,7 @@ def format_table(results: list[dict]) -> str:
     first = results[0]
     header = (
         f"famkd bench: {first['teacher']} -> {first['student']}, batch {first['batch_size']}, "
+        f"{first['image_size']}x{first['image_size']} images, {first['num_classes']} classes, "
         f"{first['device']} ({first['device_name']}), {first['threads']} threads, amp {first['amp']}, "
         f"channels_last {first['channels_last']}, compile {first['compile']}, torch {first['torch']}; "
         f"median of {first['steps']} steps after {first['warmup']} warm-up"

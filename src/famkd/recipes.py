@@ -1,7 +1,7 @@
-"""The paper's CIFAR-100 teacher/student pairs and their per-pair settings (docs/method.md).
+"""The paper's CIFAR-100 and ImageNet teacher/student pairs and their per-pair settings (docs/method.md).
 
-The YAML files under configs/cifar100/ are generated from this table (tools/make_configs.py)
-and a test keeps them in step with it.
+The YAML files under configs/cifar100/ and configs/imagenet/ are generated from these tables
+(tools/make_configs.py) and a test keeps them in step with them.
 """
 
 from __future__ import annotations
@@ -42,6 +42,50 @@ CIFAR_PAIRS = (
     CifarPair("resnet32x4", "ShuffleV1", alpha=20, student_preact=False, dkd_beta=8),
     CifarPair("resnet32x4", "ShuffleV2", alpha=20, student_preact=False, dkd_beta=8),
     CifarPair("wrn_40_2", "ShuffleV1", alpha=20, student_preact=False, dkd_beta=8),
+)
+
+
+# ---- ImageNet pairs ------------------------------------------------------------------------------
+# The settings that differ between the two ImageNet pairs; everything else is shared (docs/method.md,
+# "ImageNet"). configs/imagenet/ is generated from this table too.
+
+
+@dataclass(frozen=True)
+class ImageNetPair:
+    """An ImageNet teacher -> student pair and the per-pair values of its methods' recipes."""
+
+    teacher: str
+    student: str
+    published_name: str  # the pair's folder in the published configs (mdistiller, FAM-KD): configs/imagenet/<this>/
+    fam_student_preact: bool  # FAM-KD matches the student's pre-activation maps
+    reviewkd_weight: float  # ReviewKD's loss weight (mdistiller's configs)
+    reviewkd_mid_channels: int  # ReviewKD's head width C_mid (the published ReviewKD ImageNet code)
+    dkd_beta: float  # DKD's beta (mdistiller's configs)
+
+    @property
+    def name(self) -> str:
+        return f"{self.teacher}_{self.student}"
+
+
+IMAGENET_PAIRS = (
+    ImageNetPair(
+        "resnet34",
+        "resnet18",
+        "r34_r18",
+        fam_student_preact=False,
+        reviewkd_weight=1.0,
+        reviewkd_mid_channels=512,
+        dkd_beta=0.5,
+    ),
+    ImageNetPair(
+        "resnet50",
+        "MobileNetV1",
+        "r50_mv1",
+        fam_student_preact=True,
+        reviewkd_weight=8.0,
+        reviewkd_mid_channels=256,
+        dkd_beta=2.0,
+    ),
 )
 
 

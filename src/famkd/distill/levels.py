@@ -53,10 +53,10 @@ def feature_mse(outputs: list[Tensor], targets: list[Tensor]) -> Tensor:
     return cast(Tensor, sum(F.mse_loss(out, target) for out, target in zip(outputs, targets)))  # >= 1 level
 
 
-def review_chain(heads, student_maps: list[Tensor]) -> list[Tensor]:
+def review_chain(heads, student_maps: list[Tensor], residual: Tensor | None = None) -> list[Tensor]:
     """Run review-form heads (deepest first) down the levels, each fusing the previous level's
-    residual; returns their outputs shallow to deep."""
-    outputs, residual = [], None
+    residual (the deepest head gets `residual`); returns their outputs shallow to deep."""
+    outputs = []
     for head, x in zip(heads, reversed(student_maps)):
         out, residual = head(x, residual)
         outputs.append(out)
