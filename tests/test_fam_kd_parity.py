@@ -275,6 +275,30 @@ def test_round_trip_through_the_published_layout(max_mid_channels):
         assert torch.equal(loaded[key], value), key
 
 
+def test_a_residual_pooled_level_loads_without_the_published_pooled_fam():
+    """The published ImageNet model builds a FAM and BN at the pooled level (atfs.0.conv2.*) whose output is
+    never compared with anything; with pooled_level residual famkd has none, and skips those keys."""
+
+    def distiller(seed: int, pooled_level: str):
+        torch.manual_seed(seed)
+        student, teacher = create_model("resnet8"), create_model("resnet8")
+        return create_distiller(
+            "fam_kd", student=student, teacher=teacher, max_mid_channels=32, pooled_level=pooled_level
+        ).double()
+
+    source = distiller(0, "residual")
+    state = {official_name(k): official_value(k, v) for k, v in source.state_dict().items()}
+    published_pooled = official_state(distiller(2, "loss"))
+    state.update({k: v for k, v in published_pooled.items() if k.startswith("atfs.0.conv2.")})
+    assert any(k.startswith("atfs.0.conv2.0.weights1") for k in state) and "atfs.0.conv1_x.0.weight" in state
+    target = distiller(1, "residual")
+    load_official_state(target, state)
+    loaded = target.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in source.state_dict().items())
+    with pytest.raises(OfficialStateError, match=r"lacks 10 keys, e.g. \[.heads.0.bn.bias"):
+        load_official_state(distiller(1, "loss"), {k: v for k, v in state.items() if not k.startswith("atfs.0.conv2")})
+
+
 def test_module_prefixed_state_loads():
     source = fam_kd_pair(seed=0)
     target = fam_kd_pair(seed=1)

@@ -80,10 +80,16 @@ def map_official_key(key: str, target: nn.Module) -> str | None:
         match = HEAD_KEY.fullmatch(key)
         if match and int(match.group(1)) == 0 and match.group(2).startswith("conv1."):
             return None  # the deepest level's residual projection: built but never used by the published model
+        if match and int(match.group(1)) == 0 and match.group(2).startswith("conv2.") and is_residual_pooled(target):
+            return None  # the pooled level's FAM and BN: built but never compared (ImageNet, pooled_level residual)
         mapped = head_key(int(match.group(1)), match.group(2)) if match else None
     if mapped is None:
         raise OfficialStateError(f"published key {key!r} has no counterpart in {type(target).__name__}")
     return mapped
+
+
+def is_residual_pooled(target: nn.Module) -> bool:
+    return isinstance(target, FamKD) and target.pooled_is_residual
 
 
 def load_official_state(target: FamKD | FrequencyAttention, state_dict: dict[str, Tensor]) -> None:
