@@ -426,3 +426,23 @@ def test_evaluation_shows_a_named_progress_bar_only_when_asked(monkeypatch):
         ("teacher test", None, False),
         (None, True, False),
     ]
+
+
+def test_a_teacher_can_come_from_torchvisions_weights_api(monkeypatch, resnet8_weights):
+    """`teacher.checkpoint=torchvision:<Weights>.<entry>` resolves the entry and loads its state dict (here a
+    local one: the download itself needs a network)."""
+    from torchvision.models import ResNet18_Weights
+
+    torch.manual_seed(0)
+    published = create_model("resnet18", num_classes=1000).state_dict()
+    fetched = []
+    monkeypatch.setattr(
+        ResNet18_Weights, "get_state_dict", lambda self, progress=False: fetched.append(self) or published
+    )
+    teacher, arch = load_teacher_and_name(
+        TeacherConfig(name="resnet18", checkpoint="torchvision:ResNet18_Weights.IMAGENET1K_V1"), num_classes=1000
+    )
+    assert fetched == [ResNet18_Weights.IMAGENET1K_V1] and arch == "resnet18"
+    assert all(torch.equal(teacher.state_dict()[k], v) for k, v in published.items())
+    with pytest.raises(FamkdError, match="torchvision:ResNet18_Weights.NOPE: not a torchvision weights entry"):
+        load_teacher(TeacherConfig(name="resnet18", checkpoint="torchvision:ResNet18_Weights.NOPE"), 1000)

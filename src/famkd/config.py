@@ -53,7 +53,7 @@ class TeacherConfig:
     """The frozen teacher of a distillation run."""
 
     name: str = ""  # model name in the zoo, e.g. "resnet56"
-    checkpoint: str = ""  # path to a community {"model": state_dict} file or a famkd checkpoint
+    checkpoint: str = ""  # a community {"model": ...} file, a famkd checkpoint, or torchvision:<Weights>.<entry>
     sha256: str = ""  # when set, the checkpoint file's SHA-256 must match
 
 

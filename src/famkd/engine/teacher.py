@@ -22,6 +22,7 @@ from famkd.errors import FamkdError
 from famkd.models import FeatureModel, create_model
 
 _KEYS_SHOWN = 5
+TORCHVISION_PREFIX = "torchvision:"
 COMMUNITY_TEACHERS_URL = "https://github.com/megvii-research/mdistiller/releases/tag/checkpoints"
 
 
@@ -103,14 +104,39 @@ def load_model_weights(
 ) -> tuple[FeatureModel, str]:
     """Build a zoo model and load the weights of the checkpoint file at `path` into it.
 
-    `sha256`, when set, must match the file. See `model_from_checkpoint` for the rest.
+    `sha256`, when set, must match the file. See `model_from_checkpoint` for the rest. A `path` of the form
+    `torchvision:<Weights enum>.<entry>` (e.g. `torchvision:ResNet34_Weights.IMAGENET1K_V1`) takes the weights
+    from torchvision's weights API instead (downloaded once into torch's cache when online).
     """
+    if str(path).startswith(TORCHVISION_PREFIX):
+        checkpoint = torchvision_weights(str(path)[len(TORCHVISION_PREFIX) :])
+        return model_from_checkpoint(checkpoint, path, model_name, num_classes, name_setting=name_setting)
     path = Path(path)
     if not path.is_file():
         raise FamkdError(f"checkpoint not found: {path}")
     if sha256:
         verify_sha256(path, sha256)
     return model_from_checkpoint(load_checkpoint(path), path, model_name, num_classes, name_setting=name_setting)
+
+
+def torchvision_weights(name: str) -> dict[str, Tensor]:
+    """The state dict of torchvision's published weights `name` (e.g. "ResNet34_Weights.IMAGENET1K_V1")."""
+    from torchvision.models import get_weight
+
+    try:
+        weights = get_weight(name)
+    except (KeyError, ValueError, AttributeError) as error:
+        raise FamkdError(
+            f"teacher.checkpoint=torchvision:{name}: not a torchvision weights entry ({error}); "
+            "e.g. torchvision:ResNet34_Weights.IMAGENET1K_V1"
+        ) from None
+    try:
+        return weights.get_state_dict(progress=False)
+    except OSError as error:  # offline, or the download failed
+        raise FamkdError(
+            f"cannot fetch torchvision's {name} ({error}); download its file once where you are online and pass "
+            f"teacher.checkpoint=PATH (its url: {weights.url})"
+        ) from None
 
 
 def model_from_checkpoint(
@@ -160,6 +186,11 @@ def load_teacher_and_name(cfg: TeacherConfig, num_classes: int) -> tuple[Feature
     )
     teacher.requires_grad_(False)
     return teacher, arch
+
+
+def teacher_fingerprint(checkpoint: str) -> str:
+    """What identifies a teacher's weights in a run's summary: its file's SHA-256, or the torchvision entry."""
+    return checkpoint if checkpoint.startswith(TORCHVISION_PREFIX) else file_sha256(checkpoint)
 
 
 def load_teacher(cfg: TeacherConfig, num_classes: int) -> FeatureModel:

@@ -33,7 +33,7 @@ from famkd.engine.run_log import EpochProgressDisplay, RunLog, format_epoch_line
 from famkd.engine.schedule import build_optimizer, build_scheduler
 from famkd.engine.seeding import seed_everything, set_deterministic_algorithms
 from famkd.engine.step import optimizer_step
-from famkd.engine.teacher import file_sha256, load_teacher_and_name, missing_teacher_message
+from famkd.engine.teacher import load_teacher_and_name, missing_teacher_message, teacher_fingerprint
 from famkd.errors import FamkdError, NonFiniteLossError, TrainingInterrupted
 from famkd.files import copy_file_atomic, write_text_atomic
 from famkd.models import create_model
@@ -149,7 +149,7 @@ class Trainer:
         self.teacher = None
         if self.needs_teacher:
             self.teacher, cfg.teacher.name = load_teacher_and_name(cfg.teacher, num_classes)
-        self.teacher_sha256 = file_sha256(cfg.teacher.checkpoint) if self.teacher is not None and self.main else None
+        self.teacher_sha256 = teacher_fingerprint(cfg.teacher.checkpoint) if self.teacher and self.main else None
         data: dict[str, Any] = {
             "image_size": dataset_image_size(cfg.data),
             "num_samples": len(self.train_set),
