@@ -16,7 +16,6 @@ import torch.nn.functional as F
 import famkd.distill.crd  # noqa: F401  (registers crd)
 import famkd.distill.wcord  # noqa: F401  (registers wcord)
 from famkd.config import load_config
-from famkd.data.datasets import ImageDataset
 from famkd.distill import create_distiller, list_options
 from famkd.distill.contrastive import QueueMemory, SampleMemory, draw_other_classes, draw_others, nce_loss
 from famkd.distill.wcord import sinkhorn_cost
@@ -27,6 +26,7 @@ from famkd.engine.trainer import train
 from famkd.errors import ConfigError, TrainingInterrupted
 from famkd.models import create_model
 from famkd.recipes import CIFAR_PAIRS
+from tiny_cifar import tiny_datasets
 
 METHODS = ("crd", "wcord")
 TIMING_KEYS = {"epoch_time_s", "images_per_s", "data_wait_fraction"}
@@ -269,17 +269,6 @@ def test_bf16_autocast_keeps_the_contrast_and_memories_in_float32(method):
 
 
 # ---- exact resume --------------------------------------------------------------------------
-
-
-def tiny_datasets(num_classes=10, train_per_class=4, test_per_class=2):
-    generator = torch.Generator().manual_seed(0)
-
-    def split(per_class):
-        labels = torch.arange(num_classes).repeat(per_class)
-        images = torch.randint(0, 256, (len(labels), 3, 32, 32), dtype=torch.uint8, generator=generator)
-        return ImageDataset(images, labels, num_classes, (0.5,) * 3, (0.25,) * 3, "random test images")
-
-    return split(train_per_class), split(test_per_class)
 
 
 @pytest.mark.parametrize("queue_size", [0, 16])

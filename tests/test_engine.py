@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from famkd.config import ConfigError, TeacherConfig, TrainConfig, load_config
-from famkd.data.datasets import ImageDataset
 from famkd.distill import create_distiller, resolve_method_options
 from famkd.distill.vanilla import Vanilla
 from famkd.engine import run_log
@@ -35,6 +34,7 @@ from famkd.engine.teacher import load_teacher, load_teacher_and_name
 from famkd.engine.trainer import train
 from famkd.errors import FamkdError, NonFiniteLossError
 from famkd.models import create_model
+from tiny_cifar import tiny_datasets
 
 # ---- checkpoints ---------------------------------------------------------------------------
 
@@ -271,17 +271,6 @@ def test_epoch_progress_means_and_first_non_finite_step():
     progress.add(logits, labels, {"ce": torch.tensor(float("inf")), "kd": torch.tensor(float("nan"))}, global_step=9)
     assert {n: int(s) for n, s in progress.first_bad_step.items()} == {"ce": 9, "kd": 8}
     assert progress.images_seen == 6 and progress.steps_done == 3
-
-
-def tiny_datasets(num_classes=10, train_per_class=4, test_per_class=2):
-    generator = torch.Generator().manual_seed(0)
-
-    def split(per_class):
-        labels = torch.arange(num_classes).repeat(per_class)
-        images = torch.randint(0, 256, (len(labels), 3, 32, 32), dtype=torch.uint8, generator=generator)
-        return ImageDataset(images, labels, num_classes, (0.5,) * 3, (0.25,) * 3, "random test images")
-
-    return split(train_per_class), split(test_per_class)
 
 
 def quick_config(tmp_path, *overrides):

@@ -16,6 +16,9 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from famkd.data import ImageDataset
 
 TOTAL_CLASSES = 100
 FINE_LABEL_NAMES = [f"fine_class_{i:02d}" for i in range(TOTAL_CLASSES)]
@@ -104,3 +107,18 @@ def _write_npy_layout(directory: Path, arrays: dict[str, np.ndarray]) -> None:
         "coarse_label_names": COARSE_LABEL_NAMES,
     }
     (directory / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
+def tiny_datasets(
+    num_classes: int = 10, train_per_class: int = 4, test_per_class: int = 2
+) -> tuple[ImageDataset, ImageDataset]:
+    """In-memory (train, test) ImageDatasets of random 32x32 images, labels cycling over the classes, for
+    tests that replace the trainer's `build_datasets`."""
+    generator = torch.Generator().manual_seed(0)
+
+    def split(per_class: int) -> ImageDataset:
+        labels = torch.arange(num_classes).repeat(per_class)
+        images = torch.randint(0, 256, (len(labels), 3, 32, 32), dtype=torch.uint8, generator=generator)
+        return ImageDataset(images, labels, num_classes, (0.5,) * 3, (0.25,) * 3, "random test images")
+
+    return split(train_per_class), split(test_per_class)

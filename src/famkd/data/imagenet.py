@@ -53,6 +53,7 @@ from torchvision import transforms
 from torchvision.datasets.folder import default_loader
 
 from famkd.data.datasets import DataFormatError, DataNotFoundError
+from famkd.data.loader import check_loader_settings
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -327,10 +328,7 @@ class ImageNetLoader:
         num_replicas: int | None = None,
         rank: int | None = None,
     ):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if max_steps < 0:
-            raise ValueError(f"max_steps must be >= 0 (0 = the whole epoch), got {max_steps}")
+        check_loader_settings(batch_size, max_steps)
         self.dataset = dataset
         self.batch_size = batch_size
         self.train = train

@@ -25,6 +25,14 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(mixed))
 
 
+def check_loader_settings(batch_size: int, max_steps: int) -> None:
+    """The settings every famkd loader takes: a positive batch size, max_steps >= 0 (0 = the whole epoch)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_steps < 0:
+        raise ValueError(f"max_steps must be >= 0 (0 = the whole epoch), got {max_steps}")
+
+
 class BatchLoader:
     """Yields (float32 normalised images (B, 3, H, W), int64 labels (B,)) on `device`.
 
@@ -55,10 +63,7 @@ class BatchLoader:
         num_replicas: int = 1,
         rank: int = 0,
     ):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if max_steps < 0:
-            raise ValueError(f"max_steps must be >= 0 (0 = the whole epoch), got {max_steps}")
+        check_loader_settings(batch_size, max_steps)
         self.dataset = dataset
         self.batch_size = batch_size
         self.train = train
