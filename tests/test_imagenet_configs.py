@@ -2,9 +2,10 @@
 step on CPU; fam_kd's `pooled_level: residual` (the published ImageNet model) against a direct computation, and
 every parameter trained in both pooled-level modes.
 
-One CPU step of fam_kd on resnet50 -> MobileNetV1 at 224 needs 12 to 15 GB and 40 to 90 s (830M head parameters),
-so it runs only with FAMKD_HEAVY_TESTS=1; by default that config steps at 64 x 64, and its heads are counted at 224 on
-the meta device.
+One CPU step of fam_kd on resnet50 -> MobileNetV1 at 224 needs about 15 GB and 45 s (830M head parameters: measured
+peak RSS 15.1 GB, 48 s on the 2-core CI machine with 24 GB). It runs by default; on a smaller machine,
+FAMKD_SKIP_HEAVY_TESTS=1 skips it, saying so, and that config then also steps at 64 x 64 and has its heads counted at
+224 on the meta device.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ IMAGENET_DIR = REPO_ROOT / "configs" / "imagenet"
 NUM_CLASSES = 1000
 IMAGE_SIZE = 224
 HEAVY_CONFIG = "fam_kd/resnet50_MobileNetV1.yaml"
-RUN_HEAVY = os.environ.get("FAMKD_HEAVY_TESTS") == "1"
+RUN_HEAVY = os.environ.get("FAMKD_SKIP_HEAVY_TESTS") != "1"
 
 
 def imagenet_configs() -> list[str]:
@@ -73,7 +74,7 @@ def check_one_training_step(distiller: Distiller, train: TrainConfig, image_size
     [
         pytest.param(
             name,
-            marks=pytest.mark.skipif(not RUN_HEAVY, reason="12-15 GB, 40-90 s on CPU: set FAMKD_HEAVY_TESTS=1"),
+            marks=pytest.mark.skipif(not RUN_HEAVY, reason="FAMKD_SKIP_HEAVY_TESTS=1: a 15 GB step"),
         )
         if name == HEAVY_CONFIG
         else name
