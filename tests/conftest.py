@@ -1,4 +1,9 @@
-"""Shared fixtures: tiny CIFAR-100 copies on disk in both real formats (see tiny_cifar.py)."""
+"""Shared fixtures: tiny CIFAR-100 copies on disk in both real formats (see tiny_cifar.py), and the test order.
+
+Tests marked `heavy` (a step that needs most of the machine's memory) run first, while the test process
+holds little memory: the memory a long session has touched stays with the process, and a heavy step on
+top of it would add up.
+"""
 
 from __future__ import annotations
 
@@ -25,3 +30,11 @@ def tiny_cifar_pickle(tmp_path_factory) -> Path:
     Shared by the whole session: read it, never write into it.
     """
     return write_tiny_cifar(tmp_path_factory.mktemp("tiny_cifar_pickle"), "pickle")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "heavy: needs most of the machine's memory; runs before every other test")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)  # stable: heavy first, order kept
