@@ -107,6 +107,10 @@ def test_configs_are_exactly_what_the_generator_writes():
         for name in sorted(p.relative_to(QUICK_DIR).as_posix() for p in QUICK_DIR.rglob("*.yaml"))
     ]
     committed += [f"imagenet/{name}" for name in imagenet_configs()]
+    committed += [
+        f"coco/{p.relative_to(REPO_ROOT / 'configs' / 'coco').as_posix()}"
+        for p in (REPO_ROOT / "configs" / "coco").rglob("*.yaml")
+    ]
     assert sorted(committed) == sorted(generated), "run `python tools/make_configs.py` and commit"
     for name, text in generated.items():
         path = REPO_ROOT / "configs" / name
@@ -247,8 +251,8 @@ def test_check_mode_lists_changed_missing_and_extra_files(tmp_path, capsys):
     (tmp_path / "cifar100" / "vanilla" / "vgg8.yaml").unlink()
     (tmp_path / "cifar100-quick" / "kd" / "old_pair.yaml").write_text("method: kd\n")
     (tmp_path / "imagenet" / "dkd" / "resnet50_MobileNetV1.yaml").unlink()
-    (tmp_path / "coco").mkdir()
-    (tmp_path / "coco" / "hand_written.yaml").write_text("method: kd\n")  # not a generated folder
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "hand_written.yaml").write_text("method: kd\n")  # not a generated folder
     capsys.readouterr()
     assert make_configs.main(["--check", "--dir", str(tmp_path)]) == 1
     report = capsys.readouterr().err
@@ -256,11 +260,11 @@ def test_check_mode_lists_changed_missing_and_extra_files(tmp_path, capsys):
     assert "cifar100/vanilla/vgg8.yaml (missing)" in report
     assert "cifar100-quick/kd/old_pair.yaml (not generated" in report
     assert "imagenet/dkd/resnet50_MobileNetV1.yaml (missing)" in report
-    assert "fam_kd/" not in report and "coco" not in report  # untouched files are not listed
+    assert "fam_kd/" not in report and "mine" not in report  # untouched files are not listed
 
     assert make_configs.main(["--dir", str(tmp_path)]) == 0
     assert not (tmp_path / "cifar100-quick" / "kd" / "old_pair.yaml").exists()
-    assert (tmp_path / "coco" / "hand_written.yaml").exists()
+    assert (tmp_path / "mine" / "hand_written.yaml").exists()
     assert make_configs.main(["--check", "--dir", str(tmp_path)]) == 0
 
 
@@ -384,3 +388,31 @@ def test_imagenet_judgement_calls_say_why():
     assert "FAM_REVIEW_KD" in next(line for line in fam.splitlines() if line.strip().startswith("student_preact:"))
     review = (IMAGENET_DIR / "reviewkd" / "resnet50_MobileNetV1.yaml").read_text()
     assert "512" in next(line for line in review.splitlines() if line.strip().startswith("max_mid_channels:"))
+
+
+# ---------------------------------------------------------------- configs/coco
+
+COCO_DIR = REPO_ROOT / "configs" / "coco"
+# docs/detection.md: the ReviewKD/DKD pairs, and ReviewKD's loss weight per pair (mdistiller's detection configs).
+COCO_REVIEWKD_WEIGHT = {"resnet101_resnet18": 1.2, "resnet101_resnet50": 1.0, "resnet50_mobilenet_v2": 2.0}
+
+
+@pytest.mark.parametrize("method", ["fam_kd", "reviewkd", "kd", "vanilla"])
+@pytest.mark.parametrize("pair", sorted(COCO_REVIEWKD_WEIGHT))
+def test_coco_configs_carry_the_papers_schedule(method, pair):
+    from famkd.detection.config import load_detection_config
+
+    teacher, student = pair.split("_", 1)
+    cfg = load_detection_config(COCO_DIR / method / f"{pair}.yaml", ["teacher.checkpoint=teacher.pkl"])
+    assert (cfg.method, cfg.student) == (method, student)
+    assert method == "vanilla" or cfg.teacher.backbone == teacher
+    train = cfg.train
+    assert (train.iterations, train.batch_size, train.lr, train.lr_steps, train.lr_decay) == (
+        180000,
+        8,
+        0.01,
+        [120000, 160000],
+        0.1,
+    )
+    if method == "reviewkd":
+        assert cfg.distill["loss_weight"] == COCO_REVIEWKD_WEIGHT[pair]

@@ -28,7 +28,8 @@ CONFIG_DIR = REPO_ROOT / "configs"
 FULL = "cifar100"  # the paper's schedule
 QUICK = "cifar100-quick"  # the same recipes on a short schedule
 IMAGENET = "imagenet"
-GENERATED_FOLDERS = (FULL, QUICK, IMAGENET)
+COCO = "coco"
+GENERATED_FOLDERS = (FULL, QUICK, IMAGENET, COCO)
 QUICK_EPOCHS = 15
 
 # The CIFAR-100 schedule (docs/method.md) shared by every run; lr comes per student.
@@ -330,6 +331,37 @@ def quick_config_text(full_relative: str, options: dict) -> str:
     return "\n".join([header, *yaml_lines(values, {})]) + "\n"
 
 
+# MS-COCO (docs/detection.md): the pairs of ReviewKD and DKD, teacher -> student backbone, and ReviewKD's loss
+# weight per pair from mdistiller's detection/configs/ReviewKD/*.yaml. The schedule (180k iterations, batch 8,
+# lr 0.01, x0.1 at 120k and 160k) is famkd.detection.config's default, so the files do not repeat it.
+COCO_PAIRS = {("resnet101", "resnet18"): 1.2, ("resnet101", "resnet50"): 1.0, ("resnet50", "mobilenet_v2"): 2.0}
+COCO_METHODS = ("fam_kd", "reviewkd", "kd", "vanilla")
+
+
+def coco_config_text(method: str, teacher: str, student: str) -> str:
+    """configs/coco/<method>/<teacher>_<student>.yaml: the method, the pair, and ReviewKD's per-pair weight."""
+    values: dict = {"method": method, "student": student}
+    if method != "vanilla":
+        values["teacher"] = {"backbone": teacher}
+    if method == "reviewkd":
+        values["distill"] = {"loss_weight": COCO_PAIRS[(teacher, student)]}
+    teacher_note = " teacher.checkpoint=PATH" if method != "vanilla" else ""
+    header = (
+        f"# {method} on MS-COCO, Faster R-CNN + FPN {teacher} -> {student} (docs/detection.md; the paper's schedule is "
+        f"the default). Run: famkd detect train configs/{COCO}/{method}/{teacher}_{student}.yaml data.root=PATH"
+        + teacher_note
+    )
+    return "\n".join([header, *yaml_lines(values, {})]) + "\n"
+
+
+def coco_config_texts() -> dict[str, str]:
+    return {
+        f"{method}/{teacher}_{student}.yaml": coco_config_text(method, teacher, student)
+        for method in COCO_METHODS
+        for teacher, student in COCO_PAIRS
+    }
+
+
 def config_texts() -> dict[str, str]:
     """Relative path under configs/ (e.g. "cifar100/fam_kd/resnet56_resnet20.yaml") -> file text."""
     full = {
@@ -341,6 +373,7 @@ def config_texts() -> dict[str, str]:
     texts = {f"{FULL}/{name}": text for name, (text, _) in full.items()}
     texts.update({f"{QUICK}/{name}": quick_config_text(name, options) for name, (_, options) in full.items()})
     texts.update({f"{IMAGENET}/{name}": text for name, text in imagenet_config_texts().items()})
+    texts.update({f"{COCO}/{name}": text for name, text in coco_config_texts().items()})
     return dict(sorted(texts.items()))
 
 

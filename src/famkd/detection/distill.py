@@ -1,0 +1,297 @@
+"""Detection distillers: a Faster R-CNN student, a frozen Faster R-CNN teacher and the method's heads.
+
+Every distiller's `forward(images, targets, iteration)` returns `{term: scalar}`: the student's four
+detection losses unchanged (loss_objectness, loss_rpn_box_reg, loss_classifier, loss_box_reg) plus the
+method's weighted term, all of which the trainer sums and logs. The teacher runs in eval mode under
+no_grad and is not a parameter of the optimiser. The distillation weight ramps linearly over the first
+`warmup_iters` iterations: weight * min(iteration / warmup_iters, 1) (iterations count from 1).
+
+Methods (`DETECTION_METHODS`), on the FPN levels P2..P6 ("0".."3", "pool", 256 channels each):
+
+- `vanilla`: the student alone.
+- `kd`: KD on the box classifier: the teacher pools its own FPN maps at the student's sampled proposals
+  (its box_roi_pool), runs its box head and predictor, and the term is kd_loss(student logits, teacher
+  logits, T) (famkd.distill.kd), T^2-scaled KL over the C + 1 classes, mean over the proposals.
+- `reviewkd`: ReviewKD's detection form: ABF (famkd.distill.reviewkd.AttentionFusion, C_mid 256) down the
+  levels from P6 to P2 at their own sizes (the deeper residual nearest-upsampled to each level's size),
+  3x3 conv + BN output heads, and the hierarchical context loss against the teacher's FPN maps.
+- `fam_kd`: famkd's detection form of FAM-KD (the paper gives no detection details; see docs/detection.md):
+  per level, 1x1 projection 256 -> C_mid (+ BN + ReLU), cross-attention with the deeper level's fused map
+  (as on CIFAR), adaptive average pooling to a fixed square side S_l, FAM(C_mid -> 256, S_l) + BN (no
+  ReLU: the teacher's FPN maps are signed, unlike the post-ReLU stage outputs FAM-KD matches on CIFAR), and
+  the MSE against the teacher's FPN map pooled to S_l in the same way; the sum over the levels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection import FasterRCNN
+
+from famkd.detection.models import (
+    FPN_CHANNELS,
+    FPN_LEVELS,
+    DetectorOutputs,
+    count_parameters,
+    detector_forward,
+    teacher_class_logits,
+    teacher_features,
+)
+from famkd.distill.base import FamFilterOptions
+from famkd.distill.kd import kd_loss
+from famkd.distill.levels import Level, review_chain
+from famkd.distill.options import DistillOptions, resolve_options
+from famkd.distill.reviewkd import AttentionFusion, conv_output_head, hierarchical_context_loss
+from famkd.errors import ConfigError
+from famkd.fam import FrequencyAttention
+from famkd.nn.blocks import projection
+from famkd.nn.cross_attention import CrossAttention
+from famkd.registry import closest
+from famkd.settings import setting
+
+Targets = list[dict[str, Tensor]]
+
+
+@dataclass
+class DetectionOptions(DistillOptions):
+    """Options every teacher-based detection method has: the term's weight and its warm-up in iterations."""
+
+    loss_weight: float = setting(1.0, minimum=0.0)
+    warmup_iters: int = setting(0, minimum=0)  # 0: the full weight from the first iteration
+
+
+@dataclass
+class KDDetectionOptions(DetectionOptions):
+    """kd: weight 1 and temperature 1 (DKD's detection setting, mdistiller detection/model/config.py KD.DKD.T)."""
+
+    temperature: float = setting(1.0, above=0.0)
+
+
+@dataclass
+class ReviewKDDetectionOptions(DetectionOptions):
+    """reviewkd: weight 1 (mdistiller's KD.REVIEWKD.LOSS_WEIGHT default; its R18<-R101 config uses 1.2,
+    MV2<-R50 2.0) and the ABF width C_mid (256 in ReviewKD's detection code)."""
+
+    mid_channels: int = setting(256, minimum=1)
+
+
+def default_pool_sizes() -> list[int]:
+    return [32, 16, 8, 4, 2]
+
+
+@dataclass
+class FamKDDetectionOptions(FamFilterOptions, DetectionOptions):
+    """fam_kd: the FAM filter options, the head width C_mid (even, for the cross-attention) and the fixed
+    square side S_l each level is pooled to, P2..P6."""
+
+    mid_channels: int = setting(64, minimum=2)
+    pool_sizes: list[int] = setting(factory=default_pool_sizes)
+
+
+@dataclass
+class NoOptions(DistillOptions):
+    """vanilla has no options."""
+
+
+def warmup_factor(iteration: int, warmup_iters: int) -> float:
+    """min(iteration / warmup_iters, 1); 1 without a warm-up."""
+    return min(iteration / warmup_iters, 1.0) if warmup_iters else 1.0
+
+
+class DetectionDistiller(nn.Module):
+    """A student detector, an optional frozen teacher (kept in eval mode) and the method's `heads`.
+
+    Subclasses implement `distill_loss(outputs, images)`, the unweighted distillation term.
+    """
+
+    Options: ClassVar[type[DistillOptions]] = NoOptions
+    loss_name: ClassVar[str] = ""
+
+    def __init__(self, student: FasterRCNN, teacher: FasterRCNN | None, options: Any):
+        super().__init__()
+        self.student = student
+        self.teacher = teacher
+        self.options = options
+        self.heads = nn.ModuleList()
+        if teacher is not None:
+            teacher.requires_grad_(False)
+            teacher.eval()
+
+    def train(self, mode: bool = True) -> DetectionDistiller:
+        """Set the student's and the heads' mode; the teacher stays in eval mode."""
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def num_head_parameters(self) -> int:
+        return count_parameters(self.heads)
+
+    def forward(self, images: list[Tensor], targets: Targets, iteration: int) -> dict[str, Tensor]:
+        outputs = detector_forward(self.student, images, targets)
+        losses = dict(outputs.losses)
+        if self.loss_name:
+            weight = self.options.loss_weight * warmup_factor(iteration, self.options.warmup_iters)
+            losses[self.loss_name] = weight * self.distill_loss(outputs, images)
+        return losses
+
+    def distill_loss(self, outputs: DetectorOutputs, images: list[Tensor]) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no distillation term")
+
+    def teacher_maps(self, images: list[Tensor]) -> tuple[dict[str, Tensor], list[tuple[int, int]]]:
+        """The teacher's FPN maps and image sizes, under no_grad."""
+        assert self.teacher is not None
+        with torch.no_grad():
+            return teacher_features(self.teacher, images)
+
+
+class VanillaDetection(DetectionDistiller):
+    """The student trained alone on the detection losses."""
+
+
+class KDDetection(DetectionDistiller):
+    """loss_weight * kd_loss(student box logits, teacher box logits on the student's proposals, T)."""
+
+    Options = KDDetectionOptions
+    loss_name = "kd"
+
+    def distill_loss(self, outputs: DetectorOutputs, images: list[Tensor]) -> Tensor:
+        assert self.teacher is not None
+        features, image_sizes = self.teacher_maps(images)
+        with torch.no_grad():
+            logits = teacher_class_logits(self.teacher, features, outputs.proposals, image_sizes)
+        return kd_loss(outputs.class_logits, logits, self.options.temperature)
+
+
+def fpn_level() -> Level:
+    """A Level of 256 channels in and out whose student and teacher sizes agree (no resize in the head)."""
+    return Level(FPN_CHANNELS, 0, FPN_CHANNELS, 0)
+
+
+def student_maps(outputs: DetectorOutputs) -> list[Tensor]:
+    """The student's FPN maps, P2..P6."""
+    return [outputs.features[name] for name in FPN_LEVELS]
+
+
+class ReviewKDDetection(DetectionDistiller):
+    """loss_weight * HCL(ABF heads(student FPN maps), teacher FPN maps), the heads run from P6 down to P2."""
+
+    Options = ReviewKDDetectionOptions
+    loss_name = "reviewkd"
+
+    def __init__(self, student: FasterRCNN, teacher: FasterRCNN | None, options: ReviewKDDetectionOptions):
+        super().__init__(student, teacher, options)
+        mid, level = options.mid_channels, fpn_level()
+        deepest = len(FPN_LEVELS) - 1
+        self.heads.extend(
+            AttentionFusion(level, mid, index != deepest, conv_output_head(mid, level))
+            for index in reversed(range(len(FPN_LEVELS)))
+        )
+
+    def distill_loss(self, outputs: DetectorOutputs, images: list[Tensor]) -> Tensor:
+        features, _ = self.teacher_maps(images)
+        return hierarchical_context_loss(
+            review_chain(self.heads, student_maps(outputs)), [features[name] for name in FPN_LEVELS]
+        )
+
+
+class PooledFamHead(nn.Module):
+    """One level of fam_kd's detection form (module docstring); returns (output at S x S, the fused map)."""
+
+    def __init__(self, mid_channels: int, size: int, fuse: bool, fam_options: dict[str, Any]):
+        super().__init__()
+        self.size = size
+        self.input_proj = projection(FPN_CHANNELS, mid_channels, relu=True)
+        self.attention = CrossAttention(mid_channels) if fuse else None
+        self.fam = FrequencyAttention(mid_channels, FPN_CHANNELS, size, **fam_options)
+        self.bn = nn.BatchNorm2d(FPN_CHANNELS)
+
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x = self.input_proj(x)
+        if self.attention is not None:
+            assert residual is not None  # every level but the deepest fuses the deeper level's map
+            x = self.attention(x, residual)  # upsamples the residual's query (nearest) to x's size itself
+        out = self.bn(self.fam(F.adaptive_avg_pool2d(x, self.size)))  # signed, as the FPN map it matches
+        return out, x
+
+
+class FamKDDetection(DetectionDistiller):
+    """loss_weight * sum over P2..P6 of MSE(FAM head(student map), teacher map), both pooled to S_l x S_l."""
+
+    Options = FamKDDetectionOptions
+    loss_name = "fam_kd"
+
+    def __init__(self, student: FasterRCNN, teacher: FasterRCNN | None, options: FamKDDetectionOptions):
+        super().__init__(student, teacher, options)
+        check_fam_options(options)
+        deepest = len(FPN_LEVELS) - 1
+        self.heads.extend(
+            PooledFamHead(options.mid_channels, options.pool_sizes[index], index != deepest, options.fam_options())
+            for index in reversed(range(len(FPN_LEVELS)))
+        )
+
+    def distill_loss(self, outputs: DetectorOutputs, images: list[Tensor]) -> Tensor:
+        features, _ = self.teacher_maps(images)
+        heads_out = review_chain(self.heads, student_maps(outputs))
+        sizes = self.options.pool_sizes
+        targets = [F.adaptive_avg_pool2d(features[name], size) for name, size in zip(FPN_LEVELS, sizes)]
+        return torch.stack([F.mse_loss(out, target) for out, target in zip(heads_out, targets)]).sum()
+
+
+def check_fam_options(options: FamKDDetectionOptions) -> None:
+    """One positive pooled side per FPN level, and an even C_mid (the cross-attention halves it)."""
+    if len(options.pool_sizes) != len(FPN_LEVELS) or min(options.pool_sizes) < 1:
+        raise ConfigError(
+            f"distill.pool_sizes must give one positive side per FPN level P2..P6 ({len(FPN_LEVELS)} values, "
+            f"e.g. [32, 16, 8, 4, 2]), got {options.pool_sizes}"
+        )
+    if options.mid_channels % 2:
+        raise ConfigError(
+            f"distill.mid_channels must be even (the cross-attention halves it), got {options.mid_channels}"
+        )
+
+
+DETECTION_METHODS: dict[str, type[DetectionDistiller]] = {
+    "vanilla": VanillaDetection,
+    "kd": KDDetection,
+    "reviewkd": ReviewKDDetection,
+    "fam_kd": FamKDDetection,
+}
+
+
+def distiller_class(method: str) -> type[DetectionDistiller]:
+    """The distiller of `method`, or a ConfigError naming the nearest method."""
+    if method not in DETECTION_METHODS:
+        near = closest(method, DETECTION_METHODS)
+        hint = f" (did you mean {near!r}?)" if near else ""
+        raise ConfigError(
+            f"method={method!r} is not a detection method{hint}; choose one of: {', '.join(DETECTION_METHODS)}"
+        )
+    return DETECTION_METHODS[method]
+
+
+def needs_teacher(method: str) -> bool:
+    return distiller_class(method).loss_name != ""
+
+
+def resolve_detection_options(method: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Every option of `method` at its effective value (the given ones checked, the others defaulted)."""
+    options_class = distiller_class(method).Options
+    return dataclasses.asdict(resolve_options(options_class, values, method))
+
+
+def create_detection_distiller(
+    method: str, student: FasterRCNN, teacher: FasterRCNN | None, options: Mapping[str, Any]
+) -> DetectionDistiller:
+    """The distiller of `method` with `options` (a mapping, e.g. a config's distill section)."""
+    cls = distiller_class(method)
+    if needs_teacher(method) and teacher is None:
+        raise ConfigError(f"method {method} needs a teacher: set teacher.backbone and teacher.checkpoint")
+    resolved = resolve_options(cls.Options, options, method)
+    return cls(student, teacher if needs_teacher(method) else None, resolved)

@@ -1,0 +1,179 @@
+"""famkd detect: distillers' loss terms on fixed tensors, CLI training on a tiny COCO, and exact resume."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from famkd.detection import cli
+from famkd.detection.config import load_detection_config
+from famkd.detection.distill import FPN_LEVELS, create_detection_distiller
+from famkd.detection.models import DetectorOutputs, build_detector
+from famkd.detection.trainer import train_detection
+from famkd.distill.kd import kd_loss
+from famkd.distill.reviewkd import hierarchical_context_loss
+from famkd.engine.checkpoint import load_checkpoint
+from famkd.engine.run_log import read_metrics
+from famkd.errors import ConfigError, TrainingInterrupted
+from tiny_coco import write_tiny_coco
+
+SMALL = ["data.min_size=64", "data.max_size=96", "data.workers=0", "device=cpu", "train.student_init=none"]
+SCHEDULE = ["train.batch_size=2", "train.warmup_iters=0", "train.lr_steps=[]", "run.tensorboard=false"]
+FAM = ["distill.pool_sizes=[8,4,2,2,1]", "distill.mid_channels=16"]
+
+
+def detect(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    return cli.run(parser.parse_args(list(argv)))
+
+
+@pytest.fixture(scope="module")
+def coco(tmp_path_factory) -> Path:
+    return write_tiny_coco(tmp_path_factory.mktemp("coco"))
+
+
+@pytest.fixture(scope="module")
+def teacher(coco: Path, tmp_path_factory) -> Path:
+    """A vanilla resnet18 detector trained for 4 iterations through `famkd detect train`."""
+    run_dir = tmp_path_factory.mktemp("teacher") / "run"
+    config = run_dir.parent / "vanilla.yaml"
+    config.write_text("method: vanilla\nstudent: resnet18\ntrain:\n  iterations: 4\n  lr: 0.02\n")
+    assert detect("train", str(config), f"data.root={coco}", f"run.dir={run_dir}", *SMALL, *SCHEDULE) == 0
+    return run_dir / "student_last.pt"
+
+
+def distill_overrides(coco: Path, teacher: Path, run_dir: Path, method: str = "fam_kd") -> list[str]:
+    return [
+        f"method={method}",
+        "teacher.backbone=resnet18",
+        f"teacher.checkpoint={teacher}",
+        f"data.root={coco}",
+        f"run.dir={run_dir}",
+        *SMALL,
+        *SCHEDULE,
+    ]
+
+
+def test_fam_kd_trains_through_the_cli_and_is_evaluated(coco: Path, teacher: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "fam_kd"
+    overrides = [*distill_overrides(coco, teacher, run_dir), *FAM, "data.flip_prob=0", "train.iterations=16"]
+    config = tmp_path / "fam_kd.yaml"
+    config.write_text("train:\n  lr: 0.005\n  log_every: 4\n")
+    assert detect("train", str(config), *overrides) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and set(summary) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    records = read_metrics(run_dir)
+    assert [record["iteration"] for record in records] == [4, 8, 12, 16]
+    assert records[-1]["loss_fam_kd"] < records[0]["loss_fam_kd"]
+    assert "AP" in records[-1] and "loss_loss_classifier" in records[0]
+    assert detect("eval", str(run_dir), "--data", str(coco), "--device", "cpu") == 0
+
+
+def test_an_interrupted_run_resumes_exactly(coco: Path, teacher: Path, tmp_path: Path) -> None:
+    common = [*distill_overrides(coco, teacher, tmp_path / "x"), *FAM, "train.iterations=5", "train.log_every=2"]
+    whole, interrupted = tmp_path / "whole", tmp_path / "interrupted"
+    train_detection(load_detection_config(None, [*common, f"run.dir={whole}"]))
+
+    def press_ctrl_c(iteration: int) -> None:
+        if iteration == 3:  # mid-epoch (2 batches per epoch) and mid-log-interval
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted, match=f"famkd detect train --resume {interrupted}"):
+        train_detection(load_detection_config(None, [*common, f"run.dir={interrupted}"]), on_step=press_ctrl_c)
+    assert load_checkpoint(interrupted / "checkpoints" / "last.pt")["iteration"] == 3
+    assert detect("train", "--resume", str(interrupted)) == 0
+    runs = (whole, interrupted)
+    untimed = [[{k: v for k, v in r.items() if k != "interval_time_s"} for r in read_metrics(d)] for d in runs]
+    assert untimed[0] == untimed[1]
+    states = [load_checkpoint(d / "checkpoints" / "last.pt") for d in (whole, interrupted)]
+    for part in ("student", "heads"):
+        assert all(torch.equal(states[0][part][key], states[1][part][key]) for key in states[0][part])
+
+
+SIZES = ((16, 24), (8, 12), (4, 6), (2, 3), (1, 2))  # P2..P6 of a 64x96 image
+
+
+def fixed_outputs(student, images) -> DetectorOutputs:
+    """Student FPN maps of the teacher's sizes, two proposals per image and box logits, all fixed."""
+    features = {name: torch.randn(2, 256, *size) for name, size in zip(FPN_LEVELS, SIZES)}
+    proposals = [torch.tensor([[2.0, 3.0, 30.0, 40.0], [10.0, 5.0, 60.0, 50.0]])] * 2
+    return DetectorOutputs({}, features, proposals, torch.randn(4, 4, requires_grad=True), [(64, 96)] * 2)
+
+
+@pytest.fixture(scope="module")
+def detectors():
+    torch.manual_seed(0)
+    return build_detector("resnet18", 4, 64, 96), build_detector("resnet18", 4, 64, 96).eval()
+
+
+def test_fam_kd_term_is_the_pooled_mse_of_its_heads(detectors) -> None:
+    student, teacher = detectors
+    distiller = create_detection_distiller(
+        "fam_kd", student, teacher, {"pool_sizes": [8, 4, 2, 2, 1], "mid_channels": 8}
+    )
+    images = [torch.rand(3, 64, 96), torch.rand(3, 64, 96)]
+    outputs = fixed_outputs(student, images)
+    loss = distiller.distill_loss(outputs, images)
+    teacher_maps = distiller.teacher_maps(images)[0]
+    maps = [outputs.features[name] for name in FPN_LEVELS]
+    expected, residual = torch.zeros(()), None
+    for head, level in zip(distiller.heads, reversed(range(5))):
+        x = head.input_proj(maps[level])
+        x = x if head.attention is None else head.attention(x, residual)
+        out = head.bn(head.fam(F.adaptive_avg_pool2d(x, head.size)))
+        expected = expected + ((out - F.adaptive_avg_pool2d(teacher_maps[FPN_LEVELS[level]], head.size)) ** 2).mean()
+        residual = x
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert all(parameter.grad is not None for parameter in distiller.heads.parameters())
+    print(f"fam_kd head parameters at the defaults: {default_fam_head_parameters(detectors)}")
+
+
+def default_fam_head_parameters(detectors) -> int:
+    return create_detection_distiller("fam_kd", *detectors, {}).num_head_parameters()
+
+
+def test_reviewkd_term_is_hcl_of_its_heads(detectors) -> None:
+    student, teacher = detectors
+    distiller = create_detection_distiller("reviewkd", student, teacher, {"mid_channels": 16})
+    images = [torch.rand(3, 64, 96), torch.rand(3, 64, 96)]
+    outputs = fixed_outputs(student, images)
+    loss = distiller.distill_loss(outputs, images)
+    teacher_maps = distiller.teacher_maps(images)[0]
+    heads_out, residual = [], None
+    for head, level in zip(distiller.heads, reversed(range(5))):
+        out, residual = head(outputs.features[FPN_LEVELS[level]], residual)
+        assert out.shape == teacher_maps[FPN_LEVELS[level]].shape
+        heads_out.insert(0, out)
+    torch.testing.assert_close(loss, hierarchical_context_loss(heads_out, [teacher_maps[n] for n in FPN_LEVELS]))
+    loss.backward()
+    assert all(parameter.grad is not None for parameter in distiller.heads.parameters())
+
+
+def test_kd_term_is_kd_loss_of_the_teachers_box_logits(detectors) -> None:
+    student, teacher = detectors
+    distiller = create_detection_distiller("kd", student, teacher, {"temperature": 2.0})
+    images = [torch.rand(3, 64, 96), torch.rand(3, 64, 96)]
+    outputs = fixed_outputs(student, images)
+    features, sizes = distiller.teacher_maps(images)
+    heads = teacher.roi_heads
+    with torch.no_grad():
+        logits, _ = heads.box_predictor(heads.box_head(heads.box_roi_pool(features, outputs.proposals, sizes)))
+    torch.testing.assert_close(distiller.distill_loss(outputs, images), kd_loss(outputs.class_logits, logits, 2.0))
+
+
+def test_bad_detection_settings_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="did you mean 'train.iterations'"):
+        load_detection_config(None, ["train.iteration=3"])
+    with pytest.raises(ConfigError, match="needs teacher.checkpoint"):
+        load_detection_config(None, ["method=fam_kd"])
+    with pytest.raises(ConfigError, match="not allowed"):
+        load_detection_config(None, ["method=fitnet"])
