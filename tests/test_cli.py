@@ -269,6 +269,8 @@ def test_help_lists_every_subcommand_and_each_has_help(capsys):
         "inspect",
         "results",
         "sweep",
+        "report",
+        "detect",
     ]
     commands = (
         ("train", "--resume"),
@@ -276,6 +278,8 @@ def test_help_lists_every_subcommand_and_each_has_help(capsys):
         ("inspect", "--out"),
         ("results", "--json"),
         ("sweep", "--seeds"),
+        ("report", "--out"),
+        ("detect", "train"),
     )
     for command, option in commands:
         with pytest.raises(SystemExit) as done:

@@ -6,12 +6,14 @@ import argparse
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from famkd.cli import main
 from famkd.detection import cli
 from famkd.detection.config import load_detection_config
 from famkd.detection.distill import FPN_LEVELS, create_detection_distiller
@@ -177,3 +179,10 @@ def test_bad_detection_settings_are_config_errors() -> None:
         load_detection_config(None, ["method=fam_kd"])
     with pytest.raises(ConfigError, match="not allowed"):
         load_detection_config(None, ["method=fitnet"])
+
+
+def test_without_pycocotools_famkd_detect_names_the_extra(monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "pycocotools", None)  # `import pycocotools` now fails as if not installed
+    assert main(["detect", "eval", "run", "--data", "coco"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'famkd[detection]'" in err and "Traceback" not in err

@@ -435,3 +435,17 @@ def test_a_teacher_can_come_from_torchvisions_weights_api(monkeypatch, resnet8_w
     assert all(torch.equal(teacher.state_dict()[k], v) for k, v in published.items())
     with pytest.raises(FamkdError, match="torchvision:ResNet18_Weights.NOPE: not a torchvision weights entry"):
         load_teacher(TeacherConfig(name="resnet18", checkpoint="torchvision:ResNet18_Weights.NOPE"), 1000)
+
+
+def test_atomically_written_files_get_the_permissions_of_a_plain_write(tmp_path):
+    from famkd.files import write_text_atomic
+
+    previous = os.umask(0o027)
+    try:
+        write_text_atomic(tmp_path / "summary.json", "{}\n")
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(previous)
+    mode = (tmp_path / "summary.json").stat().st_mode & 0o777
+    assert mode == (tmp_path / "plain.txt").stat().st_mode & 0o777 == 0o640
+    assert sorted(os.listdir(tmp_path)) == ["plain.txt", "summary.json"]

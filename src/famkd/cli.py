@@ -8,6 +8,8 @@
     famkd inspect RUN_DIR [--out DIR]                     (famkd.report.fam_inspect)
     famkd results RUN_DIR [RUN_DIR ...]                   (famkd.report.results)
     famkd sweep CONFIG --seeds 0,1,2 [key=value ...]      (famkd.sweep)
+    famkd report RUN_DIR [RUN_DIR ...] --out DIR          (famkd.report.page)
+    famkd detect train|eval ...                           (famkd.detection.cli)
 
 Subcommands living in other modules provide `add_arguments(parser)` and `run(args) -> int`;
 they are imported only when chosen, so `famkd --help` stays fast. Every command first has malloc
@@ -37,6 +39,8 @@ MODULE_COMMANDS = {
     "inspect": ("famkd.report.fam_inspect", "show what FAM learned in a run: gamma per level, filter spectra, masks"),
     "results": ("famkd.report.results", "best and last accuracy over seeds (mean and std) from run folders"),
     "sweep": ("famkd.sweep", "train one config over several seeds (restartable), then show the results table"),
+    "report": ("famkd.report.page", "a web page of one or several runs: curves, gammas, FAM filters and spectra"),
+    "detect": ("famkd.detection.cli", "train and evaluate Faster R-CNN students on MS-COCO (famkd detect train|eval)"),
 }
 
 

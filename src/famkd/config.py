@@ -99,6 +99,7 @@ class RunConfig:
     seed: int = setting(0, minimum=0)
     deterministic: bool = False
     tensorboard: bool = True
+    spectra_every: int = setting(10, minimum=0)  # epochs between FAM spectra files, 0 = never (famkd.engine.fam_log)
 
 
 @dataclass
@@ -165,7 +166,7 @@ def config_from_dict(values: dict) -> Config:
 
 def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> Config:
     """Defaults, then the YAML file at `path` (and its `base:` chain), then `key.sub=value` overrides."""
-    values = _read_yaml_chain(Path(path), seen=()) if path is not None else {}
+    values = read_yaml_chain(Path(path), seen=()) if path is not None else {}
     return config_with_overrides(values, overrides)
 
 
@@ -206,7 +207,7 @@ def _string_override(text: str) -> str:
     return raw
 
 
-def _read_yaml_chain(path: Path, seen: tuple[Path, ...]) -> dict:
+def read_yaml_chain(path: Path, seen: tuple[Path, ...]) -> dict:
     """The mapping in `path`, merged over the file its `base:` key names (relative to `path`)."""
     resolved = path.resolve()
     if resolved in seen:
@@ -229,7 +230,7 @@ def _read_yaml_chain(path: Path, seen: tuple[Path, ...]) -> dict:
         return values
     if not isinstance(base, str) or not base:
         raise ConfigError(f"config file {str(path)!r}: 'base' must be a path to another YAML file")
-    merged = _read_yaml_chain(path.parent / base, seen=(*seen, resolved))
+    merged = read_yaml_chain(path.parent / base, seen=(*seen, resolved))
     _deep_update(merged, values)
     return merged
 

@@ -3,7 +3,8 @@
 Every file famkd rewrites in place (checkpoints, summary.json, metrics.jsonl, the run's
 config.yaml) goes through `atomic_write`: the content is written to a uniquely named temporary
 file in the same folder, flushed and fsynced, then renamed over the target. A crash, Ctrl-C or
-full disk mid-write leaves the previous file intact and no temporary file behind.
+full disk mid-write leaves the previous file intact and no temporary file behind. The file gets the
+permissions a plain `open(path, "w")` would give it (0666 less the umask), not the temporary file's 0600.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(temp_name, 0o666 & ~current_umask())
         with os.fdopen(handle, "wb") as file:
             write(file)
             file.flush()
@@ -33,6 +35,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: it is put straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -14,14 +14,6 @@ import argparse
 import json
 from pathlib import Path
 
-from famkd.detection.coco import load_coco
-from famkd.detection.config import detection_config_with_overrides, load_detection_config
-from famkd.detection.evaluation import METRICS
-from famkd.detection.models import build_detector
-from famkd.detection.trainer import evaluate_detector, finite_or_none, train_detection
-from famkd.engine.checkpoint import load_checkpoint
-from famkd.engine.device import resolve_device
-from famkd.engine.run_dir import RunDir
 from famkd.errors import FamkdError
 
 
@@ -38,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    require_pycocotools()
+    from famkd.detection.evaluation import METRICS
+
     if args.action == "train":
         summary = run_train(args.items, args.resume)
     else:
@@ -46,17 +41,41 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def require_pycocotools() -> None:
+    """A FamkdError naming the extra to install when pycocotools (COCO reading and AP) is missing."""
+    try:
+        import pycocotools  # noqa: F401
+    except ModuleNotFoundError:
+        raise FamkdError(
+            "famkd detect reads COCO and scores it with pycocotools, which is not installed: "
+            "pip install 'famkd[detection]'"
+        ) from None
+
+
 def run_train(items: list[str], resume: str) -> dict:
     """Train from a config (the first item unless it is an override) or resume; returns the summary."""
+    from famkd.detection.config import load_detection_config
+    from famkd.detection.trainer import train_detection
+
     if resume:
         return train_detection(None, resume, tuple(items))
     if not items or "=" in items[0]:
-        raise FamkdError("famkd detect train needs a config file first, e.g. configs/coco/vanilla/resnet18.yaml")
+        raise FamkdError(
+            "famkd detect train needs a config file first, e.g. configs/coco/fam_kd/resnet101_resnet18.yaml"
+        )
     return train_detection(load_detection_config(items[0], items[1:]))
 
 
 def run_eval(source: Path, data_root: str, batch_size: int, device: str) -> dict:
     """The AP of the student saved in `source` (a run folder or a checkpoint file) on data_root's val split."""
+    from famkd.detection.coco import load_coco
+    from famkd.detection.config import detection_config_with_overrides
+    from famkd.detection.models import build_detector
+    from famkd.detection.trainer import evaluate_detector, finite_or_none
+    from famkd.engine.checkpoint import load_checkpoint
+    from famkd.engine.device import resolve_device
+    from famkd.engine.run_dir import RunDir
+
     checkpoint = load_checkpoint(RunDir(source).checkpoint() if source.is_dir() else source)
     if "config" not in checkpoint or "student" not in checkpoint:
         raise FamkdError(f"{source} is not a famkd detection checkpoint (it has no config and student)")

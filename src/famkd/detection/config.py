@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from famkd.config import _read_yaml_chain, parse_override
+from famkd.config import parse_override, read_yaml_chain
 from famkd.detection.distill import DETECTION_METHODS, needs_teacher, resolve_detection_options
 from famkd.detection.models import BACKBONES
 from famkd.errors import ConfigError
@@ -108,7 +108,7 @@ def detection_config_from_dict(values: dict) -> DetectionConfig:
 
 def load_detection_config(path: str | Path | None, overrides: Iterable[str] = ()) -> DetectionConfig:
     """Defaults, then the YAML file at `path` (and its `base:` chain), then `key.sub=value` overrides."""
-    values = _read_yaml_chain(Path(path), seen=()) if path is not None else {}
+    values = read_yaml_chain(Path(path), seen=()) if path is not None else {}
     return detection_config_with_overrides(values, overrides)
 
 

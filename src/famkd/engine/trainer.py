@@ -27,6 +27,7 @@ from famkd.engine.checkpoint import capture_rng_state, library_versions, restore
 from famkd.engine.device import autocast_factory, resolve_device, to_channels_last
 from famkd.engine.distributed import join_processes, leave_processes, process_device, wrap_for_training
 from famkd.engine.evaluate import evaluate
+from famkd.engine.fam_log import fam_epoch_log
 from famkd.engine.progress import EpochProgress, RunState, StopRequest, timed_batches
 from famkd.engine.run_dir import RunDir, default_run_dir, resume_point
 from famkd.engine.run_log import EpochProgressDisplay, RunLog, format_epoch_line, run_header
@@ -325,6 +326,7 @@ class Trainer:
             "epoch_time_s": progress.elapsed_s,
             "images_per_s": progress.images_seen / progress.elapsed_s,
             "data_wait_fraction": progress.wait_s / progress.elapsed_s,
+            **fam_epoch_log(self.distiller, self.test_loader, self.run_dir, self.cfg, self.state.epoch, self.main),
         }
         assert self.log is not None
         self.log.log_epoch(record)  # before the checkpoint: a crash in between replays this epoch on resume

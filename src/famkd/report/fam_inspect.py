@@ -3,33 +3,29 @@
     famkd inspect RUN_DIR_OR_CHECKPOINT [--out DIR]
 
 prints one row per FAM head (level, size, channels, gamma1, gamma2) and writes
-`fam_filter_spectra.png` (mean |K_eff| per frequency, DC at the centre) and
-`highpass_masks.png` (ideal, Gaussian and Butterworth masks side by side).
+`fam_filter_spectra.png` (mean |K_eff| per frequency beside the head's mask, DC at the centre) and
+`highpass_masks.png` (ideal, Gaussian and Butterworth masks at the heads' sizes and the run's cutoff).
+`famkd report` (famkd.report.page) shows the same and more as a web page, for one run or several.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from famkd.config import config_from_dict
+from famkd.config import Config, config_from_dict
 from famkd.data import dataset_image_size
 from famkd.distill import Distiller, create_distiller, needs_teacher
 from famkd.engine.checkpoint import load_checkpoint
 from famkd.engine.run_dir import RunDir
 from famkd.errors import FamkdError
-from famkd.fam import FrequencyAttention, highpass_mask, negated_indices
+from famkd.fam import fam_heads, filter_spectrum
 from famkd.models import create_model
-
-
-def fam_heads(distiller: nn.Module) -> list[tuple[str, FrequencyAttention]]:
-    """Every FrequencyAttention in the distiller's heads, with its module path."""
-    return [(name, m) for name, m in distiller.named_modules() if isinstance(m, FrequencyAttention)]
+from famkd.report.figures import filter_figure, masks_figure, pyplot, write_png
 
 
 def gamma_rows(distiller: nn.Module) -> list[dict[str, Any]]:
@@ -55,69 +51,25 @@ def format_gamma_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-@torch.no_grad()
-def filter_spectrum(fam: FrequencyAttention) -> Tensor:
-    """Mean over channel pairs of |K_eff(k)| on the full (S, S) grid, fftshifted so DC is central."""
-    half = fam.effective_half_filter().abs().mean(dim=(0, 1))
-    size = fam.size
-    full = torch.empty(size, size, dtype=half.dtype)
-    full[:, : half.shape[1]] = half
-    columns = torch.arange(half.shape[1], size)
-    full[:, columns] = half[negated_indices(size)][:, (-columns) % size]  # |K_eff(-k)| = |K_eff(k)|
-    return torch.fft.fftshift(full)
+def filter_panels(distiller: nn.Module) -> list[tuple[str, Tensor, Tensor]]:
+    """(title, mean |K_eff|, mask) of each FAM head, both centred, for `famkd.report.figures.filter_figure`."""
+    return [
+        (
+            f"{name} S={fam.size}\ng1={fam.gamma1.item():.3f} g2={fam.gamma2.item():.3f}",
+            filter_spectrum(fam).float(),
+            torch.fft.fftshift(fam.mask),
+        )
+        for name, fam in fam_heads(distiller)
+    ]
 
 
-def pyplot() -> ModuleType:
-    """matplotlib.pyplot on the file-only Agg backend, or a FamkdError saying how to install it."""
-    try:
-        import matplotlib
-    except ModuleNotFoundError:
-        raise FamkdError(
-            "famkd inspect draws its figures with matplotlib, which is not installed: "
-            "pip install 'famkd[plot]' (or pip install matplotlib)"
-        ) from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_filter_spectra(distiller: nn.Module, path: Path) -> None:
-    plt = pyplot()
-    heads = fam_heads(distiller)
-    figure, axes = plt.subplots(1, len(heads), figsize=(3 * len(heads), 3), squeeze=False)
-    for axis, (name, fam) in zip(axes[0], heads):
-        image = axis.imshow(filter_spectrum(fam).numpy(), cmap="viridis")
-        axis.set_title(f"{name}\nS={fam.size} g1={fam.gamma1.item():.2f} g2={fam.gamma2.item():.2f}", fontsize=8)
-        axis.set_xticks([])
-        axis.set_yticks([])
-        figure.colorbar(image, ax=axis, fraction=0.046)
-    figure.suptitle("mean |K_eff| per frequency (DC at centre)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-
-
-def plot_highpass_masks(
-    path: Path, size: int = 32, cutoff: float = 0.1, smooth_cutoff: float = 0.3, order: int = 2
-) -> None:
-    """The ideal (published rule, `cutoff`), Gaussian and Butterworth (D0 = `smooth_cutoff`) masks."""
-    plt = pyplot()
-    masks = {
-        f"ideal (cutoff {cutoff})": highpass_mask("ideal", size, cutoff),
-        f"gaussian (D0 {smooth_cutoff})": highpass_mask("gaussian", size, smooth_cutoff),
-        f"butterworth (D0 {smooth_cutoff}, n={order})": highpass_mask("butterworth", size, smooth_cutoff, order),
-    }
-    figure, axes = plt.subplots(1, 3, figsize=(10, 3.4))
-    for axis, (title, mask) in zip(axes, masks.items()):
-        axis.imshow(torch.fft.fftshift(mask).numpy(), cmap="gray", vmin=0, vmax=1)
-        axis.set_title(title, fontsize=9)
-        axis.set_xlabel("kx (DC at centre)")
-        axis.set_ylabel("ky")
-    figure.suptitle(f"high-pass masks at S={size}; D0 in normalised frequency (Nyquist = 1)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+def build_distiller(cfg: Config, num_classes: int) -> Distiller:
+    """The distiller `cfg` trains, its models freshly initialised (a teacher's weights are not loaded)."""
+    student = create_model(cfg.student, num_classes=num_classes)
+    teacher = create_model(cfg.teacher.name, num_classes=num_classes) if needs_teacher(cfg.method) else None
+    return create_distiller(
+        cfg.method, student=student, teacher=teacher, image_size=dataset_image_size(cfg.data), **cfg.distill
+    )
 
 
 def distiller_from_checkpoint(path: str | Path) -> Distiller:
@@ -125,7 +77,11 @@ def distiller_from_checkpoint(path: str | Path) -> Distiller:
     path = Path(path)
     if path.is_dir():
         path = RunDir(path).checkpoint()
-    checkpoint = load_checkpoint(path)
+    return distiller_from_state(load_checkpoint(path), path)
+
+
+def distiller_from_state(checkpoint: dict[str, Any], path: Path) -> Distiller:
+    """The distiller of a loaded run checkpoint (read from `path`), its student and heads loaded."""
     if "heads" not in checkpoint or "config" not in checkpoint:
         raise FamkdError(
             f"{path} is not a famkd run checkpoint (it has no heads/config); "
@@ -133,12 +89,8 @@ def distiller_from_checkpoint(path: str | Path) -> Distiller:
         )
     cfg = config_from_dict(checkpoint["config"])
     num_classes = next(v for k, v in reversed(checkpoint["student"].items()) if k.endswith("weight")).shape[0]
-    student = create_model(cfg.student, num_classes=num_classes)
-    teacher = create_model(cfg.teacher.name, num_classes=num_classes) if needs_teacher(cfg.method) else None
-    distiller = create_distiller(
-        cfg.method, student=student, teacher=teacher, image_size=dataset_image_size(cfg.data), **cfg.distill
-    )
-    student.load_state_dict(checkpoint["student"])
+    distiller = build_distiller(cfg, num_classes)
+    distiller.student.load_state_dict(checkpoint["student"])
     missing = set(distiller.head_state_dict()) - set(checkpoint["heads"])
     if missing:
         raise FamkdError(
@@ -151,13 +103,16 @@ def distiller_from_checkpoint(path: str | Path) -> Distiller:
 def inspect_run(path: str | Path, out_dir: str | Path) -> str:
     """Print-ready gamma table; writes the spectra and mask figures into `out_dir`."""
     distiller = distiller_from_checkpoint(path)
-    if not fam_heads(distiller):
+    heads = fam_heads(distiller)
+    if not heads:
         raise FamkdError(f"{path}: method has no FAM heads to inspect (use a fam_kd, fam_kd_l2l or fam_reviewkd run)")
     out_dir = Path(out_dir)
     pyplot()  # fail before creating the output folder when matplotlib is missing
     out_dir.mkdir(parents=True, exist_ok=True)
-    plot_filter_spectra(distiller, out_dir / "fam_filter_spectra.png")
-    plot_highpass_masks(out_dir / "highpass_masks.png")
+    write_png(filter_figure(filter_panels(distiller)), out_dir / "fam_filter_spectra.png")
+    options = heads[0][1]  # every head has the method's filter options
+    sizes = sorted({fam.size for _, fam in heads if fam.size > 1}, reverse=True)  # a 1x1 map has DC alone
+    write_png(masks_figure(sizes, options.cutoff, options.order), out_dir / "highpass_masks.png")
     return format_gamma_table(gamma_rows(distiller))
 
 
