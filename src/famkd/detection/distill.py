@@ -45,7 +45,7 @@ from famkd.detection.models import (
 )
 from famkd.distill.base import FamFilterOptions
 from famkd.distill.kd import kd_loss
-from famkd.distill.levels import Level, review_chain
+from famkd.distill.levels import Level, review_chain, warmup_factor
 from famkd.distill.options import DistillOptions, resolve_options
 from famkd.distill.reviewkd import AttentionFusion, conv_output_head, hierarchical_context_loss
 from famkd.errors import ConfigError
@@ -97,11 +97,6 @@ class FamKDDetectionOptions(FamFilterOptions, DetectionOptions):
 @dataclass
 class NoOptions(DistillOptions):
     """vanilla has no options."""
-
-
-def warmup_factor(iteration: int, warmup_iters: int) -> float:
-    """min(iteration / warmup_iters, 1); 1 without a warm-up."""
-    return min(iteration / warmup_iters, 1.0) if warmup_iters else 1.0
 
 
 class DetectionDistiller(nn.Module):
