@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -98,6 +100,42 @@ def test_an_interrupted_run_resumes_exactly(coco: Path, teacher: Path, tmp_path:
     states = [load_checkpoint(d / "checkpoints" / "last.pt") for d in (whole, interrupted)]
     for part in ("student", "heads"):
         assert all(torch.equal(states[0][part][key], states[1][part][key]) for key in states[0][part])
+
+
+def torchrun_detect(*argv: str) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node 2 -m famkd detect train ...` on the CPU (gloo)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [*command, "-m", "famkd", "detect", "train", *argv], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_torchrun_fam_kd_trains_evaluates_and_resumes_on_two_processes(
+    coco: Path, teacher: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "ddp"
+    config = tmp_path / "fam_kd.yaml"
+    config.write_text("train:\n  log_every: 2\n  eval_batch_size: 1\n")
+    overrides = [*distill_overrides(coco, teacher, run_dir), *FAM, "train.batch_size=4", "train.iterations=3"]
+    first = torchrun_detect(str(config), *overrides)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "2 processes sharing the global batch of 4" in first.stdout + first.stderr
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["iteration"] == 3
+    assert [record["iteration"] for record in read_metrics(run_dir)] == [2, 3]
+
+    resumed = torchrun_detect("--resume", str(run_dir), "train.iterations=5")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resuming after iteration 3" in resumed.stdout + resumed.stderr
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["iteration"] == 5
+    records = read_metrics(run_dir)
+    assert [record["iteration"] for record in records] == [2, 3, 4, 5]
+    assert all(math.isfinite(record["loss_fam_kd"]) for record in records)
+    assert "AP" in records[1] and "AP" in records[3]  # the whole val split scored at each run's end
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["iteration"] == 5
+    assert set(summary) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert (run_dir / "student_last.pt").is_file()
 
 
 SIZES = ((16, 24), (8, 12), (4, 6), (2, 3), (1, 2))  # P2..P6 of a 64x96 image

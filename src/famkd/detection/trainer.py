@@ -11,7 +11,16 @@ epoch and the number of its batches already taken, and the partial sums of the c
 grouped sampler's batches follow from (seed, epoch), so a resumed run replays the epoch and skips the
 batches already taken, then restores the RNG states: with data.workers=0 (the flips drawn in this process)
 the run continues bit for bit. With workers > 0 the batch order is exact but the workers' flip draws
-restart. Several processes (torchrun) are not supported yet: such a run stops with an error.
+restart.
+
+Several processes: under `torchrun --nproc_per_node N -m famkd detect train ...` each process joins the
+group (famkd.engine.distributed), takes the GPU of its local rank, loads its 1/N of every global batch
+(`train.batch_size` is the global batch: it must divide by N; the grouped sampler deals the whole batches
+out) and trains a DistributedDataParallel copy of the student and the heads, the frozen teacher left out.
+The logged loss terms are the means over the processes' images; process 0 alone prints and writes the run
+folder, every process resumes from checkpoints/last.pt. An evaluation collects each process's share of
+the val images (`train.eval_batch_size` images a batch on each process), gathers the detections to every
+process and scores them all at once. Ctrl-C is agreed between the processes at the log intervals.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from tqdm import tqdm
 
@@ -49,6 +59,13 @@ from famkd.engine.checkpoint import (
     save_checkpoint,
 )
 from famkd.engine.device import resolve_device
+from famkd.engine.distributed import (
+    all_reduce_sum,
+    join_processes,
+    leave_processes,
+    process_device,
+    wrap_for_training,
+)
 from famkd.engine.progress import StopRequest
 from famkd.engine.run_dir import RunDir
 from famkd.engine.run_log import RunLog, read_metrics
@@ -105,16 +122,14 @@ class DetectionTrainer:
     """One training run of `cfg`, fresh or resumed from `checkpoint` (a famkd detection checkpoint)."""
 
     def __init__(self, cfg: DetectionConfig, checkpoint: dict[str, Any] | None = None, on_step: StepHook | None = None):
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise FamkdError(
-                "famkd detect train runs as one process; several processes (torchrun) are not supported yet"
-            )
         self.cfg = cfg
         self.on_step = on_step
+        self.processes = join_processes(cfg.device)  # one process, or one of those torchrun started
+        self.main = self.processes.is_main  # process 0 alone prints and writes the run folder
         cfg.run.dir = cfg.run.dir or default_detection_run_dir(cfg)
         self.run_dir = RunDir(cfg.run.dir)
         seed_everything(cfg.run.seed, cfg.run.deterministic)
-        self.device = resolve_device(cfg.device)
+        self.device = process_device(resolve_device(cfg.device), self.processes)
         data = cfg.data
         self.train_set = load_coco(
             data.root, "train", min_size=data.min_size, max_size=data.max_size, flip_prob=data.flip_prob
@@ -122,17 +137,26 @@ class DetectionTrainer:
         self.val_set = load_coco(data.root, "val", min_size=data.min_size, max_size=data.max_size)
         self.loader = CocoLoader(
             self.train_set,
-            cfg.train.batch_size,
+            self.processes.batch_share(cfg.train.batch_size),
             train=True,
             workers=data.workers,
             seed=cfg.run.seed,
             device=self.device,
+            num_replicas=self.processes.world_size,
+            rank=self.processes.rank,
         )
         if len(self.loader) == 0:
             raise FamkdError(
                 f"train.batch_size={cfg.train.batch_size} exceeds every aspect group of {self.train_set.description}"
+                + (
+                    f" (shared out as whole batches to {self.processes.world_size} processes)"
+                    if self.processes.distributed
+                    else ""
+                )
             )
         self.distiller = self._build_distiller().to(self.device)
+        # DistributedDataParallel around the student and the heads, the teacher left out (several processes).
+        self.step_model = wrap_for_training(self.distiller, self.processes, self.device, sync_bn=False)
         trainable = [parameter for parameter in self.distiller.parameters() if parameter.requires_grad]
         train = cfg.train
         self.optimizer = torch.optim.SGD(
@@ -178,14 +202,18 @@ class DetectionTrainer:
 
     def run(self) -> dict[str, Any]:
         """Train to cfg.train.iterations, evaluate, write summary.json; returns the summary."""
-        write_text_atomic(self.run_dir.config_file, dump_detection_config(self.cfg))
-        self.log = IterationRunLog(self.run_dir.path, self.cfg.run.tensorboard, self.iteration, self.iteration)
+        if self.main:
+            write_text_atomic(self.run_dir.config_file, dump_detection_config(self.cfg))
+        self.log = IterationRunLog(
+            self.run_dir.path, self.cfg.run.tensorboard, self.iteration, self.iteration, enabled=self.main
+        )
         try:
             self._say_header()
             with StopRequest() as stop:
                 self._train(stop)
             self._save_checkpoint()
-            torch.save(self.distiller.student.state_dict(), self.run_dir.student())
+            if self.main:
+                torch.save(self.distiller.student.state_dict(), self.run_dir.student())
             return self._write_summary("completed")
         except NonFiniteLossError:
             self._write_summary("failed")
@@ -193,15 +221,20 @@ class DetectionTrainer:
         finally:
             self.log.close()
 
+    def _say(self, text: str) -> None:
+        if self.main:
+            tqdm.write(text)
+
     def _say_header(self) -> None:
-        cfg = self.cfg
+        cfg, processes = self.cfg, self.processes.world_size
         student = count_parameters(self.distiller.student)
         teacher = f", teacher {cfg.teacher.backbone} ({cfg.teacher.checkpoint})" if self.distiller.teacher else ""
-        tqdm.write(
+        sharing = f", {processes} processes sharing the global batch of {cfg.train.batch_size}" if processes > 1 else ""
+        self._say(
             f"famkd detect train: method {cfg.method}, student {cfg.student} ({student / 1e6:.2f}M params), heads "
             f"{self.distiller.num_head_parameters() / 1e6:.3f}M params{teacher}\n"
             f"train data: {self.train_set.description}\ndevice {self.device}, {cfg.train.iterations} iterations "
-            f"of batch {cfg.train.batch_size}, run dir {cfg.run.dir}"
+            f"of batch {cfg.train.batch_size}{sharing}, run dir {cfg.run.dir}"
             + (f"\nresuming after iteration {self.iteration}" if self.iteration else "")
         )
 
@@ -238,7 +271,9 @@ class DetectionTrainer:
                 self._save_checkpoint()
             if self.on_step is not None:
                 self.on_step(self.iteration)
-            if stop.requested:
+            # Processes agree on stopping where they synchronise anyway; a single process stops at once.
+            agree = self._record_due() or not self.processes.distributed
+            if agree and self.processes.any(stop.requested, self.device):
                 self._save_checkpoint()
                 self._write_summary("interrupted")
                 raise TrainingInterrupted(
@@ -249,7 +284,7 @@ class DetectionTrainer:
         """One optimiser step (famkd.engine.step), the schedule's step, and the loss terms added to the interval."""
 
         def step_model(images: Any, targets: Any, iteration: int) -> tuple[Tensor, dict[str, Tensor]]:
-            return NO_LOGITS, self.distiller(images, targets, iteration)
+            return NO_LOGITS, self.step_model(images, targets, iteration)
 
         # optimizer_step hands images and targets to step_model untouched: detection passes lists.
         _, losses = optimizer_step(
@@ -282,8 +317,17 @@ class DetectionTrainer:
         every = self.cfg.train.eval_every
         return self.iteration == self.cfg.train.iterations or bool(every) and self.iteration % every == 0
 
+    def _global_interval_sums(self) -> dict[str, float]:
+        """The interval's sums of the loss terms added up over the processes (every process calls this)."""
+        if not self.processes.distributed or not self.interval_sums:  # none yet: just after a log record
+            return dict(self.interval_sums)
+        names = list(self.interval_sums)  # the same terms in the same order on every process
+        totals = torch.tensor([self.interval_sums[name] for name in names], dtype=torch.float64, device=self.device)
+        return dict(zip(names, all_reduce_sum(totals).tolist()))
+
     def _log_record(self, interval_time_s: float) -> None:
-        means = {f"loss_{name}": total / self.interval_count for name, total in self.interval_sums.items()}
+        count = self.interval_count * self.processes.world_size  # the process-steps in the interval
+        means = {f"loss_{name}": total / count for name, total in self._global_interval_sums().items()}
         record: dict[str, Any] = {
             "iteration": self.iteration,
             "global_step": self.iteration,
@@ -297,7 +341,7 @@ class DetectionTrainer:
             self.last_eval = {name: finite_or_none(value) for name, value in self._evaluate().items()}
             record.update(self.last_eval)
         self.log.log_epoch(record)
-        tqdm.write(
+        self._say(
             f"iteration {self.iteration}/{self.cfg.train.iterations}  loss {record['loss']:.4f} ("
             + ", ".join(f"{name[5:]} {value:.4f}" for name, value in means.items())
             + ")"
@@ -306,10 +350,34 @@ class DetectionTrainer:
         self.interval_sums, self.interval_count = {}, 0
 
     def _evaluate(self) -> dict[str, float]:
-        cfg = self.cfg
-        return evaluate_detector(self.distiller.student, self.val_set, cfg.train.eval_batch_size, cfg.data.workers)
+        """COCO AP of the student on the whole val split: each process detects its share, every process
+        gathers all the detections and scores them (the same numbers on every process)."""
+        cfg, processes = self.cfg, self.processes
+        student = self.distiller.student
+        if not processes.distributed:
+            return evaluate_detector(student, self.val_set, cfg.train.eval_batch_size, cfg.data.workers)
+        loader = CocoLoader(
+            self.val_set,
+            cfg.train.eval_batch_size,
+            train=False,
+            workers=cfg.data.workers,
+            device=self.device,
+            num_replicas=processes.world_size,
+            rank=processes.rank,
+        )
+        shares: list[Any] = [None] * processes.world_size
+        dist.all_gather_object(shares, collect_detections(student, loader))
+        return evaluate_detections(self.val_set.coco, {key: value for share in shares for key, value in share.items()})
 
     def _save_checkpoint(self) -> None:
+        """checkpoints/last.pt, written by process 0; every process calls this at the same iteration."""
+        if self.processes.distributed:
+            # Spread the interval's partial sums evenly: their total over the processes stays the same and
+            # process 0's checkpoint holds a share every process resumes from.
+            world = self.processes.world_size
+            self.interval_sums = {name: total / world for name, total in self._global_interval_sums().items()}
+        if not self.main:
+            return
         save_checkpoint(
             self.run_dir.checkpoint(),
             {
@@ -346,7 +414,8 @@ class DetectionTrainer:
             "head_params": self.distiller.num_head_parameters(),
             "data": self.train_set.description,
         }
-        self.run_dir.write_summary(summary)
+        if self.main:
+            self.run_dir.write_summary(summary)
         return summary
 
 
@@ -357,10 +426,13 @@ def train_detection(
     on_step: StepHook | None = None,
 ) -> dict[str, Any]:
     """Train `cfg`, or resume the run in `resume_dir` (its saved config with `overrides`); returns the summary."""
-    if resume_dir is None:
-        assert cfg is not None
-        return DetectionTrainer(cfg, on_step=on_step).run()
-    checkpoint = load_checkpoint(RunDir(resume_dir).checkpoint())
-    resumed = detection_config_with_overrides(checkpoint["config"], overrides)
-    resumed.run.dir = str(resume_dir)
-    return DetectionTrainer(resumed, checkpoint, on_step).run()
+    try:
+        if resume_dir is None:
+            assert cfg is not None
+            return DetectionTrainer(cfg, on_step=on_step).run()
+        checkpoint = load_checkpoint(RunDir(resume_dir).checkpoint())
+        resumed = detection_config_with_overrides(checkpoint["config"], overrides)
+        resumed.run.dir = str(resume_dir)
+        return DetectionTrainer(resumed, checkpoint, on_step).run()
+    finally:
+        leave_processes()  # under torchrun: leave the process group

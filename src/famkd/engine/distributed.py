@@ -24,7 +24,6 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from famkd.distill import Distiller
 from famkd.errors import ConfigError
 
 
@@ -91,23 +90,27 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
     return tensor
 
 
-def wrap_for_training(distiller: Distiller, processes: Processes, device: torch.device, sync_bn: bool) -> nn.Module:
-    """`distiller` for the training step: as it is with one process, else a DistributedDataParallel around the
-    student and the heads (find_unused_parameters=False: every head parameter gets a gradient), with the frozen
-    teacher's parameters and buffers left out of the synchronisation, and, with `sync_bn`, the student's and the
-    heads' batch norms computing their statistics over the global batch."""
+def wrap_for_training(distiller: nn.Module, processes: Processes, device: torch.device, sync_bn: bool) -> nn.Module:
+    """`distiller` (a classification or detection distiller: a module with a `teacher` attribute) for the training
+    step: as it is with one process, else a DistributedDataParallel around the student and the heads
+    (find_unused_parameters=False: every trainable parameter gets a gradient), with the frozen teacher's
+    parameters and buffers left out of the synchronisation, and, with `sync_bn`, the student's and the heads'
+    batch norms computing their statistics over the global batch."""
     if not processes.distributed:
         return distiller
-    if distiller.needs_sample_indices:
+    if getattr(distiller, "needs_sample_indices", False):
         raise ConfigError(
             f"{type(distiller).__name__} keeps a per-sample memory that famkd does not share between processes "
             "yet: train it as one process (without torchrun)"
         )
+    teacher = getattr(distiller, "teacher", None)
     if sync_bn:
-        teacher, distiller.teacher = distiller.teacher, None  # the frozen teacher keeps its own batch norms
+        if teacher is not None:  # the frozen teacher keeps its own batch norms
+            distiller.register_module("teacher", None)
         nn.SyncBatchNorm.convert_sync_batchnorm(distiller)
-        distiller.teacher = teacher
-    teacher_state = [f"teacher.{name}" for name in distiller.teacher.state_dict()] if distiller.teacher else []
+        if teacher is not None:
+            distiller.register_module("teacher", teacher)
+    teacher_state = [f"teacher.{name}" for name in teacher.state_dict()] if teacher is not None else []
     ignore = getattr(DistributedDataParallel, "_set_params_and_buffers_to_ignore_for_model", None)
     if ignore is not None:  # without it the teacher's tensors are synchronised too: identical, so harmless
         ignore(distiller, teacher_state)
