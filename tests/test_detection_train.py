@@ -224,3 +224,29 @@ def test_without_pycocotools_famkd_detect_names_the_extra(monkeypatch, capsys) -
     assert main(["detect", "eval", "run", "--data", "coco"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install 'famkd[detection]'" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("teacher_backbone", "student_backbone"),
+    [("resnet101", "resnet18"), ("resnet101", "resnet50"), ("resnet50", "mobilenet_v2")],  # the paper's pairs
+)
+def test_every_pair_of_backbones_takes_a_fam_kd_step(teacher_backbone: str, student_backbone: str) -> None:
+    """Each pair's detectors build (random weights), give 256-channel FPN maps P2..P6 of the image's strides, and
+    take a fam_kd training step in which every trainable parameter of the student and the heads gets a gradient."""
+    torch.manual_seed(0)
+    student = build_detector(student_backbone, 4, 64, 96)
+    teacher = build_detector(teacher_backbone, 4, 64, 96).eval()
+    distiller = create_detection_distiller(
+        "fam_kd", student, teacher, {"pool_sizes": [8, 4, 2, 2, 1], "mid_channels": 8}
+    )
+    images = [torch.rand(3, 64, 96), torch.rand(3, 64, 96)]
+    targets = [{"boxes": torch.tensor([[4.0, 6.0, 40.0, 50.0]]), "labels": torch.tensor([2])}] * 2
+    losses = distiller.train()(images, targets, iteration=1)
+    assert set(losses) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "fam_kd"}
+    assert all(torch.isfinite(value) for value in losses.values())
+    sum(losses.values()).backward()
+    trainable = [(name, p) for name, p in distiller.named_parameters() if p.requires_grad]
+    assert trainable and all(p.grad is not None for _, p in trainable), [n for n, p in trainable if p.grad is None][:5]
+    assert not any(name.startswith("teacher.") for name, _ in trainable)
+    maps = distiller.teacher_maps(images)[0]
+    assert [tuple(maps[level].shape[1:]) for level in FPN_LEVELS] == [(256, *size) for size in SIZES]
