@@ -21,7 +21,7 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -30,6 +30,8 @@ from famkd.errors import ConfigError
 from famkd.models.registry import MODELS
 from famkd.registry import closest
 from famkd.settings import check_value, field_types, is_dataclass_type, setting
+
+T = TypeVar("T")
 
 __all__ = [
     "Config",
@@ -43,7 +45,10 @@ __all__ = [
     "config_with_overrides",
     "dump_config",
     "load_config",
+    "load_settings",
     "parse_override",
+    "settings_from_dict",
+    "settings_with_overrides",
     "valid_keys",
 ]
 
@@ -135,7 +140,7 @@ def _check_model_name(key: str, name: str) -> None:
 FREE_FORM_SECTIONS = ("distill",)
 
 
-def config_to_dict(cfg: Config) -> dict:
+def config_to_dict(cfg: Any) -> dict:
     """A plain nested dict of `cfg` (a deep copy), the inverse of `config_from_dict`."""
     return dataclasses.asdict(cfg)
 
@@ -149,35 +154,56 @@ _ConfigDumper.add_representer(
 )
 
 
-def dump_config(cfg: Config) -> str:
-    """`cfg` as YAML, in declaration order (for --print-config and for checkpoints)."""
+def dump_config(cfg: Any) -> str:
+    """`cfg` (a Config, or another root of settings) as YAML, in declaration order (for --print-config and run
+    folders)."""
     return yaml.dump(config_to_dict(cfg), Dumper=_ConfigDumper, sort_keys=False, default_flow_style=False)
 
 
 def config_from_dict(values: dict) -> Config:
     """A validated `Config` from a (possibly partial) nested dict; missing keys keep their defaults."""
-    if not isinstance(values, dict):
-        raise ConfigError(f"a config must be a mapping of keys to values, got {type(values).__name__}")
-    merged = config_to_dict(Config())
-    merged["distill"] = {}  # the defaults' options belong to the default method; the method's own apply
-    _merge_into(merged, values, Config, prefix="")
-    return _build(Config, merged, prefix="")
+    return settings_from_dict(Config, values)
 
 
 def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> Config:
     """Defaults, then the YAML file at `path` (and its `base:` chain), then `key.sub=value` overrides."""
-    values = read_yaml_chain(Path(path), seen=()) if path is not None else {}
-    return config_with_overrides(values, overrides)
+    return load_settings(Config, path, overrides)
 
 
 def config_with_overrides(values: dict, overrides: Iterable[str] = ()) -> Config:
     """The config of nested `values` (e.g. a saved config) with `key.sub=value` overrides applied."""
+    return settings_with_overrides(Config, values, overrides)
+
+
+# Any root dataclass of settings loads the same way: Config here, famkd.detection.config's DetectionConfig.
+# A root's `distill` section is free-form here and filled by the root's __post_init__ for its method.
+
+
+def load_settings(root: type[T], path: str | Path | None, overrides: Iterable[str] = ()) -> T:
+    """`root`'s defaults, then the YAML file at `path` (and its `base:` chain), then `key.sub=value` overrides."""
+    values = read_yaml_chain(Path(path), seen=()) if path is not None else {}
+    return settings_with_overrides(root, values, overrides)
+
+
+def settings_with_overrides(root: type[T], values: dict, overrides: Iterable[str] = ()) -> T:
+    """`root` from nested `values` with `key.sub=value` overrides applied."""
     values = copy.deepcopy(values)
     for override in overrides:
         key, value = parse_override(override)
-        _check_dotted_key(key)
-        _assign_dotted(values, key.split("."), value, _string_override(override))
-    return config_from_dict(values)
+        _check_dotted_key(root, key)
+        _assign_dotted(root, values, key.split("."), value, _string_override(override))
+    return settings_from_dict(root, values)
+
+
+def settings_from_dict(root: type[T], values: dict) -> T:
+    """A validated `root` from a (possibly partial) nested dict; missing keys keep their defaults."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"a config must be a mapping of keys to values, got {type(values).__name__}")
+    merged = config_to_dict(root())
+    for section in FREE_FORM_SECTIONS:
+        merged[section] = {}  # the defaults' options belong to the default method; the method's own apply
+    _merge_into(root, merged, values, root, prefix="")
+    return _build(root, merged, prefix="")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -194,9 +220,9 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override {text!r}: the value is not valid YAML ({err})") from None
 
 
-def valid_keys() -> list[str]:
-    """Every settable dotted key, e.g. "train.epochs" (the free-form `distill` section as one key)."""
-    return _leaf_keys(Config, prefix="")
+def valid_keys(root: type = Config) -> list[str]:
+    """Every settable dotted key of `root`, e.g. "train.epochs" (the free-form `distill` section as one key)."""
+    return _leaf_keys(root, prefix="")
 
 
 def _string_override(text: str) -> str:
@@ -244,10 +270,10 @@ def _deep_update(target: dict, updates: dict) -> None:
             target[key] = copy.deepcopy(value)
 
 
-def _check_dotted_key(key: str) -> None:
-    """Check that dotted `key` names a setting (or a key inside a free-form section)."""
+def _check_dotted_key(root: type, key: str) -> None:
+    """Check that dotted `key` names a setting of `root` (or a key inside a free-form section)."""
     parts = key.split(".")
-    cls: Any = Config
+    cls: Any = root
     for depth, part in enumerate(parts):
         prefix = ".".join(parts[:depth])
         if not is_dataclass_type(cls):
@@ -255,13 +281,13 @@ def _check_dotted_key(key: str) -> None:
         fields = field_types(cls)
         if part not in fields:
             rest = "".join(f".{p}" for p in parts[depth + 1 :])
-            raise ConfigError(_unknown_key_message(prefix, part, cls, rest))
+            raise ConfigError(_unknown_key_message(root, prefix, part, cls, rest))
         if part in FREE_FORM_SECTIONS and depth == 0:
             return
         cls = fields[part]
 
 
-def _assign_dotted(values: dict, parts: list[str], value: Any, raw_text: str) -> None:
+def _assign_dotted(root: type, values: dict, parts: list[str], value: Any, raw_text: str) -> None:
     """Set values[a][b]...[z] = value, creating sections; string fields take the raw text."""
     node = values
     for part in parts[:-1]:
@@ -270,14 +296,14 @@ def _assign_dotted(values: dict, parts: list[str], value: Any, raw_text: str) ->
             child = {}
             node[part] = child
         node = child
-    if _field_type_at(parts) is str and value is not None and not isinstance(value, (str, list, dict)):
+    if _field_type_at(root, parts) is str and value is not None and not isinstance(value, (str, list, dict)):
         value = raw_text
     node[parts[-1]] = value
 
 
-def _field_type_at(parts: list[str]) -> Any:
-    """The declared type of the setting at dotted `parts`, or None inside a free-form section."""
-    cls: Any = Config
+def _field_type_at(root: type, parts: list[str]) -> Any:
+    """The declared type of `root`'s setting at dotted `parts`, or None inside a free-form section."""
+    cls: Any = root
     for part in parts:
         if not is_dataclass_type(cls):
             return None
@@ -285,22 +311,23 @@ def _field_type_at(parts: list[str]) -> Any:
     return cls
 
 
-def _merge_into(target: dict, updates: dict, cls: Any, prefix: str) -> None:
-    """Merge `updates` into the default dict `target` of dataclass `cls`, rejecting unknown keys."""
+def _merge_into(root: type, target: dict, updates: dict, cls: Any, prefix: str) -> None:
+    """Merge `updates` into the default dict `target` of dataclass `cls` (a section of `root`), rejecting
+    unknown keys."""
     fields = field_types(cls)
     for key, value in updates.items():
         if not isinstance(key, str):
             raise ConfigError(f"keys must be strings, got {key!r} in section {prefix or '<top level>'!r}")
         dotted = f"{prefix}.{key}" if prefix else key
         if key not in fields:
-            raise ConfigError(_unknown_key_message(prefix, key, cls))
+            raise ConfigError(_unknown_key_message(root, prefix, key, cls))
         field_type = fields[key]
         if value is None and (is_dataclass_type(field_type) or key in FREE_FORM_SECTIONS):
             continue  # a section header with every key commented out changes nothing
         if is_dataclass_type(field_type):
             if not isinstance(value, dict):
                 raise ConfigError(f"{dotted!r} is a section: give a mapping of its keys, got {value!r}")
-            _merge_into(target[key], value, field_type, dotted)
+            _merge_into(root, target[key], value, field_type, dotted)
         elif key in FREE_FORM_SECTIONS and not prefix and isinstance(value, dict):
             _deep_update(target[key], value)
         else:
@@ -321,7 +348,7 @@ def _build(cls: Any, values: dict, prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def _unknown_key_message(prefix: str, name: str, cls: Any, rest: str = "") -> str:
+def _unknown_key_message(root: type, prefix: str, name: str, cls: Any, rest: str = "") -> str:
     """ "unknown key 'train.epoch' (did you mean 'train.epochs'?)": the section first, then every key."""
     key = f"{prefix}.{name}{rest}" if prefix else f"{name}{rest}"
     section_fields = list(field_types(cls))
@@ -330,7 +357,7 @@ def _unknown_key_message(prefix: str, name: str, cls: Any, rest: str = "") -> st
     if near is not None:
         hint = f"{prefix}.{near}{rest}" if prefix else f"{near}{rest}"
     else:
-        keys_by_leaf = {k.rsplit(".", 1)[-1]: k for k in valid_keys()}
+        keys_by_leaf = {k.rsplit(".", 1)[-1]: k for k in valid_keys(root)}
         near = closest(name, keys_by_leaf) if not rest else None
         hint = keys_by_leaf[near] if near is not None else None
     if hint is not None:

@@ -9,21 +9,15 @@ a ConfigError naming the nearest valid one. The `distill:` section holds the met
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import yaml
-
-from famkd.config import parse_override, read_yaml_chain
+from famkd.config import load_settings, settings_with_overrides
 from famkd.detection.distill import DETECTION_METHODS, needs_teacher, resolve_detection_options
 from famkd.detection.models import BACKBONES
 from famkd.errors import ConfigError
-from famkd.registry import closest
-from famkd.settings import check_value, field_types, is_dataclass_type, setting
+from famkd.settings import setting
 
 
 @dataclass
@@ -101,62 +95,11 @@ class DetectionConfig:
             raise ConfigError(f"method {self.method} needs teacher.checkpoint (a Detectron2 .pkl or a state dict)")
 
 
-def detection_config_from_dict(values: dict) -> DetectionConfig:
-    """A checked DetectionConfig from a (possibly partial) nested dict; missing keys keep their defaults."""
-    return build_section(DetectionConfig, values, prefix="")
-
-
 def load_detection_config(path: str | Path | None, overrides: Iterable[str] = ()) -> DetectionConfig:
     """Defaults, then the YAML file at `path` (and its `base:` chain), then `key.sub=value` overrides."""
-    values = read_yaml_chain(Path(path), seen=()) if path is not None else {}
-    return detection_config_with_overrides(values, overrides)
+    return load_settings(DetectionConfig, path, overrides)
 
 
 def detection_config_with_overrides(values: dict, overrides: Iterable[str] = ()) -> DetectionConfig:
     """The config of nested `values` (e.g. a run's saved config) with `key.sub=value` overrides applied."""
-    values = copy.deepcopy(values)
-    for override in overrides:
-        key, value = parse_override(override)
-        *sections, leaf = key.split(".")
-        node = values
-        for section in sections:
-            node = node.setdefault(section, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"unknown key {key!r}: {section!r} is a single value, not a section")
-        node[leaf] = value
-    return detection_config_from_dict(values)
-
-
-def build_section(cls: Any, values: Any, prefix: str) -> Any:
-    """Dataclass `cls` from a partial mapping: unknown keys (with the nearest valid one) and values checked."""
-    where = prefix or "the top level"
-    if not isinstance(values, dict):
-        raise ConfigError(f"{where} must be a mapping of keys to values, got {values!r}")
-    types = field_types(cls)
-    for key in values:
-        if key not in types:
-            dotted = f"{prefix}.{key}" if prefix else str(key)
-            near = closest(str(key), types)
-            suggestion = f"{prefix}.{near}" if prefix else near
-            hint = f" (did you mean {suggestion!r}?)" if near else ""
-            raise ConfigError(f"unknown key {dotted!r}{hint}; valid keys in {where}: {', '.join(types)}")
-    kwargs = {}
-    for item in dataclasses.fields(cls):
-        if item.name not in values or values[item.name] is None and is_dataclass_type(types[item.name]):
-            continue
-        dotted = f"{prefix}.{item.name}" if prefix else item.name
-        value = values[item.name]
-        if is_dataclass_type(types[item.name]):
-            kwargs[item.name] = build_section(types[item.name], value, dotted)
-        else:
-            kwargs[item.name] = check_value(dotted, value, types[item.name], item.metadata)
-    return cls(**kwargs)
-
-
-def detection_config_to_dict(cfg: DetectionConfig) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def dump_detection_config(cfg: DetectionConfig) -> str:
-    """`cfg` as YAML, in declaration order."""
-    return yaml.safe_dump(detection_config_to_dict(cfg), sort_keys=False)
+    return settings_with_overrides(DetectionConfig, values, overrides)

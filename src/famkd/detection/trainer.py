@@ -41,12 +41,11 @@ import torch.distributed as dist
 from torch import Tensor
 from tqdm import tqdm
 
+from famkd.config import config_to_dict, dump_config
 from famkd.detection.coco import Batch, CocoDetection, CocoLoader, load_coco
 from famkd.detection.config import (
     DetectionConfig,
-    detection_config_to_dict,
     detection_config_with_overrides,
-    dump_detection_config,
 )
 from famkd.detection.distill import DetectionDistiller, create_detection_distiller, needs_teacher
 from famkd.detection.evaluation import METRICS, collect_detections, evaluate_detections
@@ -203,7 +202,7 @@ class DetectionTrainer:
     def run(self) -> dict[str, Any]:
         """Train to cfg.train.iterations, evaluate, write summary.json; returns the summary."""
         if self.main:
-            write_text_atomic(self.run_dir.config_file, dump_detection_config(self.cfg))
+            write_text_atomic(self.run_dir.config_file, dump_config(self.cfg))
         self.log = IterationRunLog(
             self.run_dir.path, self.cfg.run.tensorboard, self.iteration, self.iteration, enabled=self.main
         )
@@ -393,7 +392,7 @@ class DetectionTrainer:
                 "rng": capture_rng_state(),
                 "wall_time_s": self.wall_time_s,
                 "last_eval": self.last_eval,
-                "config": detection_config_to_dict(self.cfg),
+                "config": config_to_dict(self.cfg),
                 "versions": library_versions(),
             },
         )
