@@ -72,6 +72,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from famkd.data.datasets import DataFormatError, DataNotFoundError
 from famkd.data.imagenet import replica_and_rank, shown
+from famkd.data.loader import check_loader_settings
 
 SPLITS = ("train", "val")
 MIN_SIZE, MAX_SIZE = 800, 1333
@@ -327,8 +328,7 @@ class GroupedBatchSampler(Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
     ):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        check_loader_settings(batch_size, max_steps=0)
         if not 0 <= rank < num_replicas:
             raise ValueError(f"need 0 <= rank < num_replicas, got rank={rank}, num_replicas={num_replicas}")
         self.group_ids = list(group_ids)

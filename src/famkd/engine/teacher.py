@@ -188,9 +188,12 @@ def load_teacher_and_name(cfg: TeacherConfig, num_classes: int) -> tuple[Feature
     return teacher, arch
 
 
-def teacher_fingerprint(checkpoint: str) -> str:
-    """What identifies a teacher's weights in a run's summary: its file's SHA-256, or the torchvision entry."""
-    return checkpoint if checkpoint.startswith(TORCHVISION_PREFIX) else file_sha256(checkpoint)
+def teacher_fingerprint(cfg: TeacherConfig) -> str:
+    """What identifies a teacher's weights in a run's summary: its file's SHA-256 (teacher.sha256 when set: loading
+    the teacher has checked the file against it, so the file is not read again), or the torchvision entry."""
+    if cfg.checkpoint.startswith(TORCHVISION_PREFIX):
+        return cfg.checkpoint
+    return cfg.sha256.strip().lower() or file_sha256(cfg.checkpoint)
 
 
 def load_teacher(cfg: TeacherConfig, num_classes: int) -> FeatureModel:

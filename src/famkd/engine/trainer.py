@@ -150,7 +150,7 @@ class Trainer:
         self.teacher = None
         if self.needs_teacher:
             self.teacher, cfg.teacher.name = load_teacher_and_name(cfg.teacher, num_classes)
-        self.teacher_sha256 = teacher_fingerprint(cfg.teacher.checkpoint) if self.teacher and self.main else None
+        self.teacher_sha256 = teacher_fingerprint(cfg.teacher) if self.teacher and self.main else None
         data: dict[str, Any] = {
             "image_size": dataset_image_size(cfg.data),
             "num_samples": len(self.train_set),
