@@ -24,6 +24,7 @@ from famkd.detection.coco import (
     CocoCategories,
     CocoLoader,
     GroupedBatchSampler,
+    SampleKey,
     load_coco,
     resized_size,
 )
@@ -272,6 +273,40 @@ def test_the_loader_yields_lists_of_one_aspect_group(tiny_coco):
             assert len({image.shape for image in images}) == 1  # one group: here one size
             seen.extend(int(target["image_id"]) for target in targets)
         assert sorted(seen) == list(TRAIN_TARGETS)
+
+
+def image_flips(loader: CocoLoader, epoch: int, start: int = 0) -> list[tuple[int, bool]]:
+    """(image id, flipped?) of the loader's batches of `epoch` from `start`, compared with the unflipped image."""
+    unflipped = load_coco(loader.dataset.image_dir.parent, "train", **NATIVE, flip_prob=0)
+    loader.set_epoch(epoch, start)
+    flips = []
+    for images, targets in loader:
+        for image, target in zip(images, targets):
+            original = unflipped[SampleKey(unflipped.image_ids.index(int(target["image_id"])), 0, 0)][0]
+            assert torch.equal(image, original) or torch.equal(image, original.flip(-1))
+            flips.append((int(target["image_id"]), not torch.equal(image, original)))
+    return flips
+
+
+def test_flips_follow_from_seed_epoch_and_index_in_any_worker(tiny_coco):
+    dataset = load_coco(tiny_coco, "train", **NATIVE)
+    in_process = CocoLoader(dataset, batch_size=2, train=True, workers=0, seed=3)
+    in_workers = CocoLoader(dataset, batch_size=2, train=True, workers=2, seed=3)
+    for epoch in range(4):
+        flips = image_flips(in_process, epoch)
+        expected = [
+            (dataset.image_ids[index], SampleKey(index, 3, epoch).flip_draw() < 0.5)
+            for batch in in_process.batch_sampler.epoch_batches()
+            for index in batch
+        ]
+        assert flips == expected
+        torch.manual_seed(epoch)  # the main process's generator plays no part, and is left as it was
+        state = torch.get_rng_state()
+        assert image_flips(in_workers, epoch) == flips
+        assert torch.equal(torch.get_rng_state(), state)
+        assert image_flips(in_workers, epoch, start=1) == flips[2:]  # a resumed epoch: its second batch on
+    draws = [SampleKey(index, 3, epoch).flip_draw() for index in range(4) for epoch in range(4)]
+    assert 0 < sum(draw < 0.5 for draw in draws) < len(draws)  # the draws do flip some images, not all
 
 
 # ---- evaluation -----------------------------------------------------------------------------

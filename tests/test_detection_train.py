@@ -10,22 +10,26 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from urllib.error import URLError
 
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 
+from detectron2_layout import random_detectron2_weights, write_detectron2_pickle
 from famkd.cli import main
 from famkd.detection import cli
 from famkd.detection.config import load_detection_config
+from famkd.detection.detectron2_import import Detectron2Spec, import_detectron2_faster_rcnn
 from famkd.detection.distill import FPN_LEVELS, create_detection_distiller
-from famkd.detection.models import DetectorOutputs, build_detector
-from famkd.detection.trainer import train_detection
+from famkd.detection.models import DetectorOutputs, build_detector, fpn_backbone
+from famkd.detection.trainer import DetectionTrainer, train_detection
 from famkd.distill.kd import kd_loss
 from famkd.distill.reviewkd import hierarchical_context_loss
 from famkd.engine.checkpoint import load_checkpoint
 from famkd.engine.run_log import read_metrics
-from famkd.errors import ConfigError, TrainingInterrupted
+from famkd.errors import ConfigError, FamkdError, TrainingInterrupted
 from tiny_coco import write_tiny_coco
 
 SMALL = ["data.min_size=64", "data.max_size=96", "data.workers=0", "device=cpu", "train.student_init=none"]
@@ -81,8 +85,10 @@ def test_fam_kd_trains_through_the_cli_and_is_evaluated(coco: Path, teacher: Pat
     assert detect("eval", str(run_dir), "--data", str(coco), "--device", "cpu") == 0
 
 
-def test_an_interrupted_run_resumes_exactly(coco: Path, teacher: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_interrupted_run_resumes_exactly(coco: Path, teacher: Path, tmp_path: Path, workers: int) -> None:
     common = [*distill_overrides(coco, teacher, tmp_path / "x"), *FAM, "train.iterations=5", "train.log_every=2"]
+    common.append(f"data.workers={workers}")  # flips at the default 0.5, drawn in the workers when there are some
     whole, interrupted = tmp_path / "whole", tmp_path / "interrupted"
     train_detection(load_detection_config(None, [*common, f"run.dir={whole}"]))
 
@@ -250,3 +256,61 @@ def test_every_pair_of_backbones_takes_a_fam_kd_step(teacher_backbone: str, stud
     assert not any(name.startswith("teacher.") for name, _ in trainable)
     maps = distiller.teacher_maps(images)[0]
     assert [tuple(maps[level].shape[1:]) for level in FPN_LEVELS] == [(256, *size) for size in SIZES]
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "mobilenet_v2"])
+def test_the_student_backbone_starts_from_a_local_imagenet_file(backbone: str, tmp_path: Path) -> None:
+    """train.student_init=PATH: the body holds the file's weights and computes the classifier's stage output."""
+    torch.manual_seed(0)
+    classifier = getattr(torchvision.models, backbone)().eval()
+    with torch.no_grad():  # non-trivial statistics, so that batch norm is checked too
+        for module in classifier.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5), module.running_var.uniform_(0.5, 2.0)
+    path = tmp_path / f"{backbone}.pth"
+    torch.save(classifier.state_dict(), path)
+    body = fpn_backbone(backbone, str(path)).body.eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        if backbone == "resnet18":
+            c = classifier
+            expected = c.layer4(c.layer3(c.layer2(c.layer1(c.maxpool(c.relu(c.bn1(c.conv1(x))))))))
+        else:
+            expected = classifier.features[:18](x)  # through the stride-32 stage, before the 1280-channel conv
+        torch.testing.assert_close(body(x)["3"], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_student_init_files_and_an_offline_download_say_what_to_do(tmp_path: Path, monkeypatch) -> None:
+    with pytest.raises(FamkdError, match="no such file"):
+        fpn_backbone("resnet18", str(tmp_path / "missing.pth"))
+    torch.save(torchvision.models.mobilenet_v2().state_dict(), tmp_path / "mv2.pth")
+    with pytest.raises(FamkdError, match="not a torchvision resnet18 ImageNet state dict: it lacks conv1.weight"):
+        fpn_backbone("resnet18", str(tmp_path / "mv2.pth"))
+    torch.save(torchvision.models.resnet34().state_dict(), tmp_path / "r34.pth")
+    with pytest.raises(FamkdError, match="not a torchvision resnet50 ImageNet state dict"):
+        fpn_backbone("resnet50", str(tmp_path / "r34.pth"))  # resnet34 has no bottleneck conv3
+
+    def offline(self, *args, **kwargs):
+        raise URLError("no network")
+
+    monkeypatch.setattr(torchvision.models.ResNet18_Weights, "get_state_dict", offline)
+    with pytest.raises(FamkdError, match="pass train.student_init=PATH"):
+        fpn_backbone("resnet18", "imagenet")
+
+
+def test_a_detectron2_pkl_teacher_distils_inside_the_trainer(coco: Path, tmp_path: Path) -> None:
+    """teacher.checkpoint=*.pkl (Detectron2 R-50-FPN layout, the tiny set's 3 classes): the trainer's teacher is
+    the import of that file for the run's sizes, and kd trains against it through `famkd detect train`."""
+    pkl = write_detectron2_pickle(tmp_path / "model_final.pkl", random_detectron2_weights(50, num_classes=3))
+    run_dir = tmp_path / "kd"
+    overrides = [*distill_overrides(coco, pkl, run_dir, "kd"), "teacher.backbone=resnet50", "train.iterations=2"]
+    trainer = DetectionTrainer(load_detection_config(None, overrides))
+    spec = Detectron2Spec(depth=50, num_classes=3, min_size=64, max_size=96)
+    expected = import_detectron2_faster_rcnn(pkl, spec).state_dict()
+    teacher = trainer.distiller.teacher
+    assert teacher is not None and not teacher.training
+    assert all(torch.equal(value, expected[key]) for key, value in teacher.state_dict().items())
+    summary = trainer.run()
+    records = read_metrics(run_dir)
+    assert summary["status"] == "completed" and summary["teacher"] == "resnet50"
+    assert math.isfinite(records[-1]["loss_kd"]) and records[-1]["loss_kd"] > 0

@@ -29,8 +29,10 @@ Transforms (`DetectionTransform`): resize so that the shorter side is `min_size`
 side `max_size` (1333) where the shorter side at `min_size` would make it longer (sizes rounded half up
 to whole pixels as Detectron2's ResizeShortestEdge rounds them; antialiased bilinear, as its PIL
 resize; boxes scaled by the same per-axis factors), then, for training, a horizontal flip with
-probability 0.5 (image and boxes: x1' = W - x2). Flips draw from torch's generator (in a loader
-worker: the worker's, seeded from the loader's seed and the process's rank).
+probability 0.5 (image and boxes: x1' = W - x2). A loader indexes the dataset with `SampleKey`s, and a
+sample's flip follows from its key's (seed, epoch, index) alone (`SampleKey.flip_draw`): the same in
+any worker process, on any number of processes, and again when a run resumes mid-epoch. Indexed with a
+plain int, the dataset draws the flip from torch's generator instead.
 
 famkd resizes here, not in the model: the teacher and the student of a distillation run see one image
 and one set of boxes, made the way Detectron2 (whose teachers famkd imports) makes them. Build
@@ -60,7 +62,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -152,14 +154,15 @@ class DetectionTransform:
         if not 0 <= self.flip_prob <= 1:
             raise ValueError(f"flip_prob must lie in [0, 1], got {self.flip_prob}")
 
-    def __call__(self, image: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
-        """uint8 (3, H, W) image and float (N, 4) xyxy boxes -> float image in [0, 1] and boxes, both transformed."""
+    def __call__(self, image: Tensor, boxes: Tensor, flip_draw: float) -> tuple[Tensor, Tensor]:
+        """uint8 (3, H, W) image and float (N, 4) xyxy boxes -> float image in [0, 1] and boxes, both transformed;
+        the image is flipped when `flip_draw` (uniform in [0, 1)) is below flip_prob."""
         height, width = image.shape[-2:]
         new_height, new_width = resized_size(height, width, self.min_size, self.max_size)
         if (new_height, new_width) != (height, width):
             image = TF.resize(image, [new_height, new_width], antialias=True)
             boxes = boxes * torch.tensor([new_width / width, new_height / height] * 2)
-        if torch.rand(()) < self.flip_prob:
+        if flip_draw < self.flip_prob:
             image = image.flip(-1)
             boxes = torch.stack([new_width - boxes[:, 2], boxes[:, 1], new_width - boxes[:, 0], boxes[:, 3]], dim=1)
         return image.float() / 255, boxes
@@ -175,6 +178,18 @@ def is_usable(annotation: dict[str, Any], width: int, height: int) -> bool:
     """Not a crowd region, and its box clipped to the image is wider and taller than one pixel."""
     x1, y1, x2, y2 = clipped_box(annotation["bbox"], width, height)
     return not annotation.get("iscrowd", 0) and x2 - x1 > 1 and y2 - y1 > 1
+
+
+class SampleKey(NamedTuple):
+    """How a loader indexes a `CocoDetection`: the dataset index `item` and the (seed, epoch) of the batch order."""
+
+    item: int
+    seed: int
+    epoch: int
+
+    def flip_draw(self) -> float:
+        """The sample's uniform draw in [0, 1) for the flip, a function of (seed, epoch, item) alone."""
+        return float(np.random.default_rng([self.seed, self.epoch, self.item]).random())
 
 
 class CocoDetection(Dataset[Sample]):
@@ -199,14 +214,19 @@ class CocoDetection(Dataset[Sample]):
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def __getitem__(self, index: int) -> Sample:
+    def __getitem__(self, key: int | SampleKey) -> Sample:
+        """The sample at an index (flip drawn from torch's generator) or at a SampleKey (flip from the key)."""
+        if isinstance(key, SampleKey):
+            index, flip_draw = key.item, key.flip_draw()
+        else:
+            index, flip_draw = key, float(torch.rand(()))
         image_id = self.image_ids[index]
         info = self.coco.imgs[image_id]
         width, height = info["width"], info["height"]
         annotations = [ann for ann in self.coco.imgToAnns[image_id] if is_usable(ann, width, height)]
         boxes = torch.tensor([clipped_box(ann["bbox"], width, height) for ann in annotations], dtype=torch.float32)
         labels = [self.categories.label(ann["category_id"]) for ann in annotations]
-        image, boxes = self.transform(self._read_image(info), boxes.reshape(-1, 4))
+        image, boxes = self.transform(self._read_image(info), boxes.reshape(-1, 4), flip_draw)
         target = {
             "boxes": boxes,
             "labels": torch.tensor(labels, dtype=torch.int64),
@@ -338,11 +358,12 @@ class GroupedBatchSampler(Sampler[list[int]]):
         self.seed = seed
         self.num_replicas = num_replicas
         self.rank = rank
-        self.epoch = 0
+        self.epoch = self.start = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose batches the next iteration yields."""
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch whose batches the next iteration yields, from this process's batch `start` on
+        (a resumed run skips the batches it has taken without reading their images)."""
+        self.epoch, self.start = epoch, start
 
     def epoch_batches(self) -> list[list[int]]:
         """All processes' batches of the current epoch, in the order they are shared out."""
@@ -364,15 +385,29 @@ class GroupedBatchSampler(Sampler[list[int]]):
         batches = self.epoch_batches()
         if self.drop_last:
             batches = batches[: len(batches) // self.num_replicas * self.num_replicas]
-        return iter(batches[self.rank :: self.num_replicas])
+        return iter(batches[self.rank :: self.num_replicas][self.start :])
 
     def __len__(self) -> int:
-        """This process's batches per epoch."""
+        """This process's batches per epoch (counting those before `start`)."""
         sizes = Counter(self.group_ids).values()
         if self.drop_last:
             return sum(size // self.batch_size for size in sizes) // self.num_replicas
         total = sum(-(-size // self.batch_size) for size in sizes)
         return len(range(self.rank, total, self.num_replicas))
+
+
+class KeyedBatches(Sampler[list[SampleKey]]):
+    """The batches of a GroupedBatchSampler as SampleKeys of its seed and current epoch."""
+
+    def __init__(self, batches: GroupedBatchSampler):
+        self.batches = batches
+
+    def __iter__(self) -> Iterator[list[SampleKey]]:
+        seed, epoch = self.batches.seed, self.batches.epoch
+        return ([SampleKey(index, seed, epoch) for index in batch] for batch in self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def collate_detections(samples: list[Sample]) -> Batch:
@@ -388,8 +423,8 @@ class CocoLoader:
     `device` without blocking. Its batch sampler is a `GroupedBatchSampler` over the dataset's aspect
     groups: train=True shuffles by (seed, epoch) (`set_epoch`) and drops partial batches, so that every
     process runs the same number of steps; train=False keeps the order and every image, each process
-    taking its share. `num_replicas` and `rank`: as given, else torch.distributed's when initialised,
-    else one process.
+    taking its share. Samples are fetched by `SampleKey`, so their flips follow from (seed, epoch, index).
+    `num_replicas` and `rank`: as given, else torch.distributed's when initialised, else one process.
     """
 
     def __init__(
@@ -416,20 +451,21 @@ class CocoLoader:
             num_replicas=num_replicas,
             rank=rank,
         )
-        worker_seed = int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
         self.loader = DataLoader(
             dataset,
-            batch_sampler=self.batch_sampler,
+            batch_sampler=KeyedBatches(self.batch_sampler),
             num_workers=workers,
             collate_fn=collate_detections,
             pin_memory=self.device.type == "cuda",
             persistent_workers=workers > 0,
-            generator=torch.Generator().manual_seed(worker_seed),
+            # Each iterator draws a base seed from this generator: the global one, which the training draws
+            # from (and a resumed run restores), stays untouched.
+            generator=torch.Generator().manual_seed(seed),
         )
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose batches the next iteration yields."""
-        self.batch_sampler.set_epoch(epoch)
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch whose batches the next iteration yields, from this process's batch `start` on."""
+        self.batch_sampler.set_epoch(epoch, start)
 
     def __len__(self) -> int:
         """Batches per epoch on this process."""

@@ -56,7 +56,8 @@ class DetectionTrainConfig:
     lr_decay: float = setting(0.1, minimum=0.0)
     warmup_iters: int = setting(1000, minimum=0)  # linear lr warm-up from warmup_factor * lr
     warmup_factor: float = setting(0.001, minimum=0.0)
-    student_init: str = setting("imagenet", choices=("imagenet", "none"))  # the student backbone's weights
+    # The student backbone's start: "imagenet" (torchvision's weights), "none", or a local file of them.
+    student_init: str = "imagenet"
     checkpoint_every: int = setting(5000, minimum=1)
     log_every: int = setting(20, minimum=1)
     eval_every: int = setting(0, minimum=0)  # 0: evaluate at the end only

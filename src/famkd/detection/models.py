@@ -32,6 +32,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from famkd.detection.detectron2_import import FASTER_RCNN_SETTINGS, Detectron2Spec, import_detectron2_faster_rcnn
 from famkd.engine.checkpoint import load_checkpoint
+from famkd.engine.teacher import torchvision_weights
 from famkd.errors import FamkdError
 
 FPN_CHANNELS = 256
@@ -50,28 +51,62 @@ MOBILENET_CHANNELS = [24, 32, 96, 320]
 DETECTRON2_DEPTHS = {"resnet50": 50, "resnet101": 101}
 
 
-def backbone_weights(backbone: str, weights: str) -> WeightsEnum | None:
-    """torchvision's ImageNet weights of `backbone` for weights "imagenet", None for "none"."""
+def imagenet_state(backbone: str, init: str) -> dict[str, Tensor] | None:
+    """The ImageNet classification state dict `init` names for `backbone`: torchvision's published weights
+    ("imagenet", fetched once into torch's cache), a local file of the same layout (a path, e.g.
+    resnet18-f37072fd.pth), or none ("none": random initialisation)."""
     if backbone not in IMAGENET_WEIGHTS:
         raise FamkdError(f"unknown detection backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
-    if weights not in ("none", "imagenet"):
-        raise FamkdError(f"backbone weights must be 'none' or 'imagenet', got {weights!r}")
-    return IMAGENET_WEIGHTS[backbone] if weights == "imagenet" else None
+    if init == "none":
+        return None
+    if init == "imagenet":
+        weights = IMAGENET_WEIGHTS[backbone]
+        return torchvision_weights(f"{type(weights).__name__}.{weights.name}", setting="train.student_init")
+    path = Path(init).expanduser()
+    if not path.is_file():
+        raise FamkdError(
+            f"train.student_init={init!r}: no such file; give 'imagenet' (torchvision's weights), 'none', or the "
+            f"path of a torchvision {backbone} ImageNet state dict"
+        )
+    return load_checkpoint(path)
 
 
-def fpn_backbone(backbone: str, weights: str = "none") -> BackboneWithFPN:
-    """The backbone + FPN (levels FPN_LEVELS, FPN_CHANNELS each) of `backbone`, ImageNet-initialised or random."""
-    enum = backbone_weights(backbone, weights)
+def load_backbone_body(body: nn.Module, state: dict[str, Tensor], backbone: str, source: str) -> None:
+    """Load a torchvision classification state dict of `backbone` into an FPN backbone's body (its layers up
+    to the last FPN input; ResNet keys as they are, MobileNetV2's under "features."), strictly: the keys
+    left over may only be the classifier's and the layers after the last FPN input."""
+    prefix = "features." if backbone == "mobilenet_v2" else ""
+    missing = [key for key in body.state_dict() if prefix + key not in state]
+    if missing:
+        raise FamkdError(
+            f"{source} is not a torchvision {backbone} ImageNet state dict: it lacks {', '.join(missing[:3])}"
+            + (f" and {len(missing) - 3} more keys" if len(missing) > 3 else "")
+        )
+    try:
+        body.load_state_dict({key: state[prefix + key] for key in body.state_dict()})
+    except RuntimeError as error:
+        raise FamkdError(f"{source} does not fit a {backbone}: {str(error).splitlines()[-1].strip()}") from None
+
+
+def fpn_backbone(backbone: str, init: str = "none") -> BackboneWithFPN:
+    """The backbone + FPN (levels FPN_LEVELS, FPN_CHANNELS each) of `backbone`, its body initialised as `init`
+    says (`imagenet_state`), the FPN random."""
+    state = imagenet_state(backbone, init)
     if backbone == "mobilenet_v2":
-        features = mobilenet_v2(weights=enum).features
-        return BackboneWithFPN(features, MOBILENET_STAGES, MOBILENET_CHANNELS, FPN_CHANNELS, LastLevelMaxPool())
-    return resnet_fpn_backbone(backbone_name=backbone, weights=enum, trainable_layers=RESNET_TRAINABLE_LAYERS)
+        features = mobilenet_v2().features
+        model = BackboneWithFPN(features, MOBILENET_STAGES, MOBILENET_CHANNELS, FPN_CHANNELS, LastLevelMaxPool())
+    else:
+        model = resnet_fpn_backbone(backbone_name=backbone, weights=None, trainable_layers=RESNET_TRAINABLE_LAYERS)
+    if state is not None:
+        load_backbone_body(model.body, state, backbone, f"train.student_init={init}")
+    return model
 
 
 def build_detector(
     backbone: str, num_classes: int, min_size: int, max_size: int, backbone_init: str = "none"
 ) -> FasterRCNN:
-    """A Faster R-CNN + FPN over `backbone` for num_classes (C + 1) labels and the dataset's min/max size."""
+    """A Faster R-CNN + FPN over `backbone` for num_classes (C + 1) labels and the dataset's min/max size,
+    the backbone initialised as `backbone_init` says (`imagenet_state`)."""
     return FasterRCNN(
         fpn_backbone(backbone, backbone_init),
         num_classes=num_classes,

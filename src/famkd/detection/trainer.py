@@ -8,10 +8,9 @@ student_last.pt (the student's state dict, a torchvision FasterRCNN's) and summa
 
 Exact resume: a checkpoint holds the model, head, optimiser and schedule states, the RNG states, the data
 epoch and the number of its batches already taken, and the partial sums of the current log interval. The
-grouped sampler's batches follow from (seed, epoch), so a resumed run replays the epoch and skips the
-batches already taken, then restores the RNG states: with data.workers=0 (the flips drawn in this process)
-the run continues bit for bit. With workers > 0 the batch order is exact but the workers' flip draws
-restart.
+grouped sampler's batches and each sample's flip follow from (seed, epoch, index), so a resumed run starts
+the epoch after the batches already taken (their images are not read) and restores the RNG states: where the
+kernels are deterministic (the CPU) the run continues bit for bit, with any number of data workers.
 
 Several processes: under `torchrun --nproc_per_node N -m famkd detect train ...` each process joins the
 group (famkd.engine.distributed), takes the GPU of its local rank, loads its 1/N of every global batch
@@ -32,7 +31,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -109,12 +108,22 @@ def finite_or_none(value: float) -> float | None:
 
 
 def evaluate_detector(
-    model: torch.nn.Module, dataset: CocoDetection, batch_size: int, workers: int
+    model: torch.nn.Module, dataset: CocoDetection, batch_size: int, workers: int, num_replicas: int = 1, rank: int = 0
 ) -> dict[str, float]:
-    """COCO box AP (percent, METRICS) of `model` on the whole of `dataset`, in one process."""
+    """COCO box AP (percent, METRICS) of `model` on the whole of `dataset`. With several processes each
+    detects its share of the images, every process gathers all the detections and scores them (the same
+    numbers on every process). Process 0 shows a progress bar on a terminal."""
     device = next(model.parameters()).device
-    loader = CocoLoader(dataset, batch_size, train=False, workers=workers, device=device, num_replicas=1, rank=0)
-    return evaluate_detections(dataset.coco, collect_detections(model, loader))
+    loader = CocoLoader(
+        dataset, batch_size, train=False, workers=workers, device=device, num_replicas=num_replicas, rank=rank
+    )
+    batches = tqdm(loader, desc="COCO eval", unit="batch", leave=False, disable=None if rank == 0 else True)
+    detections = collect_detections(model, batches)
+    if num_replicas > 1:
+        shares: list[Any] = [None] * num_replicas
+        dist.all_gather_object(shares, detections)
+        detections = {key: value for share in shares for key, value in share.items()}
+    return evaluate_detections(dataset.coco, detections)
 
 
 class DetectionTrainer:
@@ -153,7 +162,8 @@ class DetectionTrainer:
                     else ""
                 )
             )
-        self.distiller = self._build_distiller().to(self.device)
+        # A resumed run loads its student from the checkpoint: no ImageNet weights to fetch.
+        self.distiller = self._build_distiller("none" if checkpoint else cfg.train.student_init).to(self.device)
         # DistributedDataParallel around the student and the heads, the teacher left out (several processes).
         self.step_model = wrap_for_training(self.distiller, self.processes, self.device, sync_bn=False)
         trainable = [parameter for parameter in self.distiller.parameters() if parameter.requires_grad]
@@ -174,12 +184,12 @@ class DetectionTrainer:
         if checkpoint is not None:
             self._restore(checkpoint)
 
-    def _build_distiller(self) -> DetectionDistiller:
+    def _build_distiller(self, student_init: str) -> DetectionDistiller:
         cfg, num_classes = self.cfg, self.train_set.categories.num_classes
         if self.val_set.categories != self.train_set.categories:
             raise FamkdError(f"the train and val annotation files of {cfg.data.root} list different categories")
         size = (cfg.data.min_size, cfg.data.max_size)
-        student = build_detector(cfg.student, num_classes, *size, backbone_init=cfg.train.student_init)
+        student = build_detector(cfg.student, num_classes, *size, backbone_init=student_init)
         teacher = None
         if needs_teacher(cfg.method):
             teacher = load_teacher(cfg.teacher.backbone, cfg.teacher.checkpoint, num_classes, *size)
@@ -206,6 +216,15 @@ class DetectionTrainer:
         self.log = IterationRunLog(
             self.run_dir.path, self.cfg.run.tensorboard, self.iteration, self.iteration, enabled=self.main
         )
+        self.bar = tqdm(
+            total=self.cfg.train.iterations,
+            initial=self.iteration,
+            desc="train",
+            unit="it",
+            leave=False,
+            dynamic_ncols=True,
+            disable=None if self.main else True,  # None: shown on a terminal only
+        )
         try:
             self._say_header()
             with StopRequest() as stop:
@@ -219,6 +238,7 @@ class DetectionTrainer:
             raise
         finally:
             self.log.close()
+            self.bar.close()
 
     def _say(self, text: str) -> None:
         if self.main:
@@ -240,10 +260,8 @@ class DetectionTrainer:
     def _batches(self) -> Iterator[Batch]:
         """Training batches from where the run stands: the current epoch's remaining ones, then the next epochs."""
         while True:
-            self.loader.set_epoch(self.epoch)
+            self.loader.set_epoch(self.epoch, start=self.epoch_batches)
             batches = iter(self.loader)
-            for _ in range(self.epoch_batches):
-                next(batches)
             if self.pending_rng is not None:
                 restore_rng_state(self.pending_rng)
                 self.pending_rng = None
@@ -261,6 +279,7 @@ class DetectionTrainer:
             images, targets = next(batches)
             self.iteration += 1
             self._step(images, targets)
+            self.bar.update(1)
             self.wall_time_s += time.perf_counter() - session_start
             session_start = time.perf_counter()
             if self._record_due():
@@ -340,33 +359,28 @@ class DetectionTrainer:
             self.last_eval = {name: finite_or_none(value) for name, value in self._evaluate().items()}
             record.update(self.last_eval)
         self.log.log_epoch(record)
+        seconds_per_iteration = interval_time_s / max(self.interval_count, 1)
+        remaining_s = seconds_per_iteration * (self.cfg.train.iterations - self.iteration)
+        self.bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
         self._say(
             f"iteration {self.iteration}/{self.cfg.train.iterations}  loss {record['loss']:.4f} ("
             + ", ".join(f"{name[5:]} {value:.4f}" for name, value in means.items())
-            + ")"
+            + f")  lr {record['lr']:.4g}  {seconds_per_iteration:.2f} s/it  ETA {timedelta(seconds=round(remaining_s))}"
             + "".join(f"  {name} {value}" for name, value in self.last_eval.items() if name in record)
         )
         self.interval_sums, self.interval_count = {}, 0
 
     def _evaluate(self) -> dict[str, float]:
-        """COCO AP of the student on the whole val split: each process detects its share, every process
-        gathers all the detections and scores them (the same numbers on every process)."""
+        """COCO AP of the student on the whole val split, the images shared out between the processes."""
         cfg, processes = self.cfg, self.processes
-        student = self.distiller.student
-        if not processes.distributed:
-            return evaluate_detector(student, self.val_set, cfg.train.eval_batch_size, cfg.data.workers)
-        loader = CocoLoader(
+        return evaluate_detector(
+            self.distiller.student,
             self.val_set,
             cfg.train.eval_batch_size,
-            train=False,
-            workers=cfg.data.workers,
-            device=self.device,
-            num_replicas=processes.world_size,
-            rank=processes.rank,
+            cfg.data.workers,
+            processes.world_size,
+            processes.rank,
         )
-        shares: list[Any] = [None] * processes.world_size
-        dist.all_gather_object(shares, collect_detections(student, loader))
-        return evaluate_detections(self.val_set.coco, {key: value for share in shares for key, value in share.items()})
 
     def _save_checkpoint(self) -> None:
         """checkpoints/last.pt, written by process 0; every process calls this at the same iteration."""

@@ -119,8 +119,9 @@ def load_model_weights(
     return model_from_checkpoint(load_checkpoint(path), path, model_name, num_classes, name_setting=name_setting)
 
 
-def torchvision_weights(name: str) -> dict[str, Tensor]:
-    """The state dict of torchvision's published weights `name` (e.g. "ResNet34_Weights.IMAGENET1K_V1")."""
+def torchvision_weights(name: str, setting: str = "teacher.checkpoint") -> dict[str, Tensor]:
+    """The state dict of torchvision's published weights `name` (e.g. "ResNet34_Weights.IMAGENET1K_V1");
+    `setting` is the config key that takes a local file of them instead, named when the download fails."""
     from torchvision.models import get_weight
 
     try:
@@ -135,7 +136,7 @@ def torchvision_weights(name: str) -> dict[str, Tensor]:
     except OSError as error:  # offline, or the download failed
         raise FamkdError(
             f"cannot fetch torchvision's {name} ({error}); download its file once where you are online and pass "
-            f"teacher.checkpoint=PATH (its url: {weights.url})"
+            f"{setting}=PATH (its url: {weights.url})"
         ) from None
 
 
