@@ -23,7 +23,7 @@ from famkd.detection import cli
 from famkd.detection.config import load_detection_config
 from famkd.detection.detectron2_import import Detectron2Spec, import_detectron2_faster_rcnn
 from famkd.detection.distill import FPN_LEVELS, create_detection_distiller
-from famkd.detection.models import DetectorOutputs, build_detector, fpn_backbone
+from famkd.detection.models import DetectorOutputs, build_detector, fpn_backbone, load_teacher, teacher_features
 from famkd.detection.trainer import DetectionTrainer, train_detection
 from famkd.distill.kd import kd_loss
 from famkd.distill.reviewkd import hierarchical_context_loss
@@ -314,3 +314,30 @@ def test_a_detectron2_pkl_teacher_distils_inside_the_trainer(coco: Path, tmp_pat
     records = read_metrics(run_dir)
     assert summary["status"] == "completed" and summary["teacher"] == "resnet50"
     assert math.isfinite(records[-1]["loss_kd"]) and records[-1]["loss_kd"] > 0
+
+
+def test_torchvision_coco_weights_teach_the_datasets_categories(tmp_path: Path) -> None:
+    """A torchvision COCO detector file (91 outputs: category ids) loads as the teacher of a dataset with category
+    ids (1, 3, 7): its logits and box deltas are the file's model's at outputs 0, 1, 3 and 7."""
+    torch.manual_seed(0)
+    coco_model = torchvision.models.detection.fasterrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=91, min_size=64, max_size=96
+    ).eval()
+    path = tmp_path / "fasterrcnn_resnet50_fpn_coco.pth"
+    torch.save(coco_model.state_dict(), path)
+    teacher = load_teacher("resnet50", path, (1, 3, 7), 64, 96)
+    images = [torch.rand(3, 64, 96)]
+    proposals = [torch.tensor([[2.0, 3.0, 30.0, 40.0], [10.0, 5.0, 60.0, 50.0]])]
+    features, sizes = teacher_features(teacher, images)
+    with torch.no_grad():
+        heads = teacher.roi_heads
+        logits, deltas = heads.box_predictor(heads.box_head(heads.box_roi_pool(features, proposals, sizes)))
+        reference_images, _ = coco_model.transform(images)
+        reference_features = coco_model.backbone(reference_images.tensors)
+        heads = coco_model.roi_heads
+        pooled = heads.box_roi_pool(reference_features, proposals, reference_images.image_sizes)
+        reference_logits, reference_deltas = heads.box_predictor(heads.box_head(pooled))
+    torch.testing.assert_close(logits, reference_logits[:, [0, 1, 3, 7]])
+    torch.testing.assert_close(deltas, reference_deltas.reshape(2, 91, 4)[:, [0, 1, 3, 7]].reshape(2, 16))
+    with pytest.raises(FamkdError, match="category id 95"):
+        load_teacher("resnet50", path, (1, 95), 64, 96)

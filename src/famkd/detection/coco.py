@@ -14,7 +14,7 @@ Label space (torchvision's): the C categories of the annotation file, sorted by 
 contiguous labels 1..C and 0 is the background, so a torchvision detector for them is built with
 num_classes = C + 1 (81 for COCO's 80 categories, whose ids run from 1 to 90 with gaps).
 `CocoCategories` maps labels to category ids and back. torchvision's COCO-pretrained weights predict
-category ids instead (num_classes=91): their labels are not these.
+category ids instead (num_classes=91); famkd.detection.models.torchvision_coco_state maps them to these.
 
 Samples are (image, target) in torchvision's detection format: image float32 (3, H, W) RGB in [0, 1];
 target `boxes` float32 (N, 4) as x1, y1, x2, y2 in pixels of the returned image (COCO's x, y, w, h
@@ -124,7 +124,7 @@ class CocoCategories:
                 f"detection labels must lie in 1..{len(self.ids)} (famkd's contiguous labels of the "
                 f"{len(self.ids)} categories, 0 = background), got [{int(labels.min())}, {int(labels.max())}]; "
                 f"build the detector with num_classes={self.num_classes} (torchvision's COCO-pretrained "
-                "weights predict category ids instead and do not fit)"
+                "weights predict category ids instead: convert them with torchvision_coco_state)"
             )
         return torch.tensor((0, *self.ids), dtype=torch.int64)[labels]
 

@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import Tensor, nn
 from torchvision.models import MobileNet_V2_Weights, ResNet18_Weights, ResNet50_Weights, ResNet101_Weights
 from torchvision.models._api import WeightsEnum
@@ -49,6 +50,8 @@ RESNET_TRAINABLE_LAYERS = 3  # Detectron2's BACKBONE.FREEZE_AT 2: the stem and r
 MOBILENET_STAGES = {"3": "0", "6": "1", "13": "2", "17": "3"}
 MOBILENET_CHANNELS = [24, 32, 96, 320]
 DETECTRON2_DEPTHS = {"resnet50": 50, "resnet101": 101}
+TORCHVISION_COCO_CLASSES = 91  # torchvision's COCO detectors: the background and category ids 1..90
+BOX_PREDICTOR = "roi_heads.box_predictor"
 
 
 def imagenet_state(backbone: str, init: str) -> dict[str, Tensor] | None:
@@ -117,11 +120,14 @@ def build_detector(
 
 
 def load_teacher(
-    backbone: str, checkpoint: str | os.PathLike, num_classes: int, min_size: int, max_size: int
+    backbone: str, checkpoint: str | os.PathLike, category_ids: tuple[int, ...], min_size: int, max_size: int
 ) -> FasterRCNN:
-    """The frozen teacher (eval mode, no gradients): a Detectron2 model-zoo .pkl (ResNet-50/101 only), or a
-    torchvision-format state dict (.pt/.pth: a plain state dict, e.g. a famkd run's student_last.pt)."""
+    """The frozen teacher (eval mode, no gradients) for the dataset's categories `category_ids` (its labels
+    1..C): a Detectron2 model-zoo .pkl (ResNet-50/101 only), or a torchvision-format state dict (.pt/.pth):
+    one over the same labels (e.g. a famkd run's student_last.pt), or torchvision's COCO detection weights
+    over category ids (`torchvision_coco_state`)."""
     path = Path(checkpoint)
+    num_classes = len(category_ids) + 1
     if path.suffix == ".pkl":
         if backbone not in DETECTRON2_DEPTHS:
             raise FamkdError(
@@ -133,7 +139,7 @@ def load_teacher(
         teacher = import_detectron2_faster_rcnn(path, spec)
     else:
         teacher = build_detector(backbone, num_classes, min_size, max_size)
-        state = load_checkpoint(path)
+        state = torchvision_coco_state(load_checkpoint(path), category_ids)
         try:
             teacher.load_state_dict(state)
         except RuntimeError as error:
@@ -144,6 +150,33 @@ def load_teacher(
     teacher.eval()
     teacher.requires_grad_(False)
     return teacher
+
+
+def torchvision_coco_state(state: dict[str, Tensor], category_ids: tuple[int, ...]) -> dict[str, Tensor]:
+    """A detector state dict over the labels 0..C of `category_ids`, from one over COCO category ids.
+
+    torchvision's COCO detection weights (e.g. fasterrcnn_resnet50_fpn_coco-258fb6c6.pth) have a box
+    predictor of TORCHVISION_COCO_CLASSES outputs, output i being COCO category id i (0: background). Their
+    rows of the background and of `category_ids`, in that order, are the rows of labels 0..C (four box
+    deltas per class for bbox_pred). Any other state dict, or one already of C + 1 classes, is returned
+    as it is."""
+    scores = state.get(f"{BOX_PREDICTOR}.cls_score.weight")
+    if scores is None or len(scores) != TORCHVISION_COCO_CLASSES or len(category_ids) + 1 == len(scores):
+        return state
+    if max(category_ids) >= TORCHVISION_COCO_CLASSES:
+        raise FamkdError(
+            f"the teacher predicts COCO category ids 1..{TORCHVISION_COCO_CLASSES - 1} but the data has category "
+            f"id {max(category_ids)}"
+        )
+    rows = torch.tensor((0, *category_ids))
+    deltas = (4 * rows[:, None] + torch.arange(4)).flatten()
+    selected = {
+        f"{BOX_PREDICTOR}.cls_score.weight": rows,
+        f"{BOX_PREDICTOR}.cls_score.bias": rows,
+        f"{BOX_PREDICTOR}.bbox_pred.weight": deltas,
+        f"{BOX_PREDICTOR}.bbox_pred.bias": deltas,
+    }
+    return {key: value[selected[key]] if key in selected else value for key, value in state.items()}
 
 
 @dataclass

@@ -192,7 +192,7 @@ class DetectionTrainer:
         student = build_detector(cfg.student, num_classes, *size, backbone_init=student_init)
         teacher = None
         if needs_teacher(cfg.method):
-            teacher = load_teacher(cfg.teacher.backbone, cfg.teacher.checkpoint, num_classes, *size)
+            teacher = load_teacher(cfg.teacher.backbone, cfg.teacher.checkpoint, self.train_set.categories.ids, *size)
         return create_detection_distiller(cfg.method, student, teacher, cfg.distill)
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
