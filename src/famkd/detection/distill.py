@@ -17,9 +17,11 @@ Methods (`DETECTION_METHODS`), on the FPN levels P2..P6 ("0".."3", "pool", 256 c
   3x3 conv + BN output heads, and the hierarchical context loss against the teacher's FPN maps.
 - `fam_kd`: famkd's detection form of FAM-KD (the paper gives no detection details; see docs/detection.md):
   per level, 1x1 projection 256 -> C_mid (+ BN + ReLU), cross-attention with the deeper level's fused map
-  (as on CIFAR), adaptive average pooling to a fixed square side S_l, FAM(C_mid -> 256, S_l) + BN (no
-  ReLU: the teacher's FPN maps are signed, unlike the post-ReLU stage outputs FAM-KD matches on CIFAR), and
-  the MSE against the teacher's FPN map pooled to S_l in the same way; the sum over the levels.
+  (as on CIFAR), adaptive average pooling to a fixed square side S_l, FAM(C_mid -> 256, S_l) + GroupNorm
+  (32 groups; no ReLU: the teacher's FPN maps are signed, unlike the post-ReLU stage outputs FAM-KD matches
+  on CIFAR), and the MSE against the teacher's FPN map pooled to S_l in the same way; the sum over the
+  levels. GroupNorm, not the classification head's BatchNorm: a detection batch holds 1 or 2 images per
+  process, and batch statistics over so few pooled values (at P6: 2 x 2 per image) blow the gradients up.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from famkd.registry import closest
 from famkd.settings import setting
 
 Targets = list[dict[str, Tensor]]
+FAM_HEAD_GROUPS = 32  # GroupNorm groups of a fam_kd head's 256 output channels (Detectron2's GN default)
 
 
 @dataclass
@@ -205,14 +208,14 @@ class PooledFamHead(nn.Module):
         self.input_proj = projection(FPN_CHANNELS, mid_channels, relu=True)
         self.attention = CrossAttention(mid_channels) if fuse else None
         self.fam = FrequencyAttention(mid_channels, FPN_CHANNELS, size, **fam_options)
-        self.bn = nn.BatchNorm2d(FPN_CHANNELS)
+        self.norm = nn.GroupNorm(FAM_HEAD_GROUPS, FPN_CHANNELS)  # per image: see the module docstring
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x = self.input_proj(x)
         if self.attention is not None:
             assert residual is not None  # every level but the deepest fuses the deeper level's map
             x = self.attention(x, residual)  # upsamples the residual's query (nearest) to x's size itself
-        out = self.bn(self.fam(F.adaptive_avg_pool2d(x, self.size)))  # signed, as the FPN map it matches
+        out = self.norm(self.fam(F.adaptive_avg_pool2d(x, self.size)))  # signed, as the FPN map it matches
         return out, x
 
 
