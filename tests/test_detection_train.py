@@ -26,6 +26,7 @@ from famkd.detection.distill import FPN_LEVELS, create_detection_distiller
 from famkd.detection.models import DetectorOutputs, build_detector, fpn_backbone, load_teacher, teacher_features
 from famkd.detection.trainer import DetectionTrainer, train_detection
 from famkd.distill.kd import kd_loss
+from famkd.distill.levels import review_chain
 from famkd.distill.reviewkd import hierarchical_context_loss
 from famkd.engine.checkpoint import load_checkpoint
 from famkd.engine.run_log import read_metrics
@@ -190,6 +191,19 @@ def test_fam_kd_term_is_the_pooled_mse_of_its_heads(detectors) -> None:
     loss.backward()
     assert all(parameter.grad is not None for parameter in distiller.heads.parameters())
     print(f"fam_kd head parameters at the defaults: {default_fam_head_parameters(detectors)}")
+
+
+def test_fam_kd_heads_treat_each_image_alone(detectors) -> None:
+    """In training mode a head's output for an image does not depend on the batch's other images (per-image
+    normalisation: batch statistics over the one or two images a process holds blew the gradients up)."""
+    student, teacher = detectors
+    options = {"pool_sizes": [8, 4, 2, 2, 1], "mid_channels": 8}
+    distiller = create_detection_distiller("fam_kd", student, teacher, options).train()
+    maps = [torch.randn(2, 256, *size) for size in SIZES]
+    together = review_chain(distiller.heads, maps)
+    alone = review_chain(distiller.heads, [level[1:] for level in maps])
+    for both, second in zip(together, alone):
+        torch.testing.assert_close(both[1:], second)
 
 
 def default_fam_head_parameters(detectors) -> int:

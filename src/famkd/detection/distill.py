@@ -16,12 +16,13 @@ Methods (`DETECTION_METHODS`), on the FPN levels P2..P6 ("0".."3", "pool", 256 c
   levels from P6 to P2 at their own sizes (the deeper residual nearest-upsampled to each level's size),
   3x3 conv + BN output heads, and the hierarchical context loss against the teacher's FPN maps.
 - `fam_kd`: famkd's detection form of FAM-KD (the paper gives no detection details; see docs/detection.md):
-  per level, 1x1 projection 256 -> C_mid (+ BN + ReLU), cross-attention with the deeper level's fused map
-  (as on CIFAR), adaptive average pooling to a fixed square side S_l, FAM(C_mid -> 256, S_l) + GroupNorm
-  (32 groups; no ReLU: the teacher's FPN maps are signed, unlike the post-ReLU stage outputs FAM-KD matches
-  on CIFAR), and the MSE against the teacher's FPN map pooled to S_l in the same way; the sum over the
-  levels. GroupNorm, not the classification head's BatchNorm: a detection batch holds 1 or 2 images per
-  process, and batch statistics over so few pooled values (at P6: 2 x 2 per image) blow the gradients up.
+  per level, 1x1 projection 256 -> C_mid (+ GroupNorm of one group + ReLU), cross-attention with the deeper
+  level's fused map (as on CIFAR), adaptive average pooling to a fixed square side S_l, FAM(C_mid -> 256,
+  S_l) + GroupNorm (32 groups; no ReLU: the teacher's FPN maps are signed, unlike the post-ReLU stage
+  outputs FAM-KD matches on CIFAR), and the MSE against the teacher's FPN map pooled to S_l in the same way;
+  the sum over the levels. GroupNorm (per image), not the classification head's BatchNorm: a detection batch
+  holds 1 or 2 images per process, and batch statistics over so few values (at P6 of a small image, 2 per
+  channel) blow the gradients up.
 """
 
 from __future__ import annotations
@@ -199,13 +200,18 @@ class ReviewKDDetection(DetectionDistiller):
         )
 
 
+def image_norm(channels: int) -> nn.GroupNorm:
+    """Normalisation over each image's whole map (GroupNorm of one group), whatever the batch size."""
+    return nn.GroupNorm(1, channels)
+
+
 class PooledFamHead(nn.Module):
     """One level of fam_kd's detection form (module docstring); returns (output at S x S, the fused map)."""
 
     def __init__(self, mid_channels: int, size: int, fuse: bool, fam_options: dict[str, Any]):
         super().__init__()
         self.size = size
-        self.input_proj = projection(FPN_CHANNELS, mid_channels, relu=True)
+        self.input_proj = projection(FPN_CHANNELS, mid_channels, relu=True, norm=image_norm)
         self.attention = CrossAttention(mid_channels) if fuse else None
         self.fam = FrequencyAttention(mid_channels, FPN_CHANNELS, size, **fam_options)
         self.norm = nn.GroupNorm(FAM_HEAD_GROUPS, FPN_CHANNELS)  # per image: see the module docstring
