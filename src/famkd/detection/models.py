@@ -33,7 +33,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from famkd.detection.detectron2_import import FASTER_RCNN_SETTINGS, Detectron2Spec, import_detectron2_faster_rcnn
 from famkd.engine.checkpoint import load_checkpoint
-from famkd.engine.teacher import torchvision_weights
+from famkd.engine.teacher import fetch_torchvision_weights
 from famkd.errors import FamkdError
 
 FPN_CHANNELS = 256
@@ -63,8 +63,7 @@ def imagenet_state(backbone: str, init: str) -> dict[str, Tensor] | None:
     if init == "none":
         return None
     if init == "imagenet":
-        weights = IMAGENET_WEIGHTS[backbone]
-        return torchvision_weights(f"{type(weights).__name__}.{weights.name}", setting="train.student_init")
+        return fetch_torchvision_weights(IMAGENET_WEIGHTS[backbone], "train.student_init")
     path = Path(init).expanduser()
     if not path.is_file():
         raise FamkdError(

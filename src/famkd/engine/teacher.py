@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -20,6 +21,9 @@ from famkd.config import Config, TeacherConfig
 from famkd.engine.checkpoint import load_checkpoint
 from famkd.errors import FamkdError
 from famkd.models import FeatureModel, create_model
+
+if TYPE_CHECKING:
+    from torchvision.models import WeightsEnum
 
 _KEYS_SHOWN = 5
 TORCHVISION_PREFIX = "torchvision:"
@@ -119,9 +123,8 @@ def load_model_weights(
     return model_from_checkpoint(load_checkpoint(path), path, model_name, num_classes, name_setting=name_setting)
 
 
-def torchvision_weights(name: str, setting: str = "teacher.checkpoint") -> dict[str, Tensor]:
-    """The state dict of torchvision's published weights `name` (e.g. "ResNet34_Weights.IMAGENET1K_V1");
-    `setting` is the config key that takes a local file of them instead, named when the download fails."""
+def torchvision_weights(name: str) -> dict[str, Tensor]:
+    """The state dict of torchvision's published weights `name` (e.g. "ResNet34_Weights.IMAGENET1K_V1")."""
     from torchvision.models import get_weight
 
     try:
@@ -131,12 +134,18 @@ def torchvision_weights(name: str, setting: str = "teacher.checkpoint") -> dict[
             f"teacher.checkpoint=torchvision:{name}: not a torchvision weights entry ({error}); "
             "e.g. torchvision:ResNet34_Weights.IMAGENET1K_V1"
         ) from None
+    return fetch_torchvision_weights(weights, "teacher.checkpoint")
+
+
+def fetch_torchvision_weights(weights: WeightsEnum, setting: str) -> dict[str, Tensor]:
+    """The state dict of torchvision's weights entry `weights`, downloaded once into torch's cache; `setting`
+    is the config key that takes a local file of them instead, named when the download fails."""
     try:
         return weights.get_state_dict(progress=False)
     except OSError as error:  # offline, or the download failed
         raise FamkdError(
-            f"cannot fetch torchvision's {name} ({error}); download its file once where you are online and pass "
-            f"{setting}=PATH (its url: {weights.url})"
+            f"cannot fetch torchvision's {type(weights).__name__}.{weights.name} ({error}); download its file "
+            f"once where you are online and pass {setting}=PATH (its url: {weights.url})"
         ) from None
 
 
