@@ -27,3 +27,9 @@ class NonFiniteLossError(FamkdError):
 
 class TrainingInterrupted(FamkdError):
     """Ctrl-C stopped the run after saving a resumable checkpoint."""
+
+
+def shown(names: list[str], limit: int = 5) -> str:
+    """The first `limit` of `names`, comma-separated, and how many more there are: a list for an error message."""
+    more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more

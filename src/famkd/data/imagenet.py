@@ -54,6 +54,7 @@ from torchvision.datasets.folder import default_loader
 
 from famkd.data.datasets import DataFormatError, DataNotFoundError
 from famkd.data.loader import check_loader_settings
+from famkd.errors import shown
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -62,7 +63,6 @@ IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 VAL_LABEL_FILE = "LOC_val_solution.csv"
 VAL_LABEL_COLUMNS = ("ImageId", "PredictionString")
 MAX_UNREADABLE_IN_A_ROW = 10
-NAMES_SHOWN = 5
 LAYOUT = (
     "expected ROOT/train/<class>/*.JPEG (one folder per class) and ROOT/val/<class>/*.JPEG, "
     f"or ROOT/val/*.JPEG labelled by {VAL_LABEL_FILE}"
@@ -265,12 +265,6 @@ def read_val_labels(path: Path) -> dict[str, str]:
             raise DataFormatError(f"{path}, line {line}: expected `<image id>,<wnid> ...`, got {row}")
         wnid_of[row[VAL_LABEL_COLUMNS[0]]] = words[0]
     return wnid_of
-
-
-def shown(names: list[str]) -> str:
-    """The first NAMES_SHOWN names, comma-separated, and how many more there are."""
-    more = f" (+{len(names) - NAMES_SHOWN} more)" if len(names) > NAMES_SHOWN else ""
-    return ", ".join(names[:NAMES_SHOWN]) + more
 
 
 def collate_samples(samples: list[Sample]) -> tuple[Tensor, Tensor, Tensor, list[str]]:

@@ -73,8 +73,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from famkd.data.datasets import DataFormatError, DataNotFoundError
-from famkd.data.imagenet import replica_and_rank, shown
+from famkd.data.imagenet import replica_and_rank
 from famkd.data.loader import check_loader_settings
+from famkd.errors import shown
 
 SPLITS = ("train", "val")
 MIN_SIZE, MAX_SIZE = 800, 1333

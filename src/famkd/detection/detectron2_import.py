@@ -48,7 +48,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from famkd.detection.safe_pickle import load_numpy_pickle
 from famkd.engine.checkpoint import load_checkpoint
 from famkd.engine.teacher import state_dict_mismatch
-from famkd.errors import ConfigError, FamkdError
+from famkd.errors import ConfigError, FamkdError, shown
 
 RESNET_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 """Bottleneck blocks in res2..res5 (torchvision's layer1..layer4) per ResNet depth."""
@@ -344,11 +344,6 @@ def detectron2_key_map(depth: int = 50) -> dict[str, str]:
     return keys
 
 
-def _shown(keys: list[str]) -> str:
-    more = f" (+{len(keys) - _KEYS_SHOWN} more)" if len(keys) > _KEYS_SHOWN else ""
-    return ", ".join(keys[:_KEYS_SHOWN]) + more
-
-
 def _as_tensor(key: str, value: Any) -> Tensor:
     if isinstance(value, Tensor):
         return value.detach().clone()
@@ -412,7 +407,11 @@ def _check_keys(weights: Mapping[str, Tensor], key_map: dict[str, str], spec: De
     unused = sorted(set(weights) - set(key_map) - non_weights)
     missing = sorted(set(key_map) - set(weights))
     if unused or missing:
-        problems = [f"{label}: {_shown(keys)}" for label, keys in (("unmapped", unused), ("missing", missing)) if keys]
+        problems = [
+            f"{label}: {shown(keys, _KEYS_SHOWN)}"
+            for label, keys in (("unmapped", unused), ("missing", missing))
+            if keys
+        ]
         raise FamkdError(
             f"the checkpoint is not a Detectron2 Faster R-CNN R-{spec.depth}-FPN ({'; '.join(problems)}); famkd "
             "imports Faster R-CNN R-50-FPN and R-101-FPN: check Detectron2Spec.depth"

@@ -30,8 +30,8 @@ from pycocotools.cocoeval import COCOeval
 from torch import Tensor, nn
 
 from famkd.data.datasets import DataFormatError
-from famkd.data.imagenet import shown
 from famkd.detection.coco import Batch, CocoCategories
+from famkd.errors import shown
 
 # The first six of COCOeval.stats, in its order: AP at IoU 0.50:0.95, at 0.50, at 0.75, then AP at
 # 0.50:0.95 of the small (area < 32^2), medium (< 96^2) and large objects.

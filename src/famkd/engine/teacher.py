@@ -19,13 +19,12 @@ from torch import Tensor
 
 from famkd.config import Config, TeacherConfig
 from famkd.engine.checkpoint import load_checkpoint
-from famkd.errors import FamkdError
+from famkd.errors import FamkdError, shown
 from famkd.models import FeatureModel, create_model
 
 if TYPE_CHECKING:
     from torchvision.models import WeightsEnum
 
-_KEYS_SHOWN = 5
 TORCHVISION_PREFIX = "torchvision:"
 COMMUNITY_TEACHERS_URL = "https://github.com/megvii-research/mdistiller/releases/tag/checkpoints"
 
@@ -73,11 +72,6 @@ def _strip_data_parallel_prefix(state_dict: dict[str, Tensor]) -> dict[str, Tens
     return state_dict
 
 
-def _shown(keys: list[str]) -> str:
-    more = f" (+{len(keys) - _KEYS_SHOWN} more)" if len(keys) > _KEYS_SHOWN else ""
-    return ", ".join(keys[:_KEYS_SHOWN]) + more
-
-
 def state_dict_mismatch(model: torch.nn.Module, state_dict: dict[str, Tensor]) -> str:
     """A readable description of how `state_dict` fails to fit `model` ("" when it fits)."""
     expected = model.state_dict()
@@ -90,11 +84,11 @@ def state_dict_mismatch(model: torch.nn.Module, state_dict: dict[str, Tensor]) -
     ]
     problems = []
     if missing:
-        problems.append(f"missing keys: {_shown(missing)}")
+        problems.append(f"missing keys: {shown(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys: {_shown(unexpected)}")
+        problems.append(f"unexpected keys: {shown(unexpected)}")
     if wrong_shape:
-        problems.append(f"shape mismatches: {_shown(wrong_shape)}")
+        problems.append(f"shape mismatches: {shown(wrong_shape)}")
     return "; ".join(problems)
 
 
