@@ -312,6 +312,9 @@ def test_bad_student_init_files_and_an_offline_download_say_what_to_do(tmp_path:
     torch.save(torchvision.models.resnet34().state_dict(), tmp_path / "r34.pth")
     with pytest.raises(FamkdError, match="not a torchvision resnet50 ImageNet state dict"):
         fpn_backbone("resnet50", str(tmp_path / "r34.pth"))  # resnet34 has no bottleneck conv3
+    # resnet34 holds every key of resnet18, of the same shapes, and more blocks: refused, not half-loaded
+    with pytest.raises(FamkdError, match="it has keys a resnet18 has not: layer1.2.bn1.bias"):
+        fpn_backbone("resnet18", str(tmp_path / "r34.pth"))
 
     def offline(self, *args, **kwargs):
         raise URLError("no network")

@@ -34,7 +34,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from famkd.detection.detectron2_import import FASTER_RCNN_SETTINGS, Detectron2Spec, import_detectron2_faster_rcnn
 from famkd.engine.checkpoint import load_checkpoint
 from famkd.engine.teacher import fetch_torchvision_weights
-from famkd.errors import FamkdError
+from famkd.errors import FamkdError, shown
 
 FPN_CHANNELS = 256
 FPN_LEVELS = ("0", "1", "2", "3", "pool")  # P2..P6
@@ -49,6 +49,14 @@ RESNET_TRAINABLE_LAYERS = 3  # Detectron2's BACKBONE.FREEZE_AT 2: the stem and r
 # MobileNetV2 `features` indices ending the stride-4, 8, 16 and 32 stages, and their channels.
 MOBILENET_STAGES = {"3": "0", "6": "1", "13": "2", "17": "3"}
 MOBILENET_CHANNELS = [24, 32, 96, 320]
+# The keys of torchvision's ImageNet classifiers that an FPN body does not use: the classifier, and for
+# MobileNetV2 the 1x1 convolution to 1280 channels after its last FPN input.
+UNUSED_CLASSIFIER_KEYS = {
+    "resnet18": ("fc.",),
+    "resnet50": ("fc.",),
+    "resnet101": ("fc.",),
+    "mobilenet_v2": ("classifier.", "features.18."),
+}
 DETECTRON2_DEPTHS = {"resnet50": 50, "resnet101": 101}
 TORCHVISION_COCO_CLASSES = 91  # torchvision's COCO detectors: the background and category ids 1..90
 BOX_PREDICTOR = "roi_heads.box_predictor"
@@ -76,16 +84,23 @@ def imagenet_state(backbone: str, init: str) -> dict[str, Tensor] | None:
 def load_backbone_body(body: nn.Module, state: dict[str, Tensor], backbone: str, source: str) -> None:
     """Load a torchvision classification state dict of `backbone` into an FPN backbone's body (its layers up
     to the last FPN input; ResNet keys as they are, MobileNetV2's under "features."), strictly: the keys
-    left over may only be the classifier's and the layers after the last FPN input."""
+    left over may only be the classifier's and those of the layers after the last FPN input
+    (`UNUSED_CLASSIFIER_KEYS`), so that e.g. a resnet34 file is not taken for a resnet18."""
     prefix = "features." if backbone == "mobilenet_v2" else ""
-    missing = [key for key in body.state_dict() if prefix + key not in state]
-    if missing:
-        raise FamkdError(
-            f"{source} is not a torchvision {backbone} ImageNet state dict: it lacks {', '.join(missing[:3])}"
-            + (f" and {len(missing) - 3} more keys" if len(missing) > 3 else "")
-        )
+    keys = list(body.state_dict())
+    names = [prefix + key for key in keys]
+    missing = [name for name in names if name not in state]
+    unused = set(state) - set(names)  # frozen batch norm has no num_batches_tracked to load
+    extra = sorted(
+        key
+        for key in unused
+        if not key.startswith(UNUSED_CLASSIFIER_KEYS[backbone]) and not key.endswith(".num_batches_tracked")
+    )
+    if missing or extra:
+        problem = f"it lacks {shown(missing)}" if missing else f"it has keys a {backbone} has not: {shown(extra)}"
+        raise FamkdError(f"{source} is not a torchvision {backbone} ImageNet state dict: {problem}")
     try:
-        body.load_state_dict({key: state[prefix + key] for key in body.state_dict()})
+        body.load_state_dict({key: state[name] for key, name in zip(keys, names)})
     except RuntimeError as error:
         raise FamkdError(f"{source} does not fit a {backbone}: {str(error).splitlines()[-1].strip()}") from None
 
