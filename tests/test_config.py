@@ -201,7 +201,7 @@ def test_unknown_key_without_a_near_match_lists_the_section():
         ("train.lr_milestones=[1,2.5]", "train.lr_milestones must be a list of integers"),
         ("train.lr_milestones=5", "train.lr_milestones must be a list of integers"),
         ("train.lr_milestones=[1,true]", "train.lr_milestones must be a list of integers"),
-        ("device=gpu", "device='gpu' is not allowed (did you mean 'cpu'?); choose one of: cpu, cuda, auto"),
+        ("device=gpu", "device='gpu' is not allowed (did you mean 'cuda'?); choose one of: cpu, cuda, auto"),
         ("amp=bf15", "amp='bf15' is not allowed (did you mean 'bf16'?); choose one of: off, bf16, fp16"),
         ("data.dataset=cifar10", "data.dataset='cifar10' is not allowed"),
         ("train.batch_size=0", "train.batch_size=0 is too small: it must be >= 1"),

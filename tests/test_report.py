@@ -20,6 +20,7 @@ from xml.etree import ElementTree
 
 import pytest
 import torch
+import yaml
 
 from famkd.cli import main
 from famkd.config import load_config
@@ -311,6 +312,25 @@ def test_report_of_a_run_in_progress_says_so(fam_run, tmp_path):
     text, _ = parse_page(out)
     assert "no summary.json: in progress" in text and "1 line(s) of metrics.jsonl are not JSON records" in text
     assert "1 of 2" in text
+
+
+def run_card_value(out: Path, key: str) -> str:
+    """The value beside `key` in the page's (first) run card."""
+    _, parser = parse_page(out)
+    return next(row[1] for table in parser.tables for row in table if len(row) == 2 and row[0] == key)
+
+
+def test_run_card_shows_the_device_the_run_used(teacher_run, tmp_path):
+    copy = tmp_path / "auto" / "vanilla"
+    shutil.copytree(teacher_run, copy)
+    config = yaml.safe_load((copy / "config.yaml").read_text())
+    config["device"] = "auto"  # as configured; summary.json says what "auto" became
+    (copy / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    summary = json.loads((copy / "summary.json").read_text())
+    assert summary["device"] == "cpu"
+    assert run_card_value(report(tmp_path, copy), "seed / device / amp") == f"{config['run']['seed']} / cpu / off"
+    (copy / "summary.json").unlink()  # in progress: only the config's device is known
+    assert run_card_value(report(tmp_path / "running", copy), "seed / device / amp").split(" / ")[1] == "auto"
 
 
 @pytest.mark.parametrize("case", ["not a run", "missing folder", "no epoch yet", "not a FAM method"])

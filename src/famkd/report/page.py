@@ -149,6 +149,7 @@ def run_card(view: RunView) -> list[tuple[str, str]]:
     student = summary.get("student") or config.get("student") or "?"
     teacher = summary.get("teacher") or teacher_config.get("name")
     pair = f"{teacher} -> {student}" if teacher and view.method != "vanilla" else f"{student} (trained alone)"
+    device = summary.get("device") or config.get("device", "?")  # the one used ("cuda:0"), not "auto"
     return [
         ("folder", str(view.folder)),
         ("status", status_text(view)),
@@ -161,7 +162,7 @@ def run_card(view: RunView) -> list[tuple[str, str]]:
         ("wall time", wall_time_text(view)),
         (
             "seed / device / amp",
-            f"{config.get('run', {}).get('seed', '?')} / {config.get('device', '?')} / {config.get('amp', '?')}",
+            f"{config.get('run', {}).get('seed', '?')} / {device} / {config.get('amp', '?')}",
         ),
         ("parameters", parameters_text(summary)),
         ("checkpoint", view.checkpoint_epoch or "none"),
