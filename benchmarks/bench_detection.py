@@ -33,12 +33,13 @@ import torch
 from torch import Tensor
 
 from famkd.bench import MEMORY_CHILD_STEPS, max_rss_mb, resident_bytes
-from famkd.detection.config import DetectionTrainConfig
-from famkd.detection.distill import DetectionDistiller, create_detection_distiller, distiller_class, needs_teacher
+from famkd.detection.config import TASK, DetectionTrainConfig
 from famkd.detection.models import build_detector
-from famkd.detection.trainer import NO_LOGITS
+from famkd.distill import Distiller, create_distiller, needs_teacher
+from famkd.distill.registry import distiller_class
 from famkd.engine.device import resolve_device
 from famkd.engine.host_memory import retain_freed_memory
+from famkd.engine.schedule import build_optimizer
 from famkd.engine.step import optimizer_step
 from famkd.errors import FamkdError
 
@@ -51,7 +52,7 @@ class DetectionRun:
     """One method's distiller, its optimiser, its step times (seconds) and its cuda peak (bytes)."""
 
     method: str
-    distiller: DetectionDistiller
+    distiller: Distiller
     optimizer: torch.optim.Optimizer
     times_s: list[float] = field(default_factory=list)
     peak_bytes: int = 0
@@ -110,22 +111,18 @@ def build_run(
     docstring)."""
     torch.manual_seed(args.seed)
     student = build_detector(args.student, args.num_classes, args.min_size, args.max_size)
-    distiller = create_detection_distiller(method, student, teacher, {}).to(device).train()
-    train = DetectionTrainConfig()
-    trainable = [parameter for parameter in distiller.parameters() if parameter.requires_grad]
-    optimizer = torch.optim.SGD(trainable, lr=0.0, momentum=train.momentum, weight_decay=train.weight_decay)
+    distiller = create_distiller(method, task=TASK, student=student, teacher=teacher).to(device).train()
+    optimizer = build_optimizer(distiller, DetectionTrainConfig(lr=0.0))
     return DetectionRun(method, distiller, optimizer)
 
 
 def training_step(
     method_run: DetectionRun, images: list[Tensor], targets: list[dict[str, Tensor]], iteration: int
 ) -> None:
-    """One optimiser step as the detection trainer takes it."""
-
-    def step_model(images, targets, iteration):
-        return NO_LOGITS, method_run.distiller(images, targets, iteration)
-
-    optimizer_step(step_model, method_run.optimizer, None, contextlib.nullcontext, images, targets, iteration)
+    """One optimiser step as the trainer takes it."""
+    optimizer_step(
+        method_run.distiller, method_run.optimizer, None, contextlib.nullcontext, (images, targets, iteration)
+    )
 
 
 def benchmark(args: argparse.Namespace, device: torch.device) -> list[DetectionRun]:
@@ -133,7 +130,7 @@ def benchmark(args: argparse.Namespace, device: torch.device) -> list[DetectionR
     torch.manual_seed(args.seed)
     images, targets = synthetic_batch(args.batch_size, args.min_size, args.max_size, args.num_classes, device)
     teacher = None  # built only for the methods that need it, so that vanilla's memory child has none
-    if any(needs_teacher(method) for method in args.methods):
+    if any(needs_teacher(method, TASK) for method in args.methods):
         teacher = build_detector(args.teacher, args.num_classes, args.min_size, args.max_size).to(device).eval()
     runs = [build_run(args, method, teacher, device) for method in args.methods]
     batch_bytes = sum(image.nbytes for image in images)
@@ -170,7 +167,7 @@ def child_max_rss_mb(args: argparse.Namespace, method: str) -> float:
 def run(args: argparse.Namespace) -> dict:
     """Benchmark the methods of `args`; returns {"settings": ..., "results": one dict per method}."""
     for method in args.methods:
-        distiller_class(method)  # a ConfigError naming the nearest method
+        distiller_class(method, TASK)  # a ConfigError naming the nearest method
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)

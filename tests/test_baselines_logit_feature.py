@@ -288,7 +288,8 @@ def test_at_loss_equals_the_direct_formula(pair_name):
 def test_at_pools_the_teacher_to_the_student_side_in_a_heterogeneous_pair():
     distiller = build("at", PAIR_BY_NAME["resnet32x4_ShuffleV1"])
     student, teacher = distiller.student.feature_info, distiller.teacher.feature_info
-    assert student.spatial_sizes(32) == [16, 8, 4] and teacher.spatial_sizes(32) == [32, 16, 8]
+    assert [s.spatial_size(32) for s in student.stages] == [16, 8, 4]
+    assert [s.spatial_size(32) for s in teacher.stages] == [32, 16, 8]
     generator = torch.Generator().manual_seed(4)
     f_s = torch.randn(2, 240, 16, 16, generator=generator, dtype=torch.float64)
     f_t = torch.randn(2, 64, 32, 32, generator=generator, dtype=torch.float64)

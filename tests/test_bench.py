@@ -162,7 +162,8 @@ def index_recorder(monkeypatch):
             logits = self.student(images)
             return logits, {"ce": F.cross_entropy(logits, targets)}
 
-    monkeypatch.setattr(DISTILLERS, "_builders", dict(DISTILLERS._builders))  # restored after the test
+    classification = DISTILLERS["classification"]
+    monkeypatch.setattr(classification, "_builders", dict(classification._builders))  # restored after the test
     register_distiller(INDEX_METHOD)(IndexRecorder)
     return record
 
@@ -181,7 +182,7 @@ def test_a_method_that_needs_sample_indices_gets_fixed_ones(index_recorder, tmp_
 
 
 def test_the_test_only_method_is_registered_for_its_test_alone():
-    assert INDEX_METHOD not in DISTILLERS
+    assert INDEX_METHOD not in DISTILLERS["classification"]
 
 
 # ---------------------------------------------------------------- image size and classes

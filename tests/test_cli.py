@@ -21,33 +21,35 @@ import pytest
 import torch
 import yaml
 
+from famkd.classification import train
 from famkd.cli import main
-from famkd.config import config_to_dict, load_config
+from famkd.config import load_config
 from famkd.distill import create_distiller
-from famkd.engine.checkpoint import load_checkpoint
 from famkd.engine.run_log import read_metrics
-from famkd.engine.trainer import train
 from famkd.errors import TrainingInterrupted
 from famkd.models import create_model
+from famkd.settings import settings_to_dict
+from famkd.weights import load_checkpoint
 
 TIMING_KEYS = {"epoch_time_s", "images_per_s", "data_wait_fraction"}
 EPOCH_KEYS = {"epoch", "global_step", "lr", "loss", "train_acc", "test_acc", "test_top5", "test_loss", "test_images"}
 EPOCH_KEYS |= TIMING_KEYS
 CHECKPOINT_KEYS = {
+    "task",
     "student",
     "heads",
     "optimizer",
-    "scheduler",
     "grad_scaler",
     "epoch",
+    "epoch_steps",
     "global_step",
     "rng",
-    "best_acc",
-    "best_epoch",
-    "last_acc",
-    "teacher_acc",
+    "best",
+    "best_at",
+    "last_eval",
+    "teacher_eval",
     "wall_time_s",
-    "partial_epoch",
+    "partial_period",
     "config",
     "versions",
 }
@@ -113,9 +115,9 @@ def test_teacher_run_writes_metrics_summary_and_checkpoints(teacher_run):
 
     last = load_checkpoint(teacher_run / "checkpoints" / "last.pt")
     best = load_checkpoint(teacher_run / "checkpoints" / "best.pt")
-    assert set(last) == CHECKPOINT_KEYS and last["epoch"] == 2 and last["partial_epoch"] is None
+    assert set(last) == CHECKPOINT_KEYS and last["epoch"] == 2 and last["partial_period"] is None
     assert best["epoch"] == summary["best_epoch"] and last["heads"] == {}
-    assert last["config"] == config_to_dict(load_config(None, [*SHORT_RUN, *_data_and_dir(last)]))
+    assert last["config"] == settings_to_dict(load_config(None, [*SHORT_RUN, *_data_and_dir(last)]))
     assert set(last["versions"]) == {"famkd", "torch", "torchvision", "python"}
     for exported, checkpoint in (("student_last.pt", last), ("student_best.pt", best)):
         weights = torch.load(teacher_run / exported, weights_only=True)
@@ -165,7 +167,7 @@ def test_interrupted_and_resumed_run_ends_exactly_like_the_uninterrupted_one(
     with pytest.raises(TrainingInterrupted, match=f"famkd train --resume {run_dir}"):
         train(load_config(None, fam_kd_overrides(teacher_run, data_roots, run_dir)), on_step=press_ctrl_c)
     saved = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    assert saved["epoch"] == 1 and saved["partial_epoch"]["steps_done"] == 1 and saved["global_step"] == 3
+    assert saved["epoch"] == 1 and saved["partial_period"]["steps_done"] == 1 and saved["global_step"] == 3
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
 
     assert main(["train", "--resume", str(run_dir)]) == 0
@@ -202,7 +204,7 @@ def test_print_config_shows_the_merged_config(capsys, tmp_path):
     config_file.write_text("method: kd\nstudent: resnet8\ntrain: {lr: 0.01}\n")
     assert main(["train", str(config_file), "train.epochs=7", "--print-config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed == config_to_dict(load_config(config_file, ["train.epochs=7"]))
+    assert printed == settings_to_dict(load_config(config_file, ["train.epochs=7"]))
     assert (printed["method"], printed["train"]["lr"], printed["train"]["epochs"]) == ("kd", 0.01, 7)
 
 
@@ -337,7 +339,7 @@ def test_run_config_and_checkpoints_record_every_method_option(fam_kd_run):
 
 
 def test_a_typo_in_a_method_option_fails_before_any_data_or_teacher_is_read(capsys, monkeypatch, tmp_path):
-    from famkd.engine import trainer
+    from famkd.classification import task as trainer
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("data or teacher touched before the config was checked")
@@ -401,18 +403,18 @@ def test_a_fam_training_run_prints_no_line_from_torchs_logger(teacher_run, data_
 def test_resume_reads_the_run_checkpoint_once(fam_kd_run, tmp_path, monkeypatch):
     run_dir = tmp_path / "copy"
     shutil.copytree(fam_kd_run, run_dir)
-    from famkd.engine import checkpoint
-    from famkd.engine import run_dir as run_dir_module
+    from famkd.engine import trainer
+    from famkd.weights import files, zoo
 
     reads = []
-    plain_load = checkpoint.load_checkpoint
+    plain_load = files.load_checkpoint
 
     def counting_load(path):
         reads.append(Path(path))
         return plain_load(path)
 
-    monkeypatch.setattr(run_dir_module, "load_checkpoint", counting_load)
-    monkeypatch.setattr(checkpoint, "load_checkpoint", counting_load)
+    for module in (trainer, files, zoo):
+        monkeypatch.setattr(module, "load_checkpoint", counting_load)
     assert main(["train", "--resume", str(run_dir), "train.epochs=3"]) == 0
     assert reads.count(run_dir / "checkpoints" / "last.pt") == 1
     assert [r["epoch"] for r in read_metrics(run_dir)] == [1, 2, 3]

@@ -295,7 +295,7 @@ def test_flips_follow_from_seed_epoch_and_index_in_any_worker(tiny_coco):
     for epoch in range(4):
         flips = image_flips(in_process, epoch)
         expected = [
-            (dataset.image_ids[index], SampleKey(index, 3, epoch).flip_draw() < 0.5)
+            (dataset.image_ids[index], SampleKey(index, 3, epoch).uniform_draw() < 0.5)
             for batch in in_process.batch_sampler.epoch_batches()
             for index in batch
         ]
@@ -305,7 +305,7 @@ def test_flips_follow_from_seed_epoch_and_index_in_any_worker(tiny_coco):
         assert image_flips(in_workers, epoch) == flips
         assert torch.equal(torch.get_rng_state(), state)
         assert image_flips(in_workers, epoch, start=1) == flips[2:]  # a resumed epoch: its second batch on
-    draws = [SampleKey(index, 3, epoch).flip_draw() for index in range(4) for epoch in range(4)]
+    draws = [SampleKey(index, 3, epoch).uniform_draw() for index in range(4) for epoch in range(4)]
     assert 0 < sum(draw < 0.5 for draw in draws) < len(draws)  # the draws do flip some images, not all
 
 

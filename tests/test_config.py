@@ -7,18 +7,10 @@ import textwrap
 import pytest
 import yaml
 
-from famkd.config import (
-    Config,
-    ConfigError,
-    config_from_dict,
-    config_to_dict,
-    dump_config,
-    load_config,
-    parse_override,
-    valid_keys,
-)
+from famkd.config import Config, config_from_dict, load_config
 from famkd.distill import list_options
-from famkd.errors import FamkdDeprecationWarning
+from famkd.errors import ConfigError, FamkdDeprecationWarning
+from famkd.settings import dump_settings, parse_override, settings_to_dict, valid_keys
 
 
 def write(path, text):
@@ -150,7 +142,7 @@ def test_every_required_override_exists_under_its_name(key):
     text = str(value).lower() if isinstance(value, bool) else str(value)
     cfg = load_config(None, [f"{key}={text}"])
     assert read(cfg) == value and read(Config()) != value
-    assert key in valid_keys()
+    assert key in valid_keys(Config)
 
 
 def test_string_fields_keep_override_text_that_yaml_would_read_as_a_number():
@@ -248,15 +240,15 @@ def test_round_trip_through_dict_and_yaml(tmp_path):
             "teacher.sha256=" + "f" * 64,
         ],
     )
-    assert config_from_dict(config_to_dict(cfg)) == cfg
-    assert config_from_dict(yaml.safe_load(dump_config(cfg))) == cfg
-    saved = write(tmp_path / "merged.yaml", dump_config(cfg))
+    assert config_from_dict(settings_to_dict(cfg)) == cfg
+    assert config_from_dict(yaml.safe_load(dump_settings(cfg))) == cfg
+    saved = write(tmp_path / "merged.yaml", dump_settings(cfg))
     assert load_config(saved) == cfg
 
 
-def test_config_to_dict_is_a_deep_copy():
+def test_settings_to_dict_is_a_deep_copy():
     cfg = Config()
-    values = config_to_dict(cfg)
+    values = settings_to_dict(cfg)
     values["train"]["lr_milestones"].append(1)
     assert cfg.train.lr_milestones == [150, 180, 210]
 

@@ -15,10 +15,11 @@ import pytest
 import torch
 import yaml
 
-from famkd.config import Config, config_to_dict, load_config
+from famkd.config import Config, load_config
 from famkd.distill import create_distiller
 from famkd.distill.registry import distiller_class
 from famkd.models import create_model
+from famkd.settings import settings_to_dict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "configs" / "cifar100"
@@ -138,7 +139,7 @@ def test_every_config_loads_and_states_only_what_differs(name):
     assert not any(line.startswith("#") for line in lines[1:])
 
     raw = yaml.safe_load(path.read_text())
-    defaults = config_to_dict(Config())
+    defaults = settings_to_dict(Config())
     assert raw["method"] == method and raw["student"] == cfg.student
     assert ("teacher" in raw) == (method != "vanilla")
     for section, values in raw.items():
@@ -277,7 +278,7 @@ def test_quick_configs_shorten_the_schedule_and_keep_the_recipe(name):
     assert (quick.train.epochs, quick.train.lr_milestones) == (15, QUICK_MILESTONES)
     if "warmup_epochs" in full.distill:
         assert (full.distill["warmup_epochs"], quick.distill["warmup_epochs"]) == (20, 1)  # 20 * 15 / 240 -> 1
-    unchanged = (config_to_dict(c) for c in (full, quick))
+    unchanged = (settings_to_dict(c) for c in (full, quick))
     full_values, quick_values = unchanged
     for values in (full_values, quick_values):
         values["train"].pop("epochs"), values["train"].pop("lr_milestones"), values["distill"].pop("warmup_epochs", 0)
@@ -375,7 +376,7 @@ def test_imagenet_vanilla_configs_follow_method_md(model):
 @pytest.mark.parametrize("name", imagenet_configs())
 def test_imagenet_configs_state_only_what_differs(name):
     raw = yaml.safe_load((IMAGENET_DIR / name).read_text())
-    defaults = config_to_dict(Config())
+    defaults = settings_to_dict(Config())
     for section, values in raw.items():
         if section in ("method", "student", "teacher", "distill"):
             continue
@@ -405,9 +406,9 @@ def test_coco_configs_carry_the_papers_schedule(method, pair):
     teacher, student = pair.split("_", 1)
     cfg = load_detection_config(COCO_DIR / method / f"{pair}.yaml", ["teacher.checkpoint=teacher.pkl"])
     assert (cfg.method, cfg.student) == (method, student)
-    assert method == "vanilla" or cfg.teacher.backbone == teacher
+    assert method == "vanilla" or cfg.teacher.name == teacher
     train = cfg.train
-    assert (train.iterations, train.batch_size, train.lr, train.lr_steps, train.lr_decay) == (
+    assert (train.iterations, train.batch_size, train.lr, train.lr_milestones, train.lr_decay) == (
         180000,
         8,
         0.01,

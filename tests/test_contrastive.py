@@ -15,17 +15,17 @@ import torch.nn.functional as F
 
 import famkd.distill.crd  # noqa: F401  (registers crd)
 import famkd.distill.wcord  # noqa: F401  (registers wcord)
+from famkd.classification import task as task_module
+from famkd.classification import train
 from famkd.config import load_config
 from famkd.distill import create_distiller, list_options
 from famkd.distill.contrastive import QueueMemory, SampleMemory, draw_other_classes, draw_others, nce_loss
 from famkd.distill.wcord import sinkhorn_cost
-from famkd.engine import trainer as trainer_module
-from famkd.engine.checkpoint import load_checkpoint
 from famkd.engine.run_log import read_metrics
-from famkd.engine.trainer import train
 from famkd.errors import ConfigError, TrainingInterrupted
 from famkd.models import create_model
 from famkd.recipes import CIFAR_PAIRS
+from famkd.weights import load_checkpoint
 from tiny_cifar import tiny_datasets
 
 METHODS = ("crd", "wcord")
@@ -273,7 +273,7 @@ def test_bf16_autocast_keeps_the_contrast_and_memories_in_float32(method):
 
 @pytest.mark.parametrize("queue_size", [0, 16])
 def test_crd_resumed_mid_epoch_ends_exactly_like_the_uninterrupted_run(tmp_path, monkeypatch, queue_size):
-    monkeypatch.setattr(trainer_module, "build_datasets", lambda data_cfg: tiny_datasets())
+    monkeypatch.setattr(task_module, "build_datasets", lambda data_cfg: tiny_datasets())
     torch.manual_seed(1)
     teacher = tmp_path / "teacher.pth"
     torch.save({"model": create_model("resnet8", num_classes=10).state_dict()}, teacher)
@@ -310,7 +310,7 @@ def test_crd_resumed_mid_epoch_ends_exactly_like_the_uninterrupted_run(tmp_path,
     with pytest.raises(TrainingInterrupted):
         train(config(interrupted), on_step=press_ctrl_c)
     saved = load_checkpoint(interrupted / "checkpoints" / "last.pt")
-    assert saved["partial_epoch"]["steps_done"] == 2 and saved["global_step"] == 2
+    assert saved["partial_period"]["steps_done"] == 2 and saved["global_step"] == 2
     assert (saved["heads"]["memory.normalizers"] > 0).all()  # Z was set by the first batch and is saved
     train(None, interrupted)
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from famkd.config import DataConfig
+from famkd.config import load_config
 from famkd.data import (
     CIFAR100_MEAN,
     CIFAR100_STD,
@@ -25,26 +25,29 @@ from famkd.data import (
     ImageDataset,
     SyntheticSpec,
     build_datasets,
+    data_options,
     dataset_image_size,
     synthetic_datasets,
 )
 from famkd.data.cifar100 import load_cifar100
-from famkd.data.loader import CROP_PADDING, epoch_generator
+from famkd.data.loader import CROP_PADDING
+from famkd.data.sampling import epoch_generator
 from famkd.data.synthetic import synthetic_datasets_from_config
 from famkd.data.transforms import (
     crop_offsets,
     crop_padded,
     flip_mask,
     flip_where,
-    normalize,
+    normalization_constants,
     pad_images,
-    random_crop,
-    random_hflip,
 )
 from famkd.errors import ConfigError, FamkdError
 from real_data import REAL_CIFAR100, REAL_CIFAR100_WHERE
 from tiny_cifar import tiny_cifar_arrays, write_tiny_cifar
 
+UNKNOWN_DATASET = (
+    r"data.dataset='cifar10' is not allowed \(did you mean 'cifar100'\?\); choose one of: cifar100, imagenet"
+)
 HOW_TO_GET = "download cifar-100-python.tar.gz (torchvision.datasets.CIFAR100(root, download=True))"
 
 
@@ -53,7 +56,7 @@ def nchw(images_nhwc: np.ndarray) -> torch.Tensor:
 
 
 def load(root, **changes) -> tuple[ImageDataset, ImageDataset]:
-    return build_datasets(DataConfig(root=str(root), download=False, **changes))
+    return build_datasets(data_options(root=str(root), download=False, **changes))
 
 
 # CIFAR-100 on disk
@@ -219,9 +222,9 @@ def test_default_config_neither_downloads_nor_creates_a_missing_root(
 ) -> None:
     calls = record_torchvision_calls(monkeypatch, fetch=lambda root: write_tiny_cifar(root, "pickle"))
     missing = tmp_path / "absent" / "cifar"
-    assert DataConfig().download is False
+    assert data_options().download is False
     for load_with_defaults in (
-        lambda: build_datasets(DataConfig(root=str(missing))),
+        lambda: build_datasets(data_options(root=str(missing))),
         lambda: load_cifar100(str(missing)),
     ):
         with pytest.raises(DataNotFoundError) as err:
@@ -245,7 +248,7 @@ def test_failed_download_removes_the_folders_it_created(
     calls = record_torchvision_calls(monkeypatch, fetch=partial_download)
     target = tmp_path / "new" / "cifar"
     with pytest.raises(DataNotFoundError) as err:
-        build_datasets(DataConfig(root=str(target), download=True))
+        build_datasets(data_options(root=str(target), download=True))
     assert f"Then: download into {target} failed: {failure}." in str(err.value)
     assert "add data.download=true" not in str(err.value)
     assert calls == [(str(target), True, True)]
@@ -274,7 +277,7 @@ def test_download_true_fetches_into_the_missing_data_root_and_loads_it(
 ) -> None:
     calls = record_torchvision_calls(monkeypatch, fetch=lambda root: write_tiny_cifar(root, "pickle"))
     target = tmp_path / "new" / "cifar"
-    train, test = build_datasets(DataConfig(root=str(target), download=True, classes=4))
+    train, test = build_datasets(data_options(root=str(target), download=True, classes=4))
     assert calls == [(str(target), True, True)]
     reference = tiny_cifar_arrays()
     test_keep = reference["test_labels"] < 4
@@ -282,7 +285,7 @@ def test_download_true_fetches_into_the_missing_data_root_and_loads_it(
     assert test.labels.tolist() == reference["test_labels"][test_keep].tolist()
     assert (len(train), len(test), train.num_classes) == (24, 12, 4)
     assert f"CIFAR-100 (pickle layout at {target / 'cifar-100-python'}), train" in train.description
-    build_datasets(DataConfig(root=str(target), download=True))
+    build_datasets(data_options(root=str(target), download=True))
     assert len(calls) == 1  # found on disk the second time: not fetched again
 
 
@@ -292,13 +295,13 @@ def test_data_errors_are_famkd_errors_that_keep_their_standard_base(tiny_cifar_n
     with pytest.raises(ConfigError, match="data.classes=101 but the dataset has only 100 classes"):
         load(tiny_cifar_npy, classes=101)
     with pytest.raises(ConfigError, match="data.classes=10 but the synthetic dataset has only 9 classes"):
-        build_datasets(DataConfig(dataset="synthetic", classes=10))
-    with pytest.raises(ConfigError, match="unknown dataset 'cifar10': choose cifar100, synthetic, imagenet"):
-        build_datasets(DataConfig(dataset="cifar10"))
+        build_datasets(data_options("synthetic", classes=10))
+    with pytest.raises(ConfigError, match=UNKNOWN_DATASET):
+        build_datasets(data_options("cifar10"))
     with pytest.raises(ConfigError, match="data.dataset=imagenet needs data.root=<folder holding train/ and val/>"):
-        build_datasets(DataConfig(dataset="imagenet"))
-    with pytest.raises(ConfigError, match="data.classes and data.train_per_class select CIFAR subsets"):
-        build_datasets(DataConfig(dataset="imagenet", root="/x", classes=3))
+        build_datasets(data_options("imagenet"))
+    with pytest.raises(ConfigError, match="unknown key 'data.classes'"):  # a CIFAR subset option, not ImageNet's
+        load_config(None, ["data.dataset=imagenet", "data.root=/x", "data.classes=3"])
     with pytest.raises(ConfigError, match="distractors must be 0, 1 or 2"):
         SyntheticSpec(distractors=3)
 
@@ -404,16 +407,10 @@ def test_crop_reads_the_windows_of_the_indexed_images():
     assert cropped[0, :, :4, :].eq(0).all() and cropped[1, :, 4:, :].eq(0).all()
 
 
-def test_random_crop_and_flip_use_the_generator_draws():
-    images = random_images(count=16)
-    cropped = random_crop(images, padding=4, generator=torch.Generator().manual_seed(11))
-    offsets = crop_offsets(16, 4, torch.Generator().manual_seed(11))
-    no_flips = np.zeros(16, dtype=bool)
-    assert np.array_equal(cropped.numpy(), reference_crop_flip(images.numpy(), offsets.numpy(), no_flips, 4))
-    flipped = random_hflip(images, generator=torch.Generator().manual_seed(5))
-    flips = flip_mask(16, torch.Generator().manual_seed(5)).numpy()
-    expected = np.where(flips[:, None, None, None], images.numpy()[..., ::-1], images.numpy())
-    assert np.array_equal(flipped.numpy(), expected)
+def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float32 (x / 255 - mean) / std as the loader computes it (one multiply-add)."""
+    scale, shift = normalization_constants(mean, std)
+    return images.to(torch.float32).mul_(scale).add_(shift)
 
 
 def test_normalize_matches_a_float64_formula():
@@ -568,26 +565,26 @@ def test_synthetic_mean_and_std_are_those_of_its_train_images():
 
 def test_synthetic_test_split_does_not_depend_on_the_train_size():
     train, test = synthetic_datasets(SMALL_SPEC)
-    config = DataConfig(dataset="synthetic", classes=6, train_per_class=12)
+    config = data_options("synthetic", classes=6, train_per_class=12)
     bigger_train, same_test = synthetic_datasets_from_config(config, SMALL_SPEC)
     assert len(bigger_train) == 72 and torch.equal(same_test.images, test.images)
     assert not torch.equal(bigger_train.images[:48], train.images)
 
 
 def test_build_datasets_makes_the_synthetic_set_from_data_classes_and_train_per_class():
-    train, test = build_datasets(DataConfig(dataset="synthetic", classes=2, train_per_class=3))
+    train, test = build_datasets(data_options("synthetic", classes=2, train_per_class=3))
     assert (len(train), len(test), train.num_classes) == (6, 2 * SyntheticSpec().test_per_class, 2)
     assert "synthetic embedded dataset" in train.description
 
 
 def test_dataset_image_size_is_the_side_of_the_built_images(tiny_cifar_npy: Path) -> None:
-    for config in (DataConfig(dataset="synthetic", classes=2, train_per_class=1), DataConfig(root=str(tiny_cifar_npy))):
+    for config in (data_options("synthetic", classes=2, train_per_class=1), data_options(root=str(tiny_cifar_npy))):
         train, test = build_datasets(config)
         assert dataset_image_size(config) == 32
         assert train.images.shape[-2:] == test.images.shape[-2:] == (32, 32)
-    assert dataset_image_size(DataConfig(dataset="imagenet", crop_size=96)) == 96
-    with pytest.raises(ConfigError, match="unknown dataset 'cifar10': choose cifar100, synthetic, imagenet"):
-        dataset_image_size(DataConfig(dataset="cifar10"))
+    assert dataset_image_size(data_options("imagenet", crop_size=96, resize_size=110)) == 96
+    with pytest.raises(ConfigError, match=UNKNOWN_DATASET):
+        dataset_image_size(data_options("cifar10"))
 
 
 def test_synthetic_class_names_describe_the_shape_pairs():

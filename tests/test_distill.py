@@ -58,7 +58,7 @@ def test_heads_are_sized_from_feature_info():
     expected_out = teacher.channels + [teacher.pooled_channels]
     assert [f.in_channels for f in fams] == expected_in
     assert [f.out_channels for f in fams] == expected_out
-    assert [f.size for f in fams] == teacher.spatial_sizes(32) + [1]
+    assert [f.size for f in fams] == [stage.spatial_size(32) for stage in teacher.stages] + [1]
 
 
 def test_warmup_and_loss_scaling():

@@ -20,11 +20,12 @@ import torch.multiprocessing as mp
 
 from famkd.data import BatchLoader, ImageDataset
 from famkd.distill import create_distiller
-from famkd.engine.checkpoint import load_checkpoint, save_checkpoint
+from famkd.engine.checkpoint import save_checkpoint
 from famkd.engine.distributed import Processes, wrap_for_training
 from famkd.engine.run_log import read_metrics
 from famkd.errors import ConfigError
 from famkd.models import create_model
+from famkd.weights import load_checkpoint
 from tiny_imagenet import write_tiny_imagenet
 
 GLOBAL_BATCH = 8

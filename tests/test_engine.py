@@ -15,25 +15,20 @@ import pytest
 import torch
 from torch import nn
 
+from famkd.classification import task as task_module
+from famkd.classification import train
+from famkd.classification.evaluation import evaluate, topk_correct
 from famkd.config import ConfigError, TeacherConfig, TrainConfig, load_config
 from famkd.distill import create_distiller, resolve_method_options
 from famkd.distill.vanilla import Vanilla
 from famkd.engine import run_log
-from famkd.engine import trainer as trainer_module
-from famkd.engine.checkpoint import (
-    capture_rng_state,
-    load_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-)
-from famkd.engine.evaluate import evaluate, topk_correct
-from famkd.engine.progress import EpochProgress, StopRequest
+from famkd.engine.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
+from famkd.engine.progress import PeriodProgress, StopRequest
 from famkd.engine.run_log import RunLog, read_metrics
-from famkd.engine.schedule import build_optimizer, build_scheduler
-from famkd.engine.teacher import load_teacher, load_teacher_and_name
-from famkd.engine.trainer import train
+from famkd.engine.schedule import Schedule, build_optimizer
 from famkd.errors import FamkdError, NonFiniteLossError
 from famkd.models import create_model
+from famkd.weights import load_checkpoint, load_teacher, load_teacher_and_name
 from tiny_cifar import tiny_datasets
 
 # ---- checkpoints ---------------------------------------------------------------------------
@@ -116,14 +111,23 @@ def test_multistep_schedule_decays_after_each_milestone_epoch():
     train_cfg = TrainConfig(lr=0.1, lr_milestones=[2, 4], lr_decay=0.5)
     distiller = create_distiller("vanilla", student=create_model("resnet8", num_classes=10))
     optimizer = build_optimizer(distiller, train_cfg)
-    scheduler = build_scheduler(optimizer, train_cfg)
+    schedule = Schedule(train_cfg, steps_per_epoch=3)
     used = []
-    for _ in range(6):
+    for epoch in range(1, 7):
+        schedule.set_lr(optimizer, epoch - 1, 3 * (epoch - 1))
         used.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
     expected = [0.1 * 0.5 ** sum(m < epoch for m in (2, 4)) for epoch in range(1, 7)]
     assert used == pytest.approx(expected, rel=1e-12)
+
+
+def test_iteration_schedule_warms_up_linearly_then_decays_at_each_milestone_iteration():
+    """Detectron2's WarmupMultiStepLR: factor(i) = (w (1 - i / W) + i / W) for i < W, times decay ** #{m <= i},
+    i the iterations already taken."""
+    train_cfg = TrainConfig(epochs=0, iterations=10, warmup_iters=4, warmup_factor=0.001, lr_milestones=[6, 8])
+    schedule = Schedule(train_cfg, steps_per_epoch=3)
+    factors = [schedule.lr_factor(i // 3, i) for i in range(10)]
+    warm = [0.001 * (1 - i / 4) + i / 4 for i in range(4)]
+    assert factors == pytest.approx([*warm, 1.0, 1.0, 0.1, 0.1, 0.01, 0.01], rel=1e-12)
 
 
 def test_optimizer_trains_student_and_heads_but_not_the_teacher():
@@ -251,8 +255,9 @@ def test_plain_state_dict_without_a_name_asks_for_one(tmp_path, resnet8_weights)
 
 
 def test_resumed_run_log_drops_epochs_after_the_checkpoint(tmp_path):
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "x": e}) + "\n" for e in (1, 2, 3)))
-    log = RunLog(tmp_path, tensorboard=False, resume_epoch=2, resume_step=20)
+    records = ({"epoch": e, "global_step": 10 * e, "x": e} for e in (1, 2, 3))
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    log = RunLog(tmp_path, tensorboard=False, resume_step=20)
     assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2]
     log.log_epoch({"epoch": 3, "global_step": 30, "x": 33})
     assert read_metrics(tmp_path)[-1] == {"epoch": 3, "global_step": 30, "x": 33}
@@ -262,13 +267,17 @@ def test_resumed_run_log_drops_epochs_after_the_checkpoint(tmp_path):
 
 
 def test_epoch_progress_means_and_first_non_finite_step():
-    progress = EpochProgress(epoch=1)
+    progress = PeriodProgress(epoch=1)
     logits = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     labels = torch.tensor([0, 0])
-    progress.add(logits, labels, {"ce": torch.tensor(2.0), "kd": torch.tensor(1.0)}, global_step=7)
-    assert progress.read() == {"loss_ce": 2.0, "loss_kd": 1.0, "train_acc": 50.0}
-    progress.add(logits, labels, {"ce": torch.tensor(4.0), "kd": torch.tensor(float("nan"))}, global_step=8)
-    progress.add(logits, labels, {"ce": torch.tensor(float("inf")), "kd": torch.tensor(float("nan"))}, global_step=9)
+    batch = (torch.zeros(2, 3, 4, 4), labels)
+    counts = task_module.TASK.train_counts(logits, batch)
+    progress.add({"ce": torch.tensor(2.0), "kd": torch.tensor(1.0)}, counts, 2, global_step=7)
+    means, counted, images = progress.read()
+    assert means == {"loss_ce": 2.0, "loss_kd": 1.0}
+    assert task_module.TASK.train_metrics(counted, images) == {"train_acc": 50.0}
+    progress.add({"ce": torch.tensor(4.0), "kd": torch.tensor(float("nan"))}, counts, 2, global_step=8)
+    progress.add({"ce": torch.tensor(float("inf")), "kd": torch.tensor(float("nan"))}, counts, 2, global_step=9)
     assert {n: int(s) for n, s in progress.first_bad_step.items()} == {"ce": 9, "kd": 8}
     assert progress.images_seen == 6 and progress.steps_done == 3
 
@@ -290,7 +299,7 @@ def quick_config(tmp_path, *overrides):
 
 
 def test_nan_loss_stops_naming_the_term_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer_module, "build_datasets", lambda data_cfg: tiny_datasets())
+    monkeypatch.setattr(task_module, "build_datasets", lambda data_cfg: tiny_datasets())
     calls = []
     plain_forward = Vanilla.forward
 
@@ -327,11 +336,11 @@ def test_first_ctrl_c_requests_a_stop_and_the_second_aborts():
 def test_progress_without_a_terminal_prints_a_line_with_eta(capsys, monkeypatch):
     clock = iter([100.0, 108.0])  # construction, then the show() call 8 s later
     monkeypatch.setattr(run_log.time, "perf_counter", lambda: next(clock))
-    display = run_log.EpochProgressDisplay(total=10, epoch=1, epochs=3, line_every_s=5.0)
+    display = run_log.ProgressDisplay(total=10, description="epoch 1/3", line_every_s=5.0)
     assert display.bar.disable  # pytest captures stderr, so it is no terminal
     for _ in range(4):
         display.step()
-    display.show(loss=1.5, accuracy=25.0, images_per_s=100.0)
+    display.show(loss=1.5, metrics={"train_acc": 25.0}, images_per_s=100.0)
     display.close()
     # 4 steps in 8 s -> 2 s per step, 6 steps left.
     assert capsys.readouterr().out == "epoch 1/3 step 4/10  loss 1.5000  acc 25.0%  100 img/s  ETA 12 s\n"
@@ -343,14 +352,14 @@ def test_progress_without_a_terminal_prints_a_line_with_eta(capsys, monkeypatch)
 def test_channels_last_training_matches_channels_first(tmp_path, monkeypatch):
     """Two fam_kd steps with train.channels_last=true give the channels-first losses and weights to float
     tolerance; the convolution weights are channels-last and FAM's 5-D filter keeps its layout."""
-    monkeypatch.setattr(trainer_module, "build_datasets", lambda data_cfg: tiny_datasets())
+    monkeypatch.setattr(task_module, "build_datasets", lambda data_cfg: tiny_datasets())
     torch.manual_seed(1)
     teacher_path = tmp_path / "teacher.pth"
     torch.save({"model": create_model("resnet8", num_classes=10).state_dict()}, teacher_path)
     built = []
-    plain_create = trainer_module.create_distiller
+    plain_create = task_module.create_distiller
     monkeypatch.setattr(
-        trainer_module, "create_distiller", lambda *a, **k: built.append(plain_create(*a, **k)) or built[-1]
+        task_module, "create_distiller", lambda *a, **k: built.append(plain_create(*a, **k)) or built[-1]
     )
     runs = {}
     for layout in ("false", "true"):
@@ -406,7 +415,7 @@ def test_evaluation_shows_a_named_progress_bar_only_when_asked(monkeypatch):
         opened.append(options)
         return iterable
 
-    evaluate_module = importlib.import_module("famkd.engine.evaluate")  # famkd.engine.evaluate is also a function
+    evaluate_module = importlib.import_module("famkd.classification.evaluation")
     monkeypatch.setattr(evaluate_module, "tqdm", recording_tqdm)
     batches = [(torch.eye(3), torch.arange(3))]
     assert evaluate(nn.Identity(), batches, description="teacher test")["top1"] == 100.0

@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 
 import reference_fam_kd as reference
-from famkd.compat import OfficialStateError, load_official_state, map_official_key
 from famkd.distill import create_distiller
 from famkd.fam import FrequencyAttention
 from famkd.models import create_model
+from famkd.weights.published import OfficialStateError, load_official_state, map_official_key
 
 FIXTURE = Path(__file__).parent / "fixtures" / "fam_kd_published_losses.pt"
 TOLERANCE = 1e-9

@@ -143,7 +143,9 @@ def test_feature_info_describes_the_actual_taps(name, channels, pooled):
     for image_size in (224, 64):
         with torch.no_grad():
             features = model.forward_features(torch.randn(1, 3, image_size, image_size))
-        expected = [(1, c, side, side) for c, side in zip(channels, info.spatial_sizes(image_size))]
+        expected = [
+            (1, c, side, side) for c, side in zip(channels, [stage.spatial_size(image_size) for stage in info.stages])
+        ]
         assert [tuple(t.shape) for t in features.stages] == expected
         assert [tuple(t.shape) for t in features.preact] == expected
         assert features.pooled.shape == (1, pooled) and features.logits.shape == (1, 1000)
@@ -297,9 +299,10 @@ def test_loader_settings_follow_the_device_and_workers(tiny_root):
     assert loader.pin_memory and loader.persistent_workers and loader.drop_last
     loader = ImageNetLoader(train, 4, train=False, workers=0).loader
     assert not (loader.pin_memory or loader.persistent_workers or loader.drop_last)
-    assert loader.sampler == range(0, len(train), 1)  # evaluation: every image once, in order, no padding
+    assert loader.sampler.sampler == range(0, len(train), 1)  # evaluation: every image once, in order, no padding
     loader = ImageNetLoader(train, 4, train=True, workers=0).loader
-    assert isinstance(loader.sampler, DistributedSampler) and loader.sampler.num_replicas == 1
+    sampler = loader.sampler.sampler  # inside the resumed epoch's SkipFirst
+    assert isinstance(sampler, DistributedSampler) and sampler.num_replicas == 1
 
 
 def epoch_indices(loader: ImageNetLoader, epoch: int) -> list[int]:

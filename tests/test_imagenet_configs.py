@@ -59,7 +59,7 @@ def check_one_training_step(distiller: Distiller, train: TrainConfig, image_size
     teacher_before = {k: v.clone() for k, v in distiller.teacher.state_dict().items()} if distiller.teacher else {}
     images, labels = torch.randn(2, 3, image_size, image_size), torch.tensor([3, NUM_CLASSES - 1])
 
-    logits, losses = optimizer_step(distiller, optimizer, None, contextlib.nullcontext, images, labels, epoch=1)
+    logits, losses = optimizer_step(distiller, optimizer, None, contextlib.nullcontext, (images, labels, 1))
 
     assert logits.shape == (2, NUM_CLASSES)
     assert losses and all(torch.isfinite(loss) for loss in losses.values()), losses

@@ -186,7 +186,7 @@ def test_feature_info_describes_the_actual_taps(name):
     for stage, tap in zip(info.stages, features.stages):
         assert tap.shape[1] == stage.channels, stage.name
         assert tap.shape[2] == tap.shape[3] == stage.spatial_size(32) == 32 // stage.stride, stage.name
-    assert info.spatial_sizes(32) == [tap.shape[-1] for tap in features.stages]
+    assert [stage.spatial_size(32) for stage in info.stages] == [tap.shape[-1] for tap in features.stages]
     assert info.pooled_channels == features.pooled.shape[1]
     assert len({stage.name for stage in info.stages}) == len(info.stages)
 

@@ -22,10 +22,9 @@ import pytest
 import torch
 import yaml
 
+from famkd.classification.fam_log import spectra_due
 from famkd.cli import main
 from famkd.config import load_config
-from famkd.engine.checkpoint import load_checkpoint
-from famkd.engine.fam_log import spectra_due
 from famkd.errors import ConfigError
 from famkd.fam import (
     FrequencyAttention,
@@ -36,6 +35,7 @@ from famkd.fam import (
 )
 from famkd.report.fam_inspect import distiller_from_checkpoint
 from famkd.report.run_view import FamHead
+from famkd.weights import load_checkpoint
 
 SHORT_RUN = [
     "student=resnet8",

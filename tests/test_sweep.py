@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from famkd.classification import train
 from famkd.cli import main
-from famkd.config import dump_config, load_config
-from famkd.engine.trainer import train
+from famkd.config import load_config
 from famkd.errors import TrainingInterrupted
+from famkd.settings import dump_settings
 from famkd.sweep import parse_seeds, sweep_root
 
 SHORT_RUN = [
@@ -80,7 +81,7 @@ def corrupt_resumable_seed(config: Path, seed_dir: Path, seed: int) -> None:
     (seed_dir / "checkpoints").mkdir(parents=True)
     (seed_dir / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
     cfg = load_config(config, [*SHORT_RUN, f"run.seed={seed}", f"run.dir={seed_dir}"])
-    (seed_dir / "config.yaml").write_text(dump_config(cfg))
+    (seed_dir / "config.yaml").write_text(dump_settings(cfg))
 
 
 @dataclass

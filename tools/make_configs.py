@@ -20,8 +20,9 @@ from pathlib import Path
 
 import yaml
 
-from famkd.config import Config, config_to_dict
+from famkd.config import Config
 from famkd.recipes import CIFAR_PAIRS, IMAGENET_PAIRS, LIGHTWEIGHT_STUDENTS, CifarPair, ImageNetPair
+from famkd.settings import settings_to_dict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -175,7 +176,7 @@ def minimal_config(method: str, student: str, teacher: str, distill: dict, train
         "data": data,
         "train": train,
     }
-    defaults = {**config_to_dict(Config()), "distill": {}}  # the recipe's options are always written
+    defaults = {**settings_to_dict(Config()), "distill": {}}  # the recipe's options are always written
     kept = differing(full, defaults)
     kept["method"], kept["student"] = method, student  # always written, for readability
     if teacher:
@@ -342,7 +343,7 @@ def coco_config_text(method: str, teacher: str, student: str) -> str:
     """configs/coco/<method>/<teacher>_<student>.yaml: the method, the pair, and ReviewKD's per-pair weight."""
     values: dict = {"method": method, "student": student}
     if method != "vanilla":
-        values["teacher"] = {"backbone": teacher}
+        values["teacher"] = {"name": teacher}
     if method == "reviewkd":
         values["distill"] = {"loss_weight": COCO_PAIRS[(teacher, student)]}
     teacher_note = " teacher.checkpoint=PATH" if method != "vanilla" else ""

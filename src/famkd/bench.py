@@ -247,16 +247,8 @@ def build_method(args: argparse.Namespace, method: str, teacher, device: torch.d
 def training_step(bench_run: MethodRun, images: Tensor, labels: Tensor, indices: Tensor, autocast: Autocast) -> None:
     """One optimiser step, as the trainer takes it; `indices` (the images' training-set positions) go to
     the methods that need them."""
-    optimizer_step(
-        bench_run.step_model,
-        bench_run.optimizer,
-        bench_run.grad_scaler,
-        autocast,
-        images,
-        labels,
-        BENCH_EPOCH,
-        indices if bench_run.distiller.needs_sample_indices else None,
-    )
+    arguments = (images, labels, BENCH_EPOCH, *((indices,) if bench_run.distiller.needs_sample_indices else ()))
+    optimizer_step(bench_run.step_model, bench_run.optimizer, bench_run.grad_scaler, autocast, arguments)
 
 
 def resident_bytes(bench_run: MethodRun) -> int:

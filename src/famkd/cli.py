@@ -58,20 +58,21 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from famkd.config import dump_config, load_config
-    from famkd.engine.run_dir import resume_config
-    from famkd.engine.trainer import train
+    from famkd.classification import TASK, train
+    from famkd.config import load_config
+    from famkd.engine import resume_point
+    from famkd.settings import dump_settings
 
     config_path, overrides = split_train_items(args.items, resuming=args.resume is not None)
     if args.resume is not None:
         if args.print_config:
-            print(dump_config(resume_config(args.resume, overrides)), end="")
+            print(dump_settings(resume_point(TASK, args.resume, overrides)[0]), end="")
             return 0
         summary = train(None, resume_dir=args.resume, overrides=overrides)
     else:
         cfg = load_config(config_path, overrides)  # checks every key and method option before any data is read
         if args.print_config:
-            print(dump_config(cfg), end="")
+            print(dump_settings(cfg), end="")
             return 0
         summary = train(cfg)
     print(
@@ -119,7 +120,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from famkd.engine.evaluate import evaluate_checkpoint
+    from famkd.classification.evaluation import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.checkpoint, args.data, args.model, args.device, args.batch_size)
     print(f"checkpoint: {result['checkpoint']} ({result['arch']})")

@@ -8,7 +8,7 @@ download. With --data pointing at CIFAR-100 (cifar-100-python or the .npy layout
 subset of the real images is used instead.
 
 The demo trains the teacher (method vanilla), then the student as vanilla, kd and fam_kd,
-each distilling from the teacher's best weights, all through `famkd.engine.trainer.train`
+each distilling from the teacher's best weights, all through `famkd.classification.train`
 with fixed seeds and deterministic kernels. The output directory holds one run folder per
 run (teacher/, vanilla/, kd/, fam_kd/: config.yaml, metrics.jsonl, summary.json, checkpoints)
 and the comparison as demo_summary.json and results.md; the table is also printed.
@@ -197,7 +197,7 @@ def train_run(
     out_dir: Path, name: str, data: dict, settings: DemoSettings, stream: TextIO, teacher_weights: Path | None = None
 ) -> dict:
     """Train one demo run with the engine and return its summary."""
-    from famkd.engine.trainer import train
+    from famkd.classification import train
 
     position = ("teacher", *STUDENT_METHODS).index(name) + 1
     what = f"teacher {settings.teacher}" if name == "teacher" else f"student {settings.student}, method {name}"

@@ -24,6 +24,7 @@ OMP_NUM_THREADS = CPU cores // N.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import re
@@ -39,12 +40,13 @@ from pathlib import Path
 
 import yaml
 
-from famkd.config import Config, config_to_dict, load_config
+from famkd.classification import missing_teacher_message
+from famkd.config import Config, load_config
 from famkd.distill import needs_teacher
 from famkd.engine.run_dir import RunDir
-from famkd.engine.teacher import missing_teacher_message
 from famkd.errors import FamkdError
 from famkd.report.results import collect_runs, comparison_table, flat_settings, format_markdown
+from famkd.settings import absolute_paths, settings_to_dict
 
 LOG_FILE = "train.log"
 RESUME_OVERRIDES = ("device", "data.root", "run.tensorboard", "train.log_interval")  # passed on resume too
@@ -194,7 +196,9 @@ def check_same_settings(folder: Path, expected: Config) -> None:
             "move that folder away or give the sweep another run.dir"
         ) from None
     ignored = {"run.dir", *RESUME_OVERRIDES} | (set() if expected.teacher.name else {"teacher.name"})
-    wanted, found = flat_settings(config_to_dict(expected)), flat_settings(saved if isinstance(saved, dict) else {})
+    expected = copy.deepcopy(expected)
+    absolute_paths(expected)  # as a run records them
+    wanted, found = flat_settings(settings_to_dict(expected)), flat_settings(saved if isinstance(saved, dict) else {})
     differing = [key for key in sorted((wanted.keys() | found.keys()) - ignored) if wanted.get(key) != found.get(key)]
     if differing:
         shown = "; ".join(f"{key}={found.get(key)!r} there, {wanted.get(key)!r} here" for key in differing[:5])

@@ -1,12 +1,13 @@
-"""Datasets and their loaders: CIFAR-100 and the synthetic set held in memory as uint8 tensors and
-augmented batched with tensor ops; ImageNet folders decoded per batch by DataLoader workers.
+"""Datasets and their loaders, one registered entry per dataset (famkd.data.registry): CIFAR-100 and the
+synthetic set held in memory as uint8 tensors and augmented batched with tensor ops; ImageNet folders
+decoded per batch by DataLoader workers. Importing the package registers these three.
 
-Submodules import their siblings directly, never this package, and form no cycle: datasets and
-transforms import no sibling; cifar100, synthetic, imagenet and loader import those; build imports
-cifar100, synthetic, imagenet, loader and datasets.
+Submodules import their siblings directly, never this package, and form no cycle: sampling, transforms and
+registry import no sibling; datasets imports registry; loader imports datasets, sampling and transforms;
+cifar100, synthetic and imagenet import those and register themselves.
 """
 
-from famkd.data.build import Dataset, Loader, build_datasets, build_loader, dataset_image_size
+from famkd.data import cifar100, imagenet, synthetic  # noqa: F401  (register the datasets)
 from famkd.data.datasets import (
     CIFAR100_MEAN,
     CIFAR100_STD,
@@ -17,22 +18,37 @@ from famkd.data.datasets import (
     keep_classes,
 )
 from famkd.data.loader import BatchLoader
+from famkd.data.registry import (
+    DataOptions,
+    DatasetEntry,
+    Loader,
+    build_datasets,
+    build_loader,
+    data_options,
+    dataset_image_size,
+    register_dataset,
+)
+from famkd.data.sampling import LoaderSettings
 from famkd.data.synthetic import SyntheticSpec, synthetic_datasets
 
 __all__ = [
     "CIFAR100_MEAN",
     "CIFAR100_STD",
     "BatchLoader",
-    "Dataset",
-    "Loader",
     "DataFormatError",
     "DataNotFoundError",
+    "DataOptions",
+    "DatasetEntry",
     "ImageDataset",
+    "Loader",
+    "LoaderSettings",
     "SyntheticSpec",
     "build_datasets",
     "build_loader",
+    "data_options",
     "dataset_image_size",
     "first_per_class",
     "keep_classes",
+    "register_dataset",
     "synthetic_datasets",
 ]

@@ -11,12 +11,23 @@ import json
 import os
 import pickle
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from famkd.data.datasets import CIFAR100_MEAN, CIFAR100_STD, DataFormatError, DataNotFoundError, ImageDataset
+from famkd.data.datasets import (
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    DataFormatError,
+    DataNotFoundError,
+    ImageDataset,
+    SubsetOptions,
+    subsets,
+)
+from famkd.data.loader import in_memory_loader
+from famkd.data.registry import DatasetEntry, register_dataset
 
 PICKLE_DIR_NAME = "cifar-100-python"
 NPY_DIR_NAME = "cifar100"
@@ -24,6 +35,24 @@ IMAGE_SIZE = 32
 HOW_TO_GET = (
     "download cifar-100-python.tar.gz (torchvision.datasets.CIFAR100(root, download=True))",
     "point data.root / FAMKD_DATA at a cifar-100-python directory or an .npy layout directory",
+)
+
+
+@dataclass
+class Cifar100Options(SubsetOptions):
+    """CIFAR-100 from data.root (else $FAMKD_DATA, else ./data); `download`: fetch cifar-100-python with torchvision
+    when it is absent (never unasked)."""
+
+    download: bool = False
+
+
+def load_cifar100_subsets(options: Cifar100Options) -> tuple[ImageDataset, ImageDataset]:
+    """(train, test) CIFAR-100 reduced as `options` say (see `subsets`)."""
+    return subsets(*load_cifar100(options.root, download=options.download), options)
+
+
+register_dataset("cifar100")(
+    DatasetEntry(Cifar100Options, load_cifar100_subsets, lambda _: IMAGE_SIZE, in_memory_loader)
 )
 
 

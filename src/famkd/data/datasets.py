@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
+from famkd.data.registry import DataOptions
 from famkd.errors import ConfigError, FamkdError
+from famkd.settings import setting
 
 # Per-channel mean and std of the 50000 CIFAR-100 train images, in [0, 1] units.
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
@@ -54,6 +56,24 @@ class ImageDataset:
         return len(self.labels)
 
 
+@dataclass
+class SubsetOptions(DataOptions):
+    """Options of an in-memory labelled dataset: keep only the labels < `classes` (0 = all), and the first
+    `train_per_class` training images of each class (0 = all)."""
+
+    train_per_class: int = setting(0, minimum=0)
+    classes: int = setting(0, minimum=0)
+
+
+def subsets(train: ImageDataset, test: ImageDataset, options: SubsetOptions) -> tuple[ImageDataset, ImageDataset]:
+    """(train, test) reduced to `options.classes` classes and `options.train_per_class` training images each."""
+    if options.classes:
+        train, test = keep_classes(train, options.classes), keep_classes(test, options.classes)
+    if options.train_per_class:
+        train = first_per_class(train, options.train_per_class)
+    return train, test
+
+
 def keep_classes(dataset: ImageDataset, classes: int) -> ImageDataset:
     """The images with label < `classes`, in their original order; num_classes becomes `classes`."""
     if classes > dataset.num_classes:
@@ -65,6 +85,12 @@ def keep_classes(dataset: ImageDataset, classes: int) -> ImageDataset:
 def first_per_class(dataset: ImageDataset, per_class: int) -> ImageDataset:
     """The first `per_class` images of every class (all of a smaller class), in their original order."""
     labels = dataset.labels
+    largest = int(torch.bincount(labels, minlength=dataset.num_classes).max()) if len(labels) else 0
+    if per_class > largest:
+        raise ConfigError(
+            f"data.train_per_class={per_class} but the largest class has {largest} training images; "
+            f"choose at most {largest}, or 0 for all"
+        )
     by_class = torch.argsort(labels, stable=True)
     class_start = torch.searchsorted(labels[by_class], torch.arange(dataset.num_classes))
     rank_in_class = torch.arange(len(labels)) - class_start[labels[by_class]]

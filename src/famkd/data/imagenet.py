@@ -37,24 +37,27 @@ like famkd's `BatchLoader` (see its docstring for the sampler, workers and distr
 from __future__ import annotations
 
 import csv
+import dataclasses
 import itertools
+import math
 import os
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import transforms
 from torchvision.datasets.folder import default_loader
 
 from famkd.data.datasets import DataFormatError, DataNotFoundError
-from famkd.data.loader import check_loader_settings
-from famkd.errors import shown
+from famkd.data.registry import DataOptions, DatasetEntry, register_dataset
+from famkd.data.sampling import LoaderSettings, SkipFirst, check_loader_settings, replica_and_rank, worker_generator
+from famkd.errors import ConfigError, shown
+from famkd.settings import setting
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -277,16 +280,6 @@ def collate_samples(samples: list[Sample]) -> tuple[Tensor, Tensor, Tensor, list
     )
 
 
-def replica_and_rank(num_replicas: int | None = None, rank: int | None = None) -> tuple[int, int]:
-    """(num_replicas, rank): the given values, else torch.distributed's when it is initialised, else (1, 0)."""
-    distributed = dist.is_available() and dist.is_initialized()
-    if num_replicas is None:
-        num_replicas = dist.get_world_size() if distributed else 1
-    if rank is None:
-        rank = dist.get_rank() if distributed else 0
-    return num_replicas, rank
-
-
 class ImageNetLoader:
     """Yields (float32 normalised images (B, 3, S, S), int64 labels (B,)) on `device`, like `BatchLoader`.
 
@@ -340,33 +333,37 @@ class ImageNetLoader:
             if train
             else range(rank, len(dataset), num_replicas)
         )
-        worker_seed = int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+        self.drop_last = train if drop_last is None else drop_last
+        self.resumed = SkipFirst(self.sampler)  # the epoch's samples from the first batch not yet taken
         self.loader = DataLoader(
             dataset,
             batch_size=batch_size,
-            sampler=self.sampler,
+            sampler=self.resumed,
             num_workers=workers,
             collate_fn=collate_samples,
             pin_memory=self.device.type == "cuda",
-            drop_last=train if drop_last is None else drop_last,
+            drop_last=self.drop_last,
             persistent_workers=workers > 0,
-            generator=torch.Generator().manual_seed(worker_seed),
+            generator=worker_generator(seed, rank),
         )
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order the next iteration follows."""
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch whose order the next iteration follows, from its batch `start` on (the batches before
+        it are not read)."""
+        self.epoch, self.resumed.start = epoch, start * self.batch_size
         if isinstance(self.sampler, DistributedSampler):
             self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
-        """Batches per epoch on this process, after drop_last and max_steps."""
-        batches = len(self.loader)
+        """Batches per epoch on this process (counting those before `start`), after drop_last and max_steps."""
+        samples = len(self.sampler)
+        batches = samples // self.batch_size if self.drop_last else math.ceil(samples / self.batch_size)
         return min(batches, self.max_steps) if self.max_steps else batches
 
     def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
         skipped: list[str] = []
-        for images, labels, indices, batch_skipped in itertools.islice(self.loader, len(self)):
+        remaining = len(self) - self.resumed.start // self.batch_size
+        for images, labels, indices, batch_skipped in itertools.islice(self.loader, max(remaining, 0)):
             skipped.extend(batch_skipped)
             images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
             labels = labels.to(self.device, non_blocking=True)
@@ -381,3 +378,38 @@ class ImageNetLoader:
                 f"each replaced by the next readable image: {shown(skipped)}",
                 stacklevel=2,
             )
+
+
+@dataclass
+class ImageNetOptions(DataOptions):
+    """ImageNet folders under data.root (required): `workers` DataLoader processes per training process, the
+    side of the training and evaluation crop, and the side evaluation images are resized to before cropping."""
+
+    workers: int = setting(8, minimum=0)
+    crop_size: int = setting(CROP_SIZE, minimum=1)
+    resize_size: int = setting(RESIZE_SIZE, minimum=1)
+
+    def __post_init__(self) -> None:
+        if self.crop_size > self.resize_size:
+            raise ConfigError(
+                f"data.crop_size={self.crop_size} exceeds data.resize_size={self.resize_size}: evaluation resizes to "
+                "resize_size, then crops crop_size from it; raise data.resize_size (the standard ratio is 256/224)"
+            )
+
+
+def load_imagenet_options(options: ImageNetOptions) -> tuple[ImageFolderSplit, ImageFolderSplit]:
+    if not options.root:
+        raise ConfigError("data.dataset=imagenet needs data.root=<folder holding train/ and val/>")
+    return load_imagenet(options.root, options.crop_size, options.resize_size)
+
+
+def imagenet_loader(
+    dataset: ImageFolderSplit, options: ImageNetOptions, batch_size: int, train: bool, settings: LoaderSettings
+) -> ImageNetLoader:
+    extra: dict[str, Any] = {"workers": options.workers}
+    return ImageNetLoader(dataset, batch_size, train=train, **extra, **dataclasses.asdict(settings))
+
+
+register_dataset("imagenet")(
+    DatasetEntry(ImageNetOptions, load_imagenet_options, lambda options: options.crop_size, imagenet_loader)
+)

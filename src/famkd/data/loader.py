@@ -7,30 +7,18 @@ on resume and on any device. No host synchronisation happens inside an epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
+from typing import Any
 
-import numpy as np
 import torch
 
 from famkd.data.datasets import ImageDataset
+from famkd.data.sampling import LoaderSettings, check_loader_settings, epoch_generator
 from famkd.data.transforms import crop_offsets, crop_padded, flip_mask, flip_where, normalization_constants, pad_images
 
 CROP_PADDING = 4
-
-
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """A CPU generator whose stream depends only on (seed, epoch), well mixed for neighbouring values."""
-    mixed = np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(mixed))
-
-
-def check_loader_settings(batch_size: int, max_steps: int) -> None:
-    """The settings every famkd loader takes: a positive batch size, max_steps >= 0 (0 = the whole epoch)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if max_steps < 0:
-        raise ValueError(f"max_steps must be >= 0 (0 = the whole epoch), got {max_steps}")
 
 
 class BatchLoader:
@@ -76,7 +64,7 @@ class BatchLoader:
         self.num_replicas, self.rank = num_replicas, rank
         part = math.ceil(len(dataset) / num_replicas)  # evaluation: this process's contiguous part
         self.eval_range = (min(rank * part, len(dataset)), min((rank + 1) * part, len(dataset)))
-        self.epoch = 0
+        self.epoch = self.start = 0
         self.labels = dataset.labels.to(self.device)
         images = dataset.images.to(self.device)
         # Training crops read windows of a once-padded copy; evaluation reads the images as they are.
@@ -84,9 +72,9 @@ class BatchLoader:
         self.image_size = dataset.images.shape[-1]
         self.scale, self.shift = normalization_constants(dataset.mean, dataset.std, self.device)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order and augmentation the next iteration replays."""
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch whose order and augmentation the next iteration replays, from its batch `start` on."""
+        self.epoch, self.start = epoch, start
 
     def __len__(self) -> int:
         """Batches per epoch on this process, after drop_last and max_steps."""
@@ -100,7 +88,7 @@ class BatchLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         if self.train:
             order, offsets, flips = self._draw_epoch()
-        for step in range(len(self)):
+        for step in range(self.start, len(self)):
             if self.train:
                 start = (step * self.num_replicas + self.rank) * self.batch_size
                 stop = min(start + self.batch_size, len(self.dataset))
@@ -135,3 +123,10 @@ class BatchLoader:
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         images = batch.to(torch.float32, memory_format=memory_format)
         return images.mul_(self.scale).add_(self.shift)
+
+
+def in_memory_loader(
+    dataset: ImageDataset, options: Any, batch_size: int, train: bool, settings: LoaderSettings
+) -> BatchLoader:
+    """The BatchLoader of an in-memory dataset (a DatasetEntry's `loader`)."""
+    return BatchLoader(dataset, batch_size, train=train, **dataclasses.asdict(settings))

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 
 import torch
 
-from famkd.config import DataConfig
-from famkd.data.datasets import ImageDataset
+from famkd.data.datasets import ImageDataset, SubsetOptions
+from famkd.data.loader import in_memory_loader
+from famkd.data.registry import DatasetEntry, register_dataset
 from famkd.errors import ConfigError
 
 SHAPE_NAMES = ("disk", "square", "triangle", "plus", "ring", "cross", "bar", "half-disk")
@@ -98,15 +99,25 @@ def synthetic_datasets(spec: SyntheticSpec = SyntheticSpec()) -> tuple[ImageData
 
 
 def synthetic_datasets_from_config(
-    cfg: DataConfig, spec: SyntheticSpec = SyntheticSpec()
+    options: SubsetOptions, spec: SyntheticSpec = SyntheticSpec()
 ) -> tuple[ImageDataset, ImageDataset]:
     """`synthetic_datasets` with data.classes and data.train_per_class (when non-zero) replacing the spec's."""
     most_classes = spec.num_shapes**2
-    if cfg.classes > most_classes:
-        raise ConfigError(f"data.classes={cfg.classes} but the synthetic dataset has only {most_classes} classes")
-    num_classes = cfg.classes or spec.num_classes
-    train_per_class = cfg.train_per_class or spec.train_per_class
+    if options.classes > most_classes:
+        raise ConfigError(f"data.classes={options.classes} but the synthetic dataset has only {most_classes} classes")
+    num_classes = options.classes or spec.num_classes
+    train_per_class = options.train_per_class or spec.train_per_class
     return synthetic_datasets(dataclasses.replace(spec, num_classes=num_classes, train_per_class=train_per_class))
+
+
+@dataclass
+class SyntheticOptions(SubsetOptions):
+    """The synthetic set: data.classes and data.train_per_class replace the spec's when non-zero; root is unused."""
+
+
+register_dataset("synthetic")(
+    DatasetEntry(SyntheticOptions, synthetic_datasets_from_config, lambda _: IMAGE_SIZE, in_memory_loader)
+)
 
 
 def _class_pairs(spec: SyntheticSpec) -> list[tuple[int, int]]:

@@ -46,24 +46,6 @@ def flip_where(images: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
     return torch.where(flips[:, None, None, None], images.flip(3), images)
 
 
-def random_crop(images: torch.Tensor, padding: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random (H, W) crops of the zero-padded (B, C, H, W) batch, one offset per image."""
-    offsets = crop_offsets(len(images), padding, generator).to(images.device)
-    indices = torch.arange(len(images), device=images.device)
-    return crop_padded(pad_images(images, padding), indices, offsets, images.shape[-1])
-
-
-def random_hflip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Mirror each image of the (B, C, H, W) batch along W with probability 1/2."""
-    return flip_where(images, flip_mask(len(images), generator).to(images.device))
-
-
-def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> float32 (x / 255 - mean) / std, per channel (mean, std in [0, 1] units)."""
-    scale, shift = normalization_constants(mean, std, images.device)
-    return images.to(torch.float32).mul_(scale).add_(shift)
-
-
 def normalization_constants(
     mean: Sequence[float], std: Sequence[float], device: torch.device | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import cast
 
 from famkd.errors import FamkdError
 
@@ -55,7 +56,7 @@ def require_pycocotools() -> None:
 def run_train(items: list[str], resume: str) -> dict:
     """Train from a config (the first item unless it is an override) or resume; returns the summary."""
     from famkd.detection.config import load_detection_config
-    from famkd.detection.trainer import train_detection
+    from famkd.detection.task import train_detection
 
     if resume:
         return train_detection(None, resume, tuple(items))
@@ -68,20 +69,21 @@ def run_train(items: list[str], resume: str) -> dict:
 
 def run_eval(source: Path, data_root: str, batch_size: int, device: str) -> dict:
     """The AP of the student saved in `source` (a run folder or a checkpoint file) on data_root's val split."""
-    from famkd.detection.coco import load_coco
+    from famkd.detection.coco import CocoOptions, load_coco
     from famkd.detection.config import detection_config_with_overrides
     from famkd.detection.models import build_detector
-    from famkd.detection.trainer import evaluate_detector, finite_or_none
-    from famkd.engine.checkpoint import load_checkpoint
+    from famkd.detection.task import evaluate_detector, finite_or_none
     from famkd.engine.device import resolve_device
     from famkd.engine.run_dir import RunDir
+    from famkd.weights import load_checkpoint
 
     checkpoint = load_checkpoint(RunDir(source).checkpoint() if source.is_dir() else source)
     if "config" not in checkpoint or "student" not in checkpoint:
         raise FamkdError(f"{source} is not a famkd detection checkpoint (it has no config and student)")
     cfg = detection_config_with_overrides(checkpoint["config"], [f"data.root={data_root}"])
-    dataset = load_coco(data_root, "val", min_size=cfg.data.min_size, max_size=cfg.data.max_size)
-    student = build_detector(cfg.student, dataset.categories.num_classes, cfg.data.min_size, cfg.data.max_size)
+    data = cast(CocoOptions, cfg.data)
+    dataset = load_coco(data_root, "val", min_size=data.min_size, max_size=data.max_size)
+    student = build_detector(cfg.student, dataset.categories.num_classes, data.min_size, data.max_size)
     student.load_state_dict(checkpoint["student"])
     metrics = evaluate_detector(student.to(resolve_device(device)), dataset, batch_size, workers=0)
     return {name: finite_or_none(value) for name, value in metrics.items()}

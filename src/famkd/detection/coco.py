@@ -30,7 +30,7 @@ side `max_size` (1333) where the shorter side at `min_size` would make it longer
 to whole pixels as Detectron2's ResizeShortestEdge rounds them; antialiased bilinear, as its PIL
 resize; boxes scaled by the same per-axis factors), then, for training, a horizontal flip with
 probability 0.5 (image and boxes: x1' = W - x2). A loader indexes the dataset with `SampleKey`s, and a
-sample's flip follows from its key's (seed, epoch, index) alone (`SampleKey.flip_draw`): the same in
+sample's flip follows from its key's (seed, epoch, index) alone (`SampleKey.uniform_draw`): the same in
 any worker process, on any number of processes, and again when a run resumes mid-epoch. Indexed with a
 plain int, the dataset draws the flip from torch's generator instead.
 
@@ -62,7 +62,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,9 +73,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from famkd.data.datasets import DataFormatError, DataNotFoundError
-from famkd.data.imagenet import replica_and_rank
-from famkd.data.loader import check_loader_settings
-from famkd.errors import shown
+from famkd.data.registry import DataOptions, DatasetEntry, register_dataset
+from famkd.data.sampling import LoaderSettings, SampleKey, check_loader_settings, replica_and_rank, worker_generator
+from famkd.errors import ConfigError, shown
+from famkd.settings import setting
 
 SPLITS = ("train", "val")
 MIN_SIZE, MAX_SIZE = 800, 1333
@@ -181,18 +182,6 @@ def is_usable(annotation: dict[str, Any], width: int, height: int) -> bool:
     return not annotation.get("iscrowd", 0) and x2 - x1 > 1 and y2 - y1 > 1
 
 
-class SampleKey(NamedTuple):
-    """How a loader indexes a `CocoDetection`: the dataset index `item` and the (seed, epoch) of the batch order."""
-
-    item: int
-    seed: int
-    epoch: int
-
-    def flip_draw(self) -> float:
-        """The sample's uniform draw in [0, 1) for the flip, a function of (seed, epoch, item) alone."""
-        return float(np.random.default_rng([self.seed, self.epoch, self.item]).random())
-
-
 class CocoDetection(Dataset[Sample]):
     """One split: the images `image_ids` of `coco`'s annotation file, decoded and transformed when indexed."""
 
@@ -218,7 +207,7 @@ class CocoDetection(Dataset[Sample]):
     def __getitem__(self, key: int | SampleKey) -> Sample:
         """The sample at an index (flip drawn from torch's generator) or at a SampleKey (flip from the key)."""
         if isinstance(key, SampleKey):
-            index, flip_draw = key.item, key.flip_draw()
+            index, flip_draw = key.item, key.uniform_draw()
         else:
             index, flip_draw = key, float(torch.rand(()))
         image_id = self.image_ids[index]
@@ -459,9 +448,7 @@ class CocoLoader:
             collate_fn=collate_detections,
             pin_memory=self.device.type == "cuda",
             persistent_workers=workers > 0,
-            # Each iterator draws a base seed from this generator: the global one, which the training draws
-            # from (and a resumed run restores), stays untouched.
-            generator=torch.Generator().manual_seed(seed),
+            generator=worker_generator(seed, rank),
         )
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -481,3 +468,47 @@ class CocoLoader:
                     for target in targets
                 ],
             )
+
+
+@dataclass
+class CocoOptions(DataOptions):
+    """COCO 2017 under data.root (train2017/, val2017/, annotations/), the resize both models use (shorter side
+    `min_size`, longer at most `max_size`), the training flip's probability and the DataLoader workers."""
+
+    dataset: str = "coco"
+    min_size: int = setting(MIN_SIZE, minimum=1)
+    max_size: int = setting(MAX_SIZE, minimum=1)
+    flip_prob: float = setting(FLIP_PROB, minimum=0.0)
+    workers: int = setting(4, minimum=0)
+
+    def __post_init__(self) -> None:
+        if self.min_size > self.max_size:
+            raise ConfigError(f"data.min_size={self.min_size} must not exceed data.max_size={self.max_size}")
+
+
+def load_coco_splits(options: CocoOptions) -> tuple[CocoDetection, CocoDetection]:
+    """(train, val) of the COCO folders `options` name, with the same categories."""
+    size = {"min_size": options.min_size, "max_size": options.max_size}
+    train = load_coco(options.root, "train", flip_prob=options.flip_prob, **size)
+    val = load_coco(options.root, "val", **size)
+    if val.categories != train.categories:
+        raise DataFormatError(f"the train and val annotation files of {options.root} list different categories")
+    return train, val
+
+
+def coco_loader(
+    dataset: CocoDetection, options: CocoOptions, batch_size: int, train: bool, settings: LoaderSettings
+) -> CocoLoader:
+    return CocoLoader(
+        dataset,
+        batch_size,
+        train=train,
+        workers=options.workers,
+        seed=settings.seed,
+        device=settings.device,
+        num_replicas=settings.num_replicas,
+        rank=settings.rank,
+    )
+
+
+register_dataset("coco")(DatasetEntry(CocoOptions, load_coco_splits, lambda _: None, coco_loader))

@@ -45,10 +45,9 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign, roi_align
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from famkd.detection.safe_pickle import load_numpy_pickle
-from famkd.engine.checkpoint import load_checkpoint
-from famkd.engine.teacher import state_dict_mismatch
 from famkd.errors import ConfigError, FamkdError, shown
+from famkd.weights import load_checkpoint, state_dict_mismatch
+from famkd.weights.safe_pickle import load_numpy_pickle
 
 RESNET_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 """Bottleneck blocks in res2..res5 (torchvision's layer1..layer4) per ResNet depth."""
@@ -170,13 +169,6 @@ def coco_category_id(label: int) -> int:
     if not 1 <= label <= len(COCO_CATEGORY_IDS):
         raise FamkdError(f"label {label} is not a COCO class label (1..{len(COCO_CATEGORY_IDS)})")
     return COCO_CATEGORY_IDS[label - 1]
-
-
-def label_of_coco_category(category_id: int) -> int:
-    """The label (1..80) an imported model predicts for COCO category `category_id`."""
-    if category_id not in COCO_CATEGORY_IDS:
-        raise FamkdError(f"{category_id} is not one of COCO's 80 category ids")
-    return COCO_CATEGORY_IDS.index(category_id) + 1
 
 
 def detectron2_cell_anchors(size: float, aspect_ratios: tuple[float, ...] = ANCHOR_ASPECT_RATIOS) -> list[list[float]]:

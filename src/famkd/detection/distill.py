@@ -1,12 +1,14 @@
 """Detection distillers: a Faster R-CNN student, a frozen Faster R-CNN teacher and the method's heads.
 
-Every distiller's `forward(images, targets, iteration)` returns `{term: scalar}`: the student's four
-detection losses unchanged (loss_objectness, loss_rpn_box_reg, loss_classifier, loss_box_reg) plus the
-method's weighted term, all of which the trainer sums and logs. The teacher runs in eval mode under
-no_grad and is not a parameter of the optimiser. The distillation weight ramps linearly over the first
+Every distiller is a famkd.distill.Distiller registered for the detection task, built with
+`create_distiller(method, task="detection", student=..., teacher=..., **options)`. Its
+`forward(images, targets, iteration)` returns `(None, {term: scalar})`: the student's four detection losses
+unchanged (loss_objectness, loss_rpn_box_reg, loss_classifier, loss_box_reg) plus the method's weighted
+term, all of which the trainer sums and logs. The teacher runs in eval mode under no_grad and is not a
+parameter of the optimiser. The distillation weight ramps linearly over the first
 `warmup_iters` iterations: weight * min(iteration / warmup_iters, 1) (iterations count from 1).
 
-Methods (`DETECTION_METHODS`), on the FPN levels P2..P6 ("0".."3", "pool", 256 channels each):
+Methods, on the FPN levels P2..P6 ("0".."3", "pool", 256 channels each):
 
 - `vanilla`: the student alone.
 - `kd`: KD on the box classifier: the teacher pools its own FPN maps at the student's sampled proposals
@@ -27,8 +29,6 @@ Methods (`DETECTION_METHODS`), on the FPN levels P2..P6 ("0".."3", "pool", 256 c
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -41,21 +41,20 @@ from famkd.detection.models import (
     FPN_CHANNELS,
     FPN_LEVELS,
     DetectorOutputs,
-    count_parameters,
     detector_forward,
     teacher_class_logits,
     teacher_features,
 )
-from famkd.distill.base import FamFilterOptions
+from famkd.distill.base import Distiller, FamFilterOptions, TrainingData
 from famkd.distill.kd import kd_loss
 from famkd.distill.levels import Level, review_chain, warmup_factor
-from famkd.distill.options import DistillOptions, resolve_options
+from famkd.distill.options import DistillOptions
+from famkd.distill.registry import register_distiller
 from famkd.distill.reviewkd import AttentionFusion, conv_output_head, hierarchical_context_loss
 from famkd.errors import ConfigError
 from famkd.fam import FrequencyAttention
 from famkd.nn.blocks import projection
 from famkd.nn.cross_attention import CrossAttention
-from famkd.registry import closest
 from famkd.settings import setting
 
 Targets = list[dict[str, Tensor]]
@@ -103,42 +102,31 @@ class NoOptions(DistillOptions):
     """vanilla has no options."""
 
 
-class DetectionDistiller(nn.Module):
+class DetectionDistiller(Distiller):
     """A student detector, an optional frozen teacher (kept in eval mode) and the method's `heads`.
 
-    Subclasses implement `distill_loss(outputs, images)`, the unweighted distillation term.
+    Subclasses implement `distill_loss(outputs, images)`, the unweighted distillation term, named `loss_name`.
     """
 
     Options: ClassVar[type[DistillOptions]] = NoOptions
     loss_name: ClassVar[str] = ""
 
-    def __init__(self, student: FasterRCNN, teacher: FasterRCNN | None, options: Any):
-        super().__init__()
-        self.student = student
-        self.teacher = teacher
+    def __init__(self, student: FasterRCNN, teacher: FasterRCNN | None, options: Any, data: TrainingData):
+        super().__init__(student, teacher)
         self.options = options
         self.heads = nn.ModuleList()
-        if teacher is not None:
-            teacher.requires_grad_(False)
-            teacher.eval()
 
-    def train(self, mode: bool = True) -> DetectionDistiller:
-        """Set the student's and the heads' mode; the teacher stays in eval mode."""
-        super().train(mode)
-        if self.teacher is not None:
-            self.teacher.eval()
-        return self
+    def term_weights(self, position: int) -> dict[str, float]:
+        if not self.loss_name:
+            return {}
+        return {self.loss_name: self.options.loss_weight * warmup_factor(position, self.options.warmup_iters)}
 
-    def num_head_parameters(self) -> int:
-        return count_parameters(self.heads)
-
-    def forward(self, images: list[Tensor], targets: Targets, iteration: int) -> dict[str, Tensor]:
+    def forward(self, images: list[Tensor], targets: Targets, iteration: int) -> tuple[None, dict[str, Tensor]]:
         outputs = detector_forward(self.student, images, targets)
         losses = dict(outputs.losses)
-        if self.loss_name:
-            weight = self.options.loss_weight * warmup_factor(iteration, self.options.warmup_iters)
-            losses[self.loss_name] = weight * self.distill_loss(outputs, images)
-        return losses
+        for name, weight in self.term_weights(iteration).items():
+            losses[name] = weight * self.distill_loss(outputs, images)
+        return None, losses
 
     def distill_loss(self, outputs: DetectorOutputs, images: list[Tensor]) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} has no distillation term")
@@ -150,10 +138,14 @@ class DetectionDistiller(nn.Module):
             return teacher_features(self.teacher, images)
 
 
+@register_distiller("vanilla", task="detection")
 class VanillaDetection(DetectionDistiller):
     """The student trained alone on the detection losses."""
 
+    needs_teacher = False
 
+
+@register_distiller("kd", task="detection")
 class KDDetection(DetectionDistiller):
     """loss_weight * kd_loss(student box logits, teacher box logits on the student's proposals, T)."""
 
@@ -178,14 +170,17 @@ def student_maps(outputs: DetectorOutputs) -> list[Tensor]:
     return [outputs.features[name] for name in FPN_LEVELS]
 
 
+@register_distiller("reviewkd", task="detection")
 class ReviewKDDetection(DetectionDistiller):
     """loss_weight * HCL(ABF heads(student FPN maps), teacher FPN maps), the heads run from P6 down to P2."""
 
     Options = ReviewKDDetectionOptions
     loss_name = "reviewkd"
 
-    def __init__(self, student: FasterRCNN, teacher: FasterRCNN | None, options: ReviewKDDetectionOptions):
-        super().__init__(student, teacher, options)
+    def __init__(
+        self, student: FasterRCNN, teacher: FasterRCNN | None, options: ReviewKDDetectionOptions, data: TrainingData
+    ):
+        super().__init__(student, teacher, options, data)
         mid, level = options.mid_channels, fpn_level()
         deepest = len(FPN_LEVELS) - 1
         self.heads.extend(
@@ -225,14 +220,17 @@ class PooledFamHead(nn.Module):
         return out, x
 
 
+@register_distiller("fam_kd", task="detection")
 class FamKDDetection(DetectionDistiller):
     """loss_weight * sum over P2..P6 of MSE(FAM head(student map), teacher map), both pooled to S_l x S_l."""
 
     Options = FamKDDetectionOptions
     loss_name = "fam_kd"
 
-    def __init__(self, student: FasterRCNN, teacher: FasterRCNN | None, options: FamKDDetectionOptions):
-        super().__init__(student, teacher, options)
+    def __init__(
+        self, student: FasterRCNN, teacher: FasterRCNN | None, options: FamKDDetectionOptions, data: TrainingData
+    ):
+        super().__init__(student, teacher, options, data)
         check_fam_options(options)
         deepest = len(FPN_LEVELS) - 1
         self.heads.extend(
@@ -259,43 +257,3 @@ def check_fam_options(options: FamKDDetectionOptions) -> None:
         raise ConfigError(
             f"distill.mid_channels must be even (the cross-attention halves it), got {options.mid_channels}"
         )
-
-
-DETECTION_METHODS: dict[str, type[DetectionDistiller]] = {
-    "vanilla": VanillaDetection,
-    "kd": KDDetection,
-    "reviewkd": ReviewKDDetection,
-    "fam_kd": FamKDDetection,
-}
-
-
-def distiller_class(method: str) -> type[DetectionDistiller]:
-    """The distiller of `method`, or a ConfigError naming the nearest method."""
-    if method not in DETECTION_METHODS:
-        near = closest(method, DETECTION_METHODS)
-        hint = f" (did you mean {near!r}?)" if near else ""
-        raise ConfigError(
-            f"method={method!r} is not a detection method{hint}; choose one of: {', '.join(DETECTION_METHODS)}"
-        )
-    return DETECTION_METHODS[method]
-
-
-def needs_teacher(method: str) -> bool:
-    return distiller_class(method).loss_name != ""
-
-
-def resolve_detection_options(method: str, values: Mapping[str, Any]) -> dict[str, Any]:
-    """Every option of `method` at its effective value (the given ones checked, the others defaulted)."""
-    options_class = distiller_class(method).Options
-    return dataclasses.asdict(resolve_options(options_class, values, method))
-
-
-def create_detection_distiller(
-    method: str, student: FasterRCNN, teacher: FasterRCNN | None, options: Mapping[str, Any]
-) -> DetectionDistiller:
-    """The distiller of `method` with `options` (a mapping, e.g. a config's distill section)."""
-    cls = distiller_class(method)
-    if needs_teacher(method) and teacher is None:
-        raise ConfigError(f"method {method} needs a teacher: set teacher.backbone and teacher.checkpoint")
-    resolved = resolve_options(cls.Options, options, method)
-    return cls(student, teacher if needs_teacher(method) else None, resolved)

@@ -32,9 +32,8 @@ from torchvision.models.mobilenetv2 import mobilenet_v2
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from famkd.detection.detectron2_import import FASTER_RCNN_SETTINGS, Detectron2Spec, import_detectron2_faster_rcnn
-from famkd.engine.checkpoint import load_checkpoint
-from famkd.engine.teacher import fetch_torchvision_weights
 from famkd.errors import FamkdError, shown
+from famkd.weights import fetch_torchvision_weights, load_checkpoint
 
 FPN_CHANNELS = 256
 FPN_LEVELS = ("0", "1", "2", "3", "pool")  # P2..P6

@@ -35,10 +35,13 @@ class TrainingData:
 class Distiller(nn.Module):
     """Holds a trainable student, a frozen teacher and the method's training-only heads.
 
-    `forward(images, targets, epoch)` returns `(student_logits, {loss_name: scalar tensor})`;
-    the trainer sums the dict and logs each term. Epochs count from 1. Everything that is
-    neither `student` nor `teacher` is a head: it is trained, checkpointed, and left out of
-    the exported student.
+    `forward(*inputs, position)` returns `(outputs, {loss_name: scalar tensor})`; the trainer sums the
+    dict and logs each term, and the task reads `outputs` for its training metrics. A classification
+    distiller's inputs are (images, targets), its position the epoch (from 1) and its outputs the
+    student's logits; a detection distiller's (famkd.detection.distill) are (images, targets), the
+    iteration and None. Everything that is neither `student` nor `teacher` is a head: it is trained,
+    checkpointed, and left out of the exported student. `term_weights(position)` gives the weight each
+    warmed-up term carries at `position`, which the trainer logs.
 
     Subclasses name their options class in `Options` and are built as
     `cls(student, teacher, options, data)` (`data`: a TrainingData); use
@@ -51,7 +54,10 @@ class Distiller(nn.Module):
     needs_sample_indices: ClassVar[bool] = False
     Options: ClassVar[type[DistillOptions]] = DistillOptions
 
-    def __init__(self, student: FeatureModel, teacher: FeatureModel | None):
+    student: Any  # a FeatureModel for classification, a torchvision FasterRCNN for detection
+    teacher: Any
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None):
         super().__init__()
         self.student = student
         self.teacher = teacher
@@ -71,7 +77,8 @@ class Distiller(nn.Module):
         return self
 
     def student_parameters(self) -> Iterator[nn.Parameter]:
-        return self.student.parameters()
+        """The student's trainable parameters (a detector's frozen stem and first stage left out)."""
+        return (parameter for parameter in self.student.parameters() if parameter.requires_grad)
 
     def head_parameters(self) -> Iterator[nn.Parameter]:
         for name, parameter in self.named_parameters():
@@ -90,7 +97,11 @@ class Distiller(nn.Module):
         assert self.teacher is not None
         return self.teacher.forward_features(images)
 
-    def forward(self, images: Tensor, targets: Tensor, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
+    def term_weights(self, position: int) -> dict[str, float]:
+        """The weight of each loss term that a warm-up scales, at `position` (none by default)."""
+        return {}
+
+    def forward(self, *args: Any, **kwargs: Any) -> tuple[Any, dict[str, Tensor]]:
         raise NotImplementedError
 
 
@@ -131,6 +142,9 @@ class FeatureDistiller(Distiller):
     def feature_loss(self, outputs: list[Tensor], targets: list[Tensor]) -> Tensor:
         raise NotImplementedError
 
+    def term_weights(self, position: int) -> dict[str, float]:
+        return {self.loss_name: self.options.loss_weight * warmup_factor(position, self.options.warmup_epochs)}
+
     def forward(self, images: Tensor, targets: Tensor, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
         options = self.options
         student = self.student.forward_features(images)
@@ -140,7 +154,7 @@ class FeatureDistiller(Distiller):
         feature_loss = self.feature_loss(outputs, level_features(teacher, count, self.teacher_preact))
         return student.logits, {
             "ce": options.ce_weight * F.cross_entropy(student.logits, targets),
-            self.loss_name: options.loss_weight * warmup_factor(epoch, options.warmup_epochs) * feature_loss,
+            self.loss_name: self.term_weights(epoch)[self.loss_name] * feature_loss,
         }
 
 

@@ -90,14 +90,18 @@ class DKD(Distiller):
         super().__init__(student, teacher)
         self.options = options
 
+    def term_weights(self, position: int) -> dict[str, float]:
+        weight = warmup_factor(position, self.options.warmup_epochs)
+        return {"dkd_tckd": self.options.alpha * weight, "dkd_nckd": self.options.beta * weight}
+
     def forward(self, images: Tensor, targets: Tensor, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
         options = self.options
         logits = self.student(images)
         teacher_logits = self.teacher_features(images).logits
         tckd, nckd = dkd_terms(logits, teacher_logits, targets, options.temperature)
-        weight = warmup_factor(epoch, options.warmup_epochs)
+        weights = self.term_weights(epoch)
         return logits, {
             "ce": options.ce_weight * F.cross_entropy(logits, targets),
-            "dkd_tckd": options.alpha * weight * tckd,
-            "dkd_nckd": options.beta * weight * nckd,
+            "dkd_tckd": weights["dkd_tckd"] * tckd,
+            "dkd_nckd": weights["dkd_nckd"] * nckd,
         }

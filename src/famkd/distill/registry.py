@@ -1,11 +1,14 @@
-"""The distiller registry and `create_distiller`, the one way to build a distiller.
+"""The distiller registry, keyed by task, and `create_distiller`, the one way to build a distiller.
 
-    create_distiller(method, student=..., teacher=..., image_size=32, num_samples=0, labels=None, **options)
+    create_distiller(method, student=..., teacher=..., image_size=32, num_samples=0, labels=None, task=...,
+                     **options)
 
 checks the method's options (names and values; see famkd.distill.options), checks that student and
-teacher predict the same classes, and builds the distiller. The trainer, `famkd bench` and
-`famkd inspect` all build through it, and the config checks a run's `distill:` section at load
-time with `resolve_method_options`, before any data or teacher is read.
+teacher predict the same classes, and builds the distiller. Each task registers its methods under its own
+name (`register_distiller("fam_kd", task="detection")`): classification's live in famkd.distill, detection's
+in famkd.detection.distill. The trainer, `famkd bench` and `famkd inspect` all build through it, and the
+config checks a run's `distill:` section at load time with `resolve_method_options`, before any data or
+teacher is read.
 """
 
 from __future__ import annotations
@@ -17,44 +20,48 @@ import torch
 
 from famkd.distill.base import Distiller, TrainingData
 from famkd.errors import ConfigError
-from famkd.models import FeatureModel
 from famkd.registry import Registry
 
-DISTILLERS: Registry[type[Distiller]] = Registry("distillation method")
+CLASSIFICATION = "classification"
+DISTILLERS: dict[str, Registry[type[Distiller]]] = {
+    CLASSIFICATION: Registry("distillation method"),
+    "detection": Registry("detection method"),
+}
 
 
-def register_distiller(name: str) -> Callable[[type[Distiller]], type[Distiller]]:
-    """Class decorator: register a Distiller subclass (with its `Options` class) under `name`."""
-    return DISTILLERS.register(name)
+def register_distiller(name: str, task: str = CLASSIFICATION) -> Callable[[type[Distiller]], type[Distiller]]:
+    """Class decorator: register a Distiller subclass (with its `Options` class) as `task`'s method `name`."""
+    return DISTILLERS[task].register(name)
 
 
-def distiller_class(method: str) -> type[Distiller]:
-    """The registered class of `method`; an unknown name is a ConfigError naming the closest one."""
+def distiller_class(method: str, task: str = CLASSIFICATION) -> type[Distiller]:
+    """The registered class of `task`'s `method`; an unknown name is a ConfigError naming the closest one."""
     try:
-        return DISTILLERS.get(method)
+        return DISTILLERS[task].get(method)
     except KeyError as error:
         raise ConfigError(f"method: {error.args[0]}") from None
 
 
-def needs_teacher(method: str) -> bool:
+def needs_teacher(method: str, task: str = CLASSIFICATION) -> bool:
     """Whether `method` distils from a teacher (every method but `vanilla`)."""
-    return distiller_class(method).needs_teacher
+    return distiller_class(method, task).needs_teacher
 
 
-def resolve_method_options(method: str, values: Mapping[str, Any]) -> dict[str, Any]:
+def resolve_method_options(method: str, values: Mapping[str, Any], task: str = CLASSIFICATION) -> dict[str, Any]:
     """Every option of `method` with its effective value: `values` checked, defaults filled in."""
-    cls = distiller_class(method)
+    cls = distiller_class(method, task)
     return cls.resolve_options(values, method).as_dict()
 
 
 def create_distiller(
     method: str,
     *,
-    student: FeatureModel,
-    teacher: FeatureModel | None = None,
+    student: torch.nn.Module,
+    teacher: torch.nn.Module | None = None,
     image_size: int = 32,
     num_samples: int = 0,
     labels: torch.Tensor | None = None,
+    task: str = CLASSIFICATION,
     **options: Any,
 ) -> Distiller:
     """Build the distiller `method` around `student` and (frozen) `teacher`.
@@ -64,12 +71,13 @@ def create_distiller(
     set and `labels` its labels (methods with a per-sample memory bank need them). Bad options are
     ConfigErrors.
     """
-    cls = distiller_class(method)
+    cls = distiller_class(method, task)
     resolved = cls.resolve_options(options, method)
     if cls.needs_teacher:
         if teacher is None:
             raise ConfigError(f"method {method!r} distills from a teacher: pass teacher=<a trained model>")
-        check_compatible(student, teacher)
+        if task == CLASSIFICATION:
+            check_compatible(student, teacher)
     build: Callable[..., Distiller] = cls  # subclasses take (student, teacher, options, data)
     data = TrainingData(image_size=image_size, num_samples=num_samples, labels=labels)
     return build(student, teacher if cls.needs_teacher else None, resolved, data)
@@ -90,8 +98,8 @@ def output_classes(model: torch.nn.Module) -> int | None:
     return last_linear[-1].out_features if last_linear else None
 
 
-def list_distillers() -> list[str]:
-    return DISTILLERS.names()
+def list_distillers(task: str = CLASSIFICATION) -> list[str]:
+    return DISTILLERS[task].names()
 
 
 def list_options(method: str) -> dict[str, Any]:

@@ -1,18 +1,11 @@
-"""Training engine: the loop, checkpoints, evaluation, teachers, run folders and logs."""
+"""Training engine, the same for every task: the loop, the step, the schedule, checkpoints, run folders and logs.
 
-from famkd.engine.checkpoint import load_checkpoint, save_checkpoint
-from famkd.engine.evaluate import evaluate, evaluate_checkpoint
-from famkd.engine.run_dir import RunDir, resume_config
-from famkd.engine.teacher import load_teacher
-from famkd.engine.trainer import train
+A task (famkd.engine.task.Task) says what differs; `train(task, cfg)` runs it.
+"""
 
-__all__ = [
-    "RunDir",
-    "evaluate",
-    "evaluate_checkpoint",
-    "load_checkpoint",
-    "load_teacher",
-    "resume_config",
-    "save_checkpoint",
-    "train",
-]
+from famkd.engine.checkpoint import save_checkpoint
+from famkd.engine.run_dir import RunDir
+from famkd.engine.task import Task, TaskData
+from famkd.engine.trainer import resume_point, train
+
+__all__ = ["RunDir", "Task", "TaskData", "resume_point", "save_checkpoint", "train"]

@@ -1,27 +1,24 @@
-"""Checkpoint files: atomic writes, safe loads, RNG state and version stamps.
+"""Checkpoint files: atomic writes, RNG state and version stamps (famkd.weights.files reads them back).
 
-A training checkpoint (`checkpoints/last.pt`, `checkpoints/best.pt`) is a dict with keys
+A training checkpoint (`checkpoints/last.pt`, `checkpoints/best.pt`) is a dict with keys `task`,
 `student` (student state dict), `heads` (distiller head state dict), `optimizer`, `scheduler`,
-`grad_scaler` (fp16 only, else None), `epoch` (last completed epoch, from 1), `global_step`,
-`rng`, `best_acc`, `best_epoch`, `teacher_acc`, `wall_time_s`, `partial_epoch` (None, or the
-progress of an epoch stopped by Ctrl-C), `config` (the merged config as a dict) and `versions`.
-The exported student (`student_best.pt`, `student_last.pt`) is a plain state dict.
+`grad_scaler` (fp16 only, else None), the fields of `engine.progress.RunState` (`epoch`: epochs
+completed, `epoch_steps`: batches taken of the next one, `global_step`, `best`, `best_at`, `last_eval`,
+`teacher_eval`, `wall_time_s`), `rng`, `partial_period` (None, or the progress of a log period or epoch
+cut short), `config` (the merged config as a dict) and `versions`. The exported student
+(`student_best.pt`, `student_last.pt`) is a plain state dict.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import platform
 import random
-import re
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from famkd.errors import FamkdError
 from famkd.files import atomic_write
 
 
@@ -31,34 +28,6 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     A crash or a full disk mid-write leaves the previous file intact and no partial file behind.
     """
     atomic_write(path, lambda file: torch.save(state, file))
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint onto the CPU with `torch.load(weights_only=True)` (no arbitrary code runs)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FamkdError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise FamkdError(refused_pickle_message(path, str(error))) from error
-    except Exception as error:  # torch raises several unrelated types for corrupt or foreign files
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise FamkdError(f"cannot read checkpoint {path}: {first_line}") from error
-    if not isinstance(state, dict):
-        raise FamkdError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
-    return state
-
-
-def refused_pickle_message(path: Path, torch_message: str) -> str:
-    """Why the safe loader refused `path`, without torch's advice to load unsafely (famkd never does)."""
-    found = re.search(r"GLOBAL (\S+)", torch_message)
-    what = f" (it holds a {found.group(1)} object)" if found else ""
-    return (
-        f"cannot read checkpoint {path}: it is not made of plain tensors and containers{what}. famkd loads only "
-        "tensors, state dicts and plain Python values, so that opening a checkpoint can never run code; save the "
-        "weights as a state dict (torch.save(model.state_dict(), path)) and load that file"
-    )
 
 
 def capture_rng_state() -> dict[str, Any]:

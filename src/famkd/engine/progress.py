@@ -1,8 +1,9 @@
-"""Progress of a training epoch and stop requests: what the trainer accumulates between host syncs.
+"""Progress of a training period, where a run stands, and stop requests: what the trainer keeps between host syncs.
 
-`EpochProgress` keeps an epoch's running loss sums, accuracy and first non-finite step on the
-device, so that training steps never wait for the host; it is saved in a mid-epoch checkpoint.
-`StopRequest` turns Ctrl-C into a request to stop at the next step boundary.
+`PeriodProgress` keeps a period's running loss sums, task counts and first non-finite step on the
+device, so that training steps never wait for the host; it is saved in a checkpoint taken mid-period.
+`RunState` is the rest of a run's bookkeeping. `StopRequest` turns Ctrl-C into a request to stop at the
+next step boundary.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -26,10 +27,12 @@ from famkd.errors import NonFiniteLossError
 
 
 @dataclasses.dataclass
-class EpochProgress:
-    """Running totals of one epoch, kept on the device so that steps never wait for the host.
+class PeriodProgress:
+    """Running totals of one period (an epoch, or a log interval of an iteration schedule), kept on the device
+    so that steps never wait for the host.
 
-    loss_sums: per term, the sum over images of the term (batch mean x batch size).
+    loss_sums: per term, the sum over images of the term (batch mean x batch size), in `dtype`;
+    counts: per task metric, its running count (e.g. "correct": top-1 hits on the training batches);
     first_bad_step: per term, the first global step (from 1) whose value was not finite, else -1.
     """
 
@@ -37,43 +40,46 @@ class EpochProgress:
     steps_done: int = 0
     images_seen: int = 0
     loss_sums: dict[str, Tensor] = dataclasses.field(default_factory=dict)
+    counts: dict[str, Tensor] = dataclasses.field(default_factory=dict)
     first_bad_step: dict[str, Tensor] = dataclasses.field(default_factory=dict)
-    correct: Tensor | None = None
     wait_s: float = 0.0
     elapsed_s: float = 0.0
+    dtype: torch.dtype = torch.float32
 
-    def add(self, logits: Tensor, labels: Tensor, losses: dict[str, Tensor], global_step: int) -> None:
-        """Accumulate one step (device ops only)."""
-        batch = labels.shape[0]
+    def add(self, losses: dict[str, Tensor], counts: dict[str, Tensor], images: int, global_step: int) -> None:
+        """Accumulate one step of `images` images (device ops only)."""
         for name, value in losses.items():
-            value = value.detach().float()
+            value = value.detach().to(self.dtype)
             if name not in self.loss_sums:
-                self.loss_sums[name] = torch.zeros((), device=value.device)
+                self.loss_sums[name] = torch.zeros((), dtype=self.dtype, device=value.device)
                 self.first_bad_step[name] = torch.full((), -1, dtype=torch.int64, device=value.device)
-            self.loss_sums[name] += value * batch
+            self.loss_sums[name] += value * images
             first_bad = self.first_bad_step[name]
             newly_bad = ~torch.isfinite(value) & (first_bad < 0)
             self.first_bad_step[name] = torch.where(newly_bad, global_step, first_bad)
-        correct = (logits.argmax(dim=1) == labels).sum()
-        self.correct = correct if self.correct is None else self.correct + correct
-        self.images_seen += batch
+        for name, count in counts.items():
+            self.counts[name] = count if name not in self.counts else self.counts[name] + count
+        self.images_seen += images
         self.steps_done += 1
 
-    def read(self) -> dict[str, float]:
-        """Epoch means so far, loss_<term> and train_acc, over every training process (one host sync)."""
-        assert self.correct is not None, "read() before the first step"
-        names = list(self.loss_sums)
-        images = torch.tensor(float(self.images_seen), device=self.correct.device)
-        totals = all_reduce_sum(torch.stack([self.loss_sums[n] for n in names] + [self.correct.float(), images]))
-        *sums, correct, images_seen = totals.tolist()
-        means = {f"loss_{n}": v / images_seen for n, v in zip(names, sums)}
-        means["train_acc"] = 100.0 * correct / images_seen
-        return means
+    def totals(self) -> tuple[dict[str, float], dict[str, float], float]:
+        """(loss sums, counts, images) so far over every training process (one host sync)."""
+        names, count_names = list(self.loss_sums), list(self.counts)
+        device = next(iter(self.loss_sums.values())).device
+        stacked = [self.loss_sums[n].double() for n in names] + [self.counts[n].double() for n in count_names]
+        stacked.append(torch.tensor(float(self.images_seen), dtype=torch.float64, device=device))
+        *sums, images = all_reduce_sum(torch.stack(stacked)).tolist()
+        return dict(zip(names, sums)), dict(zip(count_names, sums[len(names) :])), images
 
-    def first_non_finite(self, means: dict[str, float] | None = None) -> tuple[str, float, int] | None:
-        """(term, its epoch mean, the global step it first went bad) of the earliest term that became NaN
-        or infinite, or None; `means` are those of `read()` when already read."""
-        means = self.read() if means is None else means
+    def read(self) -> tuple[dict[str, float], dict[str, float], float]:
+        """(loss_<term> means per image, counts, images) so far over every training process (one host sync)."""
+        assert self.steps_done, "read() before the first step"
+        sums, counts, images = self.totals()
+        return {f"loss_{n}": v / images for n, v in sums.items()}, counts, images
+
+    def first_non_finite(self, means: dict[str, float]) -> tuple[str, float, int] | None:
+        """(term, its mean, the global step it first went bad) of the earliest term that became NaN or infinite,
+        or None; `means` are those of `read()`."""
         bad = [name for name in self.loss_sums if not math.isfinite(means[f"loss_{name}"])]
         if not bad:
             return None
@@ -81,63 +87,75 @@ class EpochProgress:
         name = min(bad, key=lambda term: first_steps[term])
         return name, means[f"loss_{name}"], first_steps[name]
 
-    def raise_if_non_finite(
-        self, means: dict[str, float] | None, global_step: int, steps_per_epoch: int, kept: str
-    ) -> None:
-        """NonFiniteLossError naming the first term that went bad, where in the epoch, and `kept` (what
-        the run keeps), when a term is NaN or infinite; `global_step` is the step just taken."""
+    def raise_if_non_finite(self, means: dict[str, float], where: Callable[[int], str], kept: str) -> None:
+        """NonFiniteLossError naming the first term that went bad, `where(its global step)` and `kept` (what the
+        run keeps), when a term is NaN or infinite."""
         bad = self.first_non_finite(means)
         if bad is None:
             return
         name, value, bad_step = bad
-        step_in_epoch = bad_step - (global_step - self.steps_done)
         raise NonFiniteLossError(
-            f"loss term {name!r} became {'nan' if math.isnan(value) else 'infinite'} at epoch {self.epoch}, "
-            f"step {step_in_epoch} of {steps_per_epoch} (global step {bad_step}); training stopped and "
-            f"{kept}. Try a lower train.lr or distill option weight, or amp=off."
+            f"loss term {name!r} became {'nan' if math.isnan(value) else 'infinite'} at {where(bad_step)}; "
+            f"training stopped and {kept}. Try a lower train.lr or distill option weight, or amp=off."
         )
 
+    def share_evenly(self, world_size: int) -> None:
+        """Replace this process's sums by the mean over the processes (every process calls this together), so
+        that a checkpoint written by process 0 holds a share every process resumes from and the totals stay."""
+        if world_size == 1 or not self.steps_done:
+            return
+        sums, counts, images = self.totals()
+        for name, total in sums.items():
+            self.loss_sums[name].fill_(total / world_size)
+        for name, total in counts.items():
+            self.counts[name] = torch.tensor(total / world_size, device=self.counts[name].device)
+        self.images_seen = round(images / world_size)
+
     def state_dict(self) -> dict[str, Any]:
-        assert self.correct is not None, "state_dict() before the first step"
         return {
             "epoch": self.epoch,
             "steps_done": self.steps_done,
             "images_seen": self.images_seen,
             "loss_sums": {n: v.cpu() for n, v in self.loss_sums.items()},
+            "counts": {n: v.cpu() for n, v in self.counts.items()},
             "first_bad_step": {n: v.cpu() for n, v in self.first_bad_step.items()},
-            "correct": self.correct.cpu(),
             "wait_s": self.wait_s,
             "elapsed_s": self.elapsed_s,
         }
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any], device: torch.device) -> EpochProgress:
+    def from_state_dict(cls, state: dict[str, Any], device: torch.device) -> PeriodProgress:
         def to_device(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
             return {name: value.to(device) for name, value in tensors.items()}
 
+        sums = to_device(state["loss_sums"])
+        dtype = next(iter(sums.values())).dtype if sums else torch.float32
         return cls(
             epoch=state["epoch"],
             steps_done=state["steps_done"],
             images_seen=state["images_seen"],
-            loss_sums=to_device(state["loss_sums"]),
+            loss_sums=sums,
+            counts=to_device(state["counts"]),
             first_bad_step=to_device(state["first_bad_step"]),
-            correct=state["correct"].to(device),
             wait_s=state["wait_s"],
             elapsed_s=state["elapsed_s"],
+            dtype=dtype,
         )
 
 
 @dataclasses.dataclass
 class RunState:
-    """Where a run stands, saved in every checkpoint: the last completed epoch (from 1), the optimiser steps
-    taken, the best and last test top-1, the teacher's, and the wall time of the run's earlier sessions."""
+    """Where a run stands, saved in every checkpoint: the epochs completed and the batches taken of the next one,
+    the optimiser steps taken, the best value of the task's main metric and where it was reached (epoch or
+    iteration, 0: none yet), the last evaluation, the teacher's, and the wall time of the earlier sessions."""
 
     epoch: int = 0
+    epoch_steps: int = 0
     global_step: int = 0
-    best_acc: float = -math.inf
-    best_epoch: int = 0
-    last_acc: float | None = None
-    teacher_acc: float | None = None
+    best: float | None = None
+    best_at: int = 0
+    last_eval: dict[str, Any] = dataclasses.field(default_factory=dict)
+    teacher_eval: dict[str, Any] | None = None
     wall_time_s: float = 0.0
 
     @classmethod
@@ -145,7 +163,7 @@ class RunState:
         return cls(**{field.name: checkpoint[field.name] for field in dataclasses.fields(cls)})
 
 
-def timed_batches(batches: Iterator[tuple[Tensor, ...]], progress: EpochProgress) -> Iterator[tuple[Tensor, ...]]:
+def timed_batches(batches: Iterator[Any], progress: PeriodProgress) -> Iterator[Any]:
     """Yield from `batches`, adding the time spent waiting for each batch to progress.wait_s."""
     while True:
         start = time.perf_counter()

@@ -1,12 +1,14 @@
 """The layout of a run folder: one object that knows where each file of a run lives.
 
 config.yaml                 the merged config, every method option included
-metrics.jsonl               one record per completed epoch (see famkd.engine.run_log)
-summary.json                best/last accuracy, epochs, wall time, parameter counts, status
+metrics.jsonl               one record per epoch or log interval (see famkd.engine.run_log)
+summary.json                status, best/last metrics, progress, wall time, parameter counts
 tensorboard/                TensorBoard scalars (when run.tensorboard)
-checkpoints/last.pt         full training state after every epoch (or after Ctrl-C, marked
-                            with `partial_epoch`); see famkd.engine.checkpoint
-checkpoints/best.pt         the same, for the epoch with the best test top-1 so far
+checkpoints/last.pt         full training state after every epoch or evaluation, every
+                            train.checkpoint_every steps and after Ctrl-C (then with
+                            `partial_period`); see famkd.engine.checkpoint
+checkpoints/best.pt         the same, at the evaluation with the best main metric so far
+                            (classification: test top-1; detection: AP)
 student_last.pt, student_best.pt
                             the student alone as a plain state dict (load it with
                             create_model(name).load_state_dict(torch.load(path)))
@@ -16,14 +18,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from famkd.config import Config, config_with_overrides
-from famkd.distill import needs_teacher
-from famkd.engine.checkpoint import load_checkpoint
 from famkd.files import write_text_atomic
 
 CONFIG_FILE = "config.yaml"
@@ -77,21 +75,7 @@ class RunDir:
         write_text_atomic(self.summary_file, json.dumps(summary, indent=2) + "\n")
 
 
-def default_run_dir(cfg: Config) -> str:
-    """runs/<method>/<teacher>_<student>-<timestamp> (runs/vanilla/<student>-<timestamp> for teachers)."""
-    distils = needs_teacher(cfg.method) and cfg.teacher.name
-    pair = f"{cfg.teacher.name}_{cfg.student}" if distils else cfg.student
-    return str(Path("runs") / cfg.method / f"{pair}-{datetime.now():%Y%m%d-%H%M%S}")
-
-
-def resume_point(run_dir: str | os.PathLike, overrides: Iterable[str] = ()) -> tuple[Config, dict[str, Any]]:
-    """The last checkpoint of `run_dir` (read once) and its saved config with `overrides` applied."""
-    checkpoint = load_checkpoint(RunDir(run_dir).checkpoint())
-    cfg = config_with_overrides(checkpoint["config"], overrides)
-    cfg.run.dir = str(run_dir)
-    return cfg, checkpoint
-
-
-def resume_config(run_dir: str | os.PathLike, overrides: Iterable[str] = ()) -> Config:
-    """The config saved in `run_dir`'s last checkpoint, with `key=value` overrides applied."""
-    return resume_point(run_dir, overrides)[0]
+def timestamped_run_dir(*parts: str) -> str:
+    """runs/<parts...>-<timestamp>, e.g. runs/fam_kd/resnet56_resnet20-20261207-211500."""
+    *folders, name = parts
+    return str(Path("runs", *folders) / f"{name}-{datetime.now():%Y%m%d-%H%M%S}")

@@ -1,10 +1,14 @@
-"""What a run writes besides checkpoints: metrics.jsonl, TensorBoard scalars, summary.json, progress bar.
+"""What a run writes besides checkpoints: metrics.jsonl, TensorBoard scalars, the progress bar and console lines.
 
-metrics.jsonl holds one JSON object per completed epoch:
-  epoch, global_step, lr, loss (sum of the terms), loss_<term> (each term's epoch mean, per image),
-  train_acc, test_acc (top-1), test_top5, test_loss, epoch_time_s, images_per_s,
-  data_wait_fraction (time spent waiting for the loader / training-loop time).
-Accuracies are percentages.
+metrics.jsonl holds one JSON object per period: per epoch in an epoch schedule, per log interval in an
+iteration schedule (famkd.engine.schedule):
+  epoch (epoch schedule: the epoch completed) or iteration, global_step, epoch (iteration schedule: the data
+  epochs completed), lr, loss (sum of the terms), loss_<term> (each term's mean over the period, per image),
+  weight_<term> (the weight of each term a warm-up scales, at the period's end), the task's training
+  metrics (classification: train_acc), the timing (epoch schedule: epoch_time_s, images_per_s,
+  data_wait_fraction, the time spent waiting for the loader / training-loop time; iteration schedule:
+  interval_time_s), and after an evaluation its fields (classification: test_acc (top-1), test_top5,
+  test_loss, test_images; detection: AP, AP50, AP75, APs, APm, APl). Accuracies are percentages.
 """
 
 from __future__ import annotations
@@ -13,14 +17,11 @@ import json
 import math
 import os
 import time
+from datetime import timedelta
 from typing import Any
 
-import torch
 from tqdm import tqdm
 
-from famkd.config import Config
-from famkd.data import Dataset
-from famkd.distill import Distiller
 from famkd.engine.run_dir import RunDir
 from famkd.files import write_text_atomic
 
@@ -45,7 +46,6 @@ class RunLog:
         self,
         run_dir: str | os.PathLike,
         tensorboard: bool,
-        resume_epoch: int = 0,
         resume_step: int = 0,
         enabled: bool = True,
     ):
@@ -56,16 +56,16 @@ class RunLog:
         if not enabled:
             return
         self.run_dir.path.mkdir(parents=True, exist_ok=True)
-        self._keep_epochs_up_to(resume_epoch)
+        self._keep_records_up_to(resume_step)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            purge = {"purge_step": resume_step + 1} if resume_epoch or resume_step else {}
+            purge = {"purge_step": resume_step + 1} if resume_step else {}
             self.writer = SummaryWriter(str(self.run_dir.tensorboard_dir), **purge)
 
-    def _keep_epochs_up_to(self, epoch: int) -> None:
-        """Drop records after `epoch` (written before an interruption), so a resumed run has no duplicates."""
-        records = [record for record in read_metrics(self.run_dir.path) if record["epoch"] <= epoch]
+    def _keep_records_up_to(self, global_step: int) -> None:
+        """Drop records after `global_step` (written before an interruption), so a resumed run has no duplicates."""
+        records = [record for record in read_metrics(self.run_dir.path) if record["global_step"] <= global_step]
         write_text_atomic(self.metrics_path, "".join(json.dumps(record) + "\n" for record in records))
 
     def log_epoch(self, record: dict) -> None:
@@ -92,25 +92,24 @@ class RunLog:
             self.writer.close()
 
 
-class EpochProgressDisplay:
-    """Progress of one epoch: a tqdm bar (steps, ETA; loss, acc, img/s as postfix) on a terminal,
-    and where stderr is no terminal (log files, pipes) a plain line at most every `line_every_s` seconds.
-    """
+class ProgressDisplay:
+    """A tqdm bar (steps, ETA; loss, the task's training metric, img/s as postfix) on a terminal, and where stderr
+    is no terminal (log files, pipes) a plain line at most every `line_every_s` seconds."""
 
     def __init__(
-        self, total: int, epoch: int, epochs: int, initial: int = 0, line_every_s: float = 60.0, enabled: bool = True
+        self, total: int, description: str, initial: int = 0, line_every_s: float = 60.0, enabled: bool = True
     ):
         self.bar = tqdm(
             total=total,
             initial=initial,
-            desc=f"epoch {epoch}/{epochs}",
+            desc=description,
             unit="step",
             leave=False,
             dynamic_ncols=True,
             disable=None if enabled else True,
         )
         self.enabled = enabled
-        self.total, self.epoch, self.epochs = total, epoch, epochs
+        self.total, self.description = total, description
         self.steps = self.first_step = initial
         self.start = self.last_line = time.perf_counter()
         self.line_every_s = line_every_s
@@ -119,60 +118,42 @@ class EpochProgressDisplay:
         self.bar.update(1)
         self.steps += 1
 
-    def show(self, loss: float, accuracy: float, images_per_s: float) -> None:
-        """Show the running loss, train accuracy (%) and throughput."""
+    def show(self, loss: float, metrics: dict[str, float], images_per_s: float) -> None:
+        """Show the running loss, the task's training metrics (percentages) and the throughput."""
+        shown_metrics = {name.removeprefix("train_"): f"{value:.1f}%" for name, value in metrics.items()}
         if not self.bar.disable:
-            self.bar.set_postfix(loss=f"{loss:.4f}", acc=f"{accuracy:.1f}%", img_s=f"{images_per_s:.0f}")
+            self.bar.set_postfix({"loss": f"{loss:.4f}", **shown_metrics, "img_s": f"{images_per_s:.0f}"})
             return
         now = time.perf_counter()
         if not self.enabled or now - self.last_line < self.line_every_s:
             return
         self.last_line = now
         seconds_per_step = (now - self.start) / (self.steps - self.first_step)
+        metric_text = "".join(f"  {name} {value}" for name, value in shown_metrics.items())
         tqdm.write(
-            f"epoch {self.epoch}/{self.epochs} step {self.steps}/{self.total}  loss {loss:.4f}  "
-            f"acc {accuracy:.1f}%  {images_per_s:.0f} img/s  ETA {seconds_per_step * (self.total - self.steps):.0f} s"
+            f"{self.description} step {self.steps}/{self.total}  loss {loss:.4f}{metric_text}  "
+            f"{images_per_s:.0f} img/s  ETA {seconds_per_step * (self.total - self.steps):.0f} s"
         )
 
     def close(self) -> None:
         self.bar.close()
 
 
-def format_epoch_line(record: dict, epochs: int) -> str:
-    """One line per epoch for the console."""
+def format_record(record: dict, unit: str, total: int, metric_text: str, seconds_per_step: float) -> str:
+    """One console line per record: where, the loss and its terms (and their warm-up weights), the task's
+    metrics, the lr and the timing."""
     terms = ", ".join(f"{key[5:]} {value:.4f}" for key, value in record.items() if key.startswith("loss_"))
+    weights = ", ".join(f"{key[7:]} {value:.4g}" for key, value in record.items() if key.startswith("weight_"))
+    weights = f"  weight {weights}" if weights else ""
+    if unit == "epoch":
+        timing = (
+            f"{record['epoch_time_s']:.1f}s  {record['images_per_s']:.0f} img/s  "
+            f"data wait {100 * record['data_wait_fraction']:.1f}%"
+        )
+    else:
+        remaining_s = seconds_per_step * (total - record["iteration"])
+        timing = f"{seconds_per_step:.2f} s/it  ETA {timedelta(seconds=round(remaining_s))}"
     return (
-        f"epoch {record['epoch']}/{epochs}  loss {record['loss']:.4f} ({terms})  "
-        f"train {record['train_acc']:.2f}%  test {record['test_acc']:.2f}% (top-5 {record['test_top5']:.2f}%)  "
-        f"lr {record['lr']:.4g}  {record['epoch_time_s']:.1f}s  {record['images_per_s']:.0f} img/s  "
-        f"data wait {100 * record['data_wait_fraction']:.1f}%"
+        f"{unit} {record[unit]}/{total}  loss {record['loss']:.4f} ({terms}){weights}  {metric_text}"
+        f"lr {record['lr']:.4g}  {timing}"
     )
-
-
-def run_header(
-    cfg: Config,
-    distiller: Distiller,
-    datasets: tuple[Dataset, Dataset],
-    device: torch.device,
-    steps_per_epoch: int,
-    resumed_at: tuple[int, int],
-    processes: int = 1,
-) -> list[str]:
-    """The lines a run prints before training: models, data, device, and where it resumes
-    (`resumed_at`: (epoch, step within it) of a mid-epoch checkpoint, (last completed epoch, 0) otherwise)."""
-    student_params = sum(p.numel() for p in distiller.student.parameters())
-    teacher = f", teacher {cfg.teacher.name or '?'} ({cfg.teacher.checkpoint})" if distiller.teacher is not None else ""
-    sharing = f", {processes} processes sharing the global batch of {cfg.train.batch_size}" if processes > 1 else ""
-    lines = [
-        f"famkd train: method {cfg.method}, student {cfg.student} ({student_params / 1e6:.3f}M params), "
-        f"heads {distiller.num_head_parameters() / 1e6:.3f}M params{teacher}",
-        f"train data: {datasets[0].description}",
-        f"test data: {datasets[1].description}",
-        f"device {device}, amp {cfg.amp}, {steps_per_epoch} steps/epoch{sharing}, run dir {cfg.run.dir}",
-    ]
-    epoch, step = resumed_at
-    if step:
-        lines.append(f"resuming epoch {epoch} after step {step}")
-    elif epoch:
-        lines.append(f"resuming after epoch {epoch}")
-    return lines

@@ -1,18 +1,25 @@
-"""Optimiser and learning-rate schedule: SGD over student and head parameters, multistep decay per epoch."""
+"""The optimiser and the schedule: SGD over the student and the heads, and one schedule for both units.
+
+A `Schedule` is either `train.epochs` long (classification's recipes: lr x lr_decay after each epoch in
+lr_milestones, a metrics record, an evaluation and a checkpoint at every epoch's end) or `train.iterations`
+long (detection's recipes: Detectron2's WarmupMultiStepLR, a record every log_interval iterations, an
+evaluation every eval_every iterations and at the end, a checkpoint every checkpoint_every). It says what is
+due after each step; the trainer does it.
+"""
 
 from __future__ import annotations
 
+import bisect
 from typing import Any
 
 import torch
-from torch.optim.lr_scheduler import MultiStepLR
 
 from famkd.config import TrainConfig
 from famkd.distill.base import Distiller
 
 
 def build_optimizer(distiller: Distiller, train_cfg: TrainConfig) -> torch.optim.SGD:
-    """SGD (momentum, weight decay, optional Nesterov) over the student's and the heads' parameters.
+    """SGD (momentum, weight decay, optional Nesterov) over the student's and the heads' trainable parameters.
 
     The frozen teacher is left out; weight decay applies to every trained parameter, as in the
     published CIFAR recipes. The fused kernel is used where the parameters' device has one (one
@@ -31,10 +38,64 @@ def build_optimizer(distiller: Distiller, train_cfg: TrainConfig) -> torch.optim
         return torch.optim.SGD(parameters, **options)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg: TrainConfig) -> MultiStepLR:
-    """Multiply the learning rate by `lr_decay` after each epoch listed in `lr_milestones`.
+def lr_factor(units_done: int, iterations_done: int, train_cfg: TrainConfig) -> float:
+    """The learning rate's factor for the next step: x lr_decay for each milestone <= `units_done` (the epochs
+    or iterations already completed), times the linear warm-up from warmup_factor over warmup_iters iterations
+    (Detectron2's WarmupMultiStepLR). With milestones [150, 180, 210] (epochs), epoch 151 is the first at 0.1x."""
+    warmup = 1.0
+    if iterations_done < train_cfg.warmup_iters:
+        alpha = iterations_done / train_cfg.warmup_iters
+        warmup = train_cfg.warmup_factor * (1 - alpha) + alpha
+    return warmup * train_cfg.lr_decay ** bisect.bisect_right(sorted(train_cfg.lr_milestones), units_done)
 
-    Stepped once per epoch, so epoch e (from 1) trains with lr * lr_decay ** (number of
-    milestones < e): with milestones [150, 180, 210], epoch 151 is the first at 0.1x.
+
+class Schedule:
+    """What is due after each step of a run of `train_cfg`, for `steps_per_epoch` batches per epoch.
+
+    In an epoch schedule the distillers' position is the epoch being trained (from 1) and a period is an
+    epoch; in an iteration schedule the position is the iteration (from 1), a period is a log interval
+    (cut short by an evaluation), and the data's epochs are numbered from 0 (Detectron2's order).
     """
-    return MultiStepLR(optimizer, milestones=list(train_cfg.lr_milestones), gamma=train_cfg.lr_decay)
+
+    def __init__(self, train_cfg: TrainConfig, steps_per_epoch: int):
+        self.cfg = train_cfg
+        self.by_epoch = train_cfg.epochs > 0
+        self.unit = "epoch" if self.by_epoch else "iteration"
+        self.total = train_cfg.epochs if self.by_epoch else train_cfg.iterations
+        self.steps_per_epoch = steps_per_epoch
+        self.first_epoch = 1 if self.by_epoch else 0
+
+    def done(self, epochs_completed: int, global_step: int) -> int:
+        """The units completed (epochs or iterations)."""
+        return epochs_completed if self.by_epoch else global_step
+
+    def finished(self, epochs_completed: int, global_step: int) -> bool:
+        return self.done(epochs_completed, global_step) >= self.total
+
+    def position(self, epochs_completed: int, global_step: int) -> int:
+        """The distillers' position of the next step: its epoch (from 1) or its iteration (from 1)."""
+        return epochs_completed + 1 if self.by_epoch else global_step + 1
+
+    def lr_factor(self, epochs_completed: int, global_step: int) -> float:
+        return lr_factor(self.done(epochs_completed, global_step), global_step, self.cfg)
+
+    def set_lr(self, optimizer: torch.optim.Optimizer, epochs_completed: int, global_step: int) -> None:
+        """Set the learning rate of the next step: train.lr times its factor."""
+        for group in optimizer.param_groups:
+            group["lr"] = self.cfg.lr * self.lr_factor(epochs_completed, global_step)
+
+    def eval_due(self, done: int) -> bool:
+        """Whether the unit just completed (`done` of them) ends with an evaluation."""
+        every = self.cfg.eval_every
+        return done == self.total or bool(every) and done % every == 0
+
+    def period_ends(self, global_step: int) -> bool:
+        """In an iteration schedule, whether the step just taken ends a log period (epoch schedules: at epoch end)."""
+        if self.by_epoch:
+            return False
+        return global_step % self.cfg.log_interval == 0 or self.eval_due(global_step)
+
+    def checkpoint_due(self, global_step: int) -> bool:
+        """Whether the step just taken is one of the `checkpoint_every` steps (ends of epochs save one anyway)."""
+        every = self.cfg.checkpoint_every
+        return bool(every) and global_step % every == 0

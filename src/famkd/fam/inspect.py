@@ -1,6 +1,6 @@
 """Spectra for looking at what FAM learns: the learned filter's magnitude and radially averaged power.
 
-Pure functions of modules and tensors, shared by the training log (famkd.engine.fam_log) and the
+Pure functions of modules and tensors, shared by the training log (famkd.classification.fam_log) and the
 commands that draw them (famkd inspect, famkd report).
 """
 

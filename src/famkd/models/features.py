@@ -29,9 +29,6 @@ class FeatureInfo:
     stages: tuple[StageInfo, ...]
     pooled_channels: int
 
-    def spatial_sizes(self, image_size: int) -> list[int]:
-        return [stage.spatial_size(image_size) for stage in self.stages]
-
     @property
     def channels(self) -> list[int]:
         return [stage.channels for stage in self.stages]

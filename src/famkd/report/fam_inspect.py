@@ -20,12 +20,12 @@ from torch import Tensor, nn
 from famkd.config import Config, config_from_dict
 from famkd.data import dataset_image_size
 from famkd.distill import Distiller, create_distiller, needs_teacher
-from famkd.engine.checkpoint import load_checkpoint
 from famkd.engine.run_dir import RunDir
 from famkd.errors import FamkdError
 from famkd.fam import fam_heads, filter_spectrum
 from famkd.models import create_model
 from famkd.report.figures import filter_figure, masks_figure, pyplot, write_png
+from famkd.weights import load_checkpoint
 
 
 def gamma_rows(distiller: nn.Module) -> list[dict[str, Any]]:
@@ -68,7 +68,7 @@ def build_distiller(cfg: Config, num_classes: int) -> Distiller:
     student = create_model(cfg.student, num_classes=num_classes)
     teacher = create_model(cfg.teacher.name, num_classes=num_classes) if needs_teacher(cfg.method) else None
     return create_distiller(
-        cfg.method, student=student, teacher=teacher, image_size=dataset_image_size(cfg.data), **cfg.distill
+        cfg.method, student=student, teacher=teacher, image_size=dataset_image_size(cfg.data) or 0, **cfg.distill
     )
 
 

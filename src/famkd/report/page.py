@@ -12,7 +12,7 @@ has no scripts and no external files, so it opens offline. It shows:
   from its config.yaml); for FAM runs gamma1/gamma2 per head laid out as the supplement's Tables A.3/A.4
   with their trajectory over the epochs, the effective filter of each head (mean |K_eff|, DC at the
   centre) beside its mask, the feature power spectra of the teacher, the student and the FAM output
-  (from the latest spectra file, famkd.engine.fam_log), and the three high-pass masks at each head's side.
+  (from the latest spectra file, famkd.classification.fam_log), and the three high-pass masks at each head's side.
 
 Gammas and filters come from checkpoints/last.pt, or from the logs when the run has no checkpoint; what a
 run cannot show (no epoch yet, no checkpoint, no FAM) is said on the page (famkd.report.run_view).

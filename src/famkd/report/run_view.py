@@ -17,14 +17,14 @@ import torch
 import yaml
 from torch import Tensor
 
+from famkd.classification.fam_log import SpectraSnapshot, read_spectra, spectra_epochs
 from famkd.config import Config, config_from_dict
 from famkd.distill import Distiller
-from famkd.engine.checkpoint import load_checkpoint
-from famkd.engine.fam_log import SpectraSnapshot, read_spectra, spectra_epochs
 from famkd.engine.run_dir import CONFIG_FILE, LAST_CHECKPOINT, METRICS_FILE, SUMMARY_FILE, RunDir
 from famkd.errors import FamkdError
 from famkd.fam import fam_heads, filter_spectrum, highpass_mask
 from famkd.report.fam_inspect import build_distiller, distiller_from_state
+from famkd.weights import load_checkpoint
 
 RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, LAST_CHECKPOINT)
 FAM_METHODS_HINT = "fam_kd, fam_kd_l2l or fam_reviewkd"
@@ -221,7 +221,7 @@ def run_distiller(view: RunView, checkpoint: dict[str, Any] | None, path: Path) 
 
 def checkpoint_epoch_text(checkpoint: dict[str, Any]) -> str:
     """ "epoch 3", or "epoch 4, stopped after step 12" for a mid-epoch checkpoint."""
-    partial = checkpoint.get("partial_epoch")
+    partial = checkpoint.get("partial_period")
     if isinstance(partial, dict) and "epoch" in partial:
         return f"epoch {partial['epoch']}, stopped after step {partial.get('steps_done', '?')}"
     return f"epoch {checkpoint.get('epoch', '?')}"

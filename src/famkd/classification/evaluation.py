@@ -12,13 +12,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from famkd.config import DataConfig, config_from_dict
-from famkd.data import build_datasets, build_loader
-from famkd.engine.checkpoint import load_checkpoint
+from famkd.config import config_from_dict
+from famkd.data import LoaderSettings, build_datasets, build_loader, data_options
 from famkd.engine.device import resolve_device
 from famkd.engine.distributed import all_reduce_sum
 from famkd.engine.run_dir import RunDir
-from famkd.engine.teacher import model_from_checkpoint
+from famkd.weights import load_checkpoint, model_from_checkpoint
 
 
 def topk_correct(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> Tensor:
@@ -92,14 +91,13 @@ def evaluate_checkpoint(
     checkpoint = load_checkpoint(checkpoint_path)
     if isinstance(checkpoint.get("config"), dict):
         data_cfg = config_from_dict(checkpoint["config"]).data
-        data_cfg.train_per_class = 0
         if data_root:
             data_cfg.root = data_root
     else:
-        data_cfg = DataConfig(root=data_root)
+        data_cfg = data_options("cifar100", root=data_root)
     _, test_set = build_datasets(data_cfg)
     model, arch = model_from_checkpoint(checkpoint, checkpoint_path, model_name, test_set.num_classes)
     target = resolve_device(device)
-    loader = build_loader(test_set, data_cfg, batch_size, train=False, device=target)
+    loader = build_loader(test_set, data_cfg, batch_size, False, LoaderSettings(device=target))
     result = evaluate(model.to(target), loader, description="test")
     return {**result, "arch": arch, "checkpoint": str(checkpoint_path), "data": test_set.description}

@@ -19,9 +19,10 @@ from torch import Tensor
 
 from famkd.config import Config
 from famkd.distill import Distiller
-from famkd.engine.checkpoint import load_checkpoint, save_checkpoint
+from famkd.engine.checkpoint import save_checkpoint
 from famkd.engine.run_dir import RunDir
 from famkd.fam import FrequencyAttention, fam_heads, filter_spectrum, radial_power_spectrum
+from famkd.weights import load_checkpoint
 
 SPECTRA_DIR = "spectra"
 SPECTRA_IMAGES = 64  # the fixed batch: the first test images (fewer when the first test batch is smaller)

@@ -1,0 +1,173 @@
+"""Classification as the engine sees it (famkd.engine.task): data, distiller, step arguments, metrics, summary."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from famkd.classification.evaluation import evaluate
+from famkd.classification.fam_log import fam_epoch_log
+from famkd.config import Config, config_with_overrides
+from famkd.data import LoaderSettings, build_datasets, build_loader, dataset_image_size
+from famkd.distill import Distiller, create_distiller, needs_teacher
+from famkd.distill.registry import distiller_class
+from famkd.engine.distributed import Processes
+from famkd.engine.progress import RunState
+from famkd.engine.run_dir import RunDir, timestamped_run_dir
+from famkd.engine.task import Autocast, TaskData
+from famkd.engine.trainer import StepHook
+from famkd.engine.trainer import train as train_task
+from famkd.errors import FamkdError
+from famkd.models import create_model
+from famkd.weights import TORCHVISION_PREFIX, load_teacher_and_name
+
+COMMUNITY_TEACHERS_URL = "https://github.com/megvii-research/mdistiller/releases/tag/checkpoints"
+
+
+class ClassificationTask:
+    """Images and labels; the distiller's outputs are the student's logits; top-1 is the main metric."""
+
+    name = "classification"
+    command = "famkd train"
+    main_metric = "test_acc"
+    loss_dtype = torch.float32
+
+    def config_with_overrides(self, values: dict, overrides: Iterable[str]) -> Config:
+        return config_with_overrides(values, overrides)
+
+    def default_run_dir(self, cfg: Config) -> str:
+        """runs/<method>/<teacher>_<student>-<timestamp> (runs/vanilla/<student>-<timestamp> for teachers)."""
+        distils = needs_teacher(cfg.method) and cfg.teacher.name
+        return timestamped_run_dir(cfg.method, f"{cfg.teacher.name}_{cfg.student}" if distils else cfg.student)
+
+    def check(self, cfg: Config) -> None:
+        if needs_teacher(cfg.method) and not cfg.teacher.checkpoint:
+            raise FamkdError(missing_teacher_message(cfg))
+
+    def build_data(self, cfg: Config, processes: Processes, device: torch.device) -> TaskData:
+        train_set, test_set = build_datasets(cfg.data)
+        settings = LoaderSettings(
+            seed=cfg.run.seed,
+            device=device,
+            channels_last=cfg.train.channels_last,
+            num_replicas=processes.world_size,
+            rank=processes.rank,
+        )
+        with_indices = distiller_class(cfg.method).needs_sample_indices
+        batch = processes.batch_share(cfg.train.batch_size)
+        train_settings = LoaderSettings(
+            **{**vars(settings), "with_indices": with_indices, "max_steps": cfg.train.max_steps_per_epoch}
+        )
+        train_loader = build_loader(train_set, cfg.data, batch, True, train_settings)
+        if len(train_loader) == 0:
+            raise FamkdError(
+                f"no full training batch: {len(train_set.labels)} training images, "
+                f"train.batch_size={cfg.train.batch_size}; lower train.batch_size or use more data"
+            )
+        test_loader = build_loader(test_set, cfg.data, cfg.train.eval_batch_size, False, settings)
+        lines = [f"train data: {train_set.description}", f"test data: {test_set.description}"]
+        return TaskData(train_loader, test_loader, train_set, lines, train_set.description)
+
+    def build_distiller(self, cfg: Config, data: TaskData, resumed: bool) -> Distiller:
+        num_classes = data.train_set.num_classes
+        student = create_model(cfg.student, num_classes=num_classes)
+        teacher = None
+        if needs_teacher(cfg.method):
+            teacher, cfg.teacher.name = load_teacher_and_name(cfg.teacher, num_classes)
+        return create_distiller(
+            cfg.method,
+            student=student,
+            teacher=teacher,
+            image_size=dataset_image_size(cfg.data) or 0,
+            num_samples=len(data.train_set),
+            labels=data.train_set.labels,
+            **cfg.distill,
+        )
+
+    def step_arguments(self, batch: tuple[Tensor, ...], position: int) -> tuple[tuple[Any, ...], int]:
+        images, labels, *indices = batch
+        return (images, labels, position, *indices), labels.shape[0]
+
+    def train_counts(self, outputs: Tensor, batch: tuple[Tensor, ...]) -> dict[str, Tensor]:
+        return {"correct": (outputs.detach().argmax(dim=1) == batch[1]).sum()}
+
+    def train_metrics(self, counts: dict[str, float], images: float) -> dict[str, float]:
+        return {"train_acc": 100.0 * counts["correct"] / images}
+
+    def evaluate(self, cfg: Config, distiller: Distiller, data: TaskData, autocast: Autocast) -> dict[str, Any]:
+        result = evaluate(distiller.student, data.eval_source, autocast, description="test")
+        return {
+            "test_acc": result["top1"],
+            "test_top5": result["top5"],
+            "test_loss": result["loss"],
+            "test_images": result["images"],
+        }
+
+    def evaluate_teacher(
+        self, cfg: Config, distiller: Distiller, data: TaskData, autocast: Autocast, say: Callable[[str], None]
+    ) -> dict[str, Any]:
+        test_images = len(data.eval_source.dataset)
+        say(f"measuring the teacher's test accuracy on {test_images} images before training ...")
+        result = evaluate(distiller.teacher, data.eval_source, autocast, description="teacher test")
+        top1, top5 = result["top1"], result["top5"]
+        say(f"teacher test accuracy: top-1 {top1:.2f}%, top-5 {top5:.2f}% ({result['images']} images)")
+        return {"top1": result["top1"], "top5": result["top5"]}
+
+    def metric_text(self, record: dict[str, Any]) -> str:
+        text = f"train {record['train_acc']:.2f}%  "
+        if "test_acc" in record:
+            text += f"test {record['test_acc']:.2f}% (top-5 {record['test_top5']:.2f}%)  "
+        return text
+
+    def epoch_extras(
+        self, cfg: Config, distiller: Distiller, data: TaskData, run_dir: RunDir, epoch: int, main: bool
+    ) -> dict[str, Any]:
+        return fam_epoch_log(distiller, data.eval_source, run_dir, cfg, epoch, main)
+
+    def summary(self, cfg: Config, state: RunState, data: TaskData) -> dict[str, Any]:
+        teacher = state.teacher_eval or {}
+        return {
+            "best_acc": state.best,
+            "last_acc": state.last_eval.get("test_acc"),
+            "best_epoch": state.best_at or None,
+            "epochs_completed": state.epoch,
+            "epochs": cfg.train.epochs,
+            "teacher_acc": teacher.get("top1"),
+            "dataset": data.description,
+        }
+
+
+TASK = ClassificationTask()
+
+
+def train(
+    cfg: Config | None,
+    resume_dir: str | os.PathLike | None = None,
+    *,
+    overrides: Iterable[str] = (),
+    on_step: StepHook | None = None,
+) -> dict[str, Any]:
+    """Train `cfg` (or resume the run in `resume_dir`) through the engine; returns the run summary."""
+    return train_task(TASK, cfg, resume_dir, overrides=overrides, on_step=on_step)
+
+
+def missing_teacher_message(cfg: Config) -> str:
+    """What to pass as teacher.checkpoint, for the run's dataset."""
+    teacher = cfg.teacher.name or "<teacher>"
+    head = f"method {cfg.method!r} distils from a teacher, but teacher.checkpoint is not set"
+    if cfg.data.dataset != "cifar100":
+        return (
+            f"{head}: pass teacher.checkpoint=PATH, a state dict of a {teacher} trained on {cfg.data.dataset} (a famkd "
+            f"run's student_best.pt, or a torchvision file), or a torchvision weights entry such as "
+            f"{TORCHVISION_PREFIX}ResNet34_Weights.IMAGENET1K_V1"
+        )
+    return (
+        f"{head}. Train one with `famkd train configs/cifar100/vanilla/{teacher}.yaml` and pass "
+        f"teacher.checkpoint=<its run dir>/student_best.pt, or use a community CIFAR-100 teacher: "
+        f"cifar_teachers.tar of the RepDistiller/mdistiller zoo ({COMMUNITY_TEACHERS_URL}), "
+        f"e.g. teacher.checkpoint=cifar_teachers/{teacher}_vanilla/ckpt_epoch_240.pth"
+    )
