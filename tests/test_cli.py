@@ -418,3 +418,33 @@ def test_resume_reads_the_run_checkpoint_once(fam_kd_run, tmp_path, monkeypatch)
     assert main(["train", "--resume", str(run_dir), "train.epochs=3"]) == 0
     assert reads.count(run_dir / "checkpoints" / "last.pt") == 1
     assert [r["epoch"] for r in read_metrics(run_dir)] == [1, 2, 3]
+
+
+def test_each_record_logs_the_weight_a_warm_up_gives_its_term(fam_kd_run):
+    """weight_fam_kd = loss_weight * min(epoch / warmup_epochs, 1), as the term was scaled in that epoch."""
+    options = yaml.safe_load((fam_kd_run / "config.yaml").read_text())["distill"]
+    expected = [options["loss_weight"] * min(epoch / options["warmup_epochs"], 1) for epoch in (1, 2)]
+    assert options["warmup_epochs"] > 2  # the weight is still ramping
+    assert [record["weight_fam_kd"] for record in read_metrics(fam_kd_run)] == pytest.approx(expected, rel=1e-12)
+
+
+def test_relative_paths_are_recorded_absolute_so_the_run_works_from_anywhere(data_roots, tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    shutil.copytree(data_roots["npy"], work / "data")
+    monkeypatch.chdir(work)
+    assert main(["train", *SHORT_RUN, "data.root=data", "run.dir=runs/rel", "run.tensorboard=false"]) == 0
+    saved = yaml.safe_load((work / "runs" / "rel" / "config.yaml").read_text())
+    assert saved["data"]["root"] == str(work / "data") and saved["run"]["dir"] == str(work / "runs" / "rel")
+    monkeypatch.chdir(tmp_path)  # elsewhere: eval and resume find the data and the run
+    assert main(["eval", str(work / "runs" / "rel"), "--device", "cpu"]) == 0
+    assert main(["train", "--resume", str(work / "runs" / "rel"), "train.epochs=3"]) == 0
+
+
+def test_print_config_may_stand_between_the_config_and_the_overrides(tmp_path, capsys):
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("student: resnet8\n")
+    assert main(["train", str(config_file), "--print-config", "train.epochs=7", "train.weight_decay=5e-4"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["train"]["epochs"] == 7 and printed["train"]["weight_decay"] == 5e-4
+    with pytest.raises(SystemExit):  # not an override: argparse's error, exit status 2
+        main(["train", str(config_file), "--print-config", "stray"])

@@ -313,3 +313,20 @@ def test_unknown_model_names_fail_when_the_config_loads():
         load_config(None, ["student=resnet9"])
     with pytest.raises(ConfigError, match="teacher.name: unknown model 'resnet5' "):
         load_config(None, ["method=kd", "teacher.name=resnet5"])
+
+
+def test_numbers_yaml_1_1_reads_as_strings_are_numbers(tmp_path):
+    """YAML 1.1 reads 5e-4 and 1.0e9 (no dot, or no sign in the exponent) as strings; famkd takes them as numbers."""
+    cfg = load_config(None, ["train.weight_decay=5e-4", "train.lr=1.0e9", "train.momentum=1e-1"])
+    assert (cfg.train.weight_decay, cfg.train.lr, cfg.train.momentum) == (5e-4, 1e9, 0.1)
+    path = write(tmp_path / "c.yaml", "train:\n  weight_decay: 5e-4\n")
+    assert load_config(path).train.weight_decay == 5e-4
+    with pytest.raises(ConfigError, match="train.lr must be a number, got 'fast'"):
+        load_config(None, ["train.lr=fast"])
+
+
+def test_settings_that_contradict_the_data_are_refused():
+    with pytest.raises(ConfigError, match="data.crop_size=224 exceeds data.resize_size=40"):
+        load_config(None, ["data.dataset=imagenet", "data.crop_size=224", "data.resize_size=40"])
+    with pytest.raises(ConfigError, match="set exactly one of train.epochs and train.iterations"):
+        load_config(None, ["train.iterations=100"])

@@ -683,3 +683,11 @@ def test_loader_with_indices_yields_each_images_position_in_the_dataset():
         assert torch.equal(images, plain_images)
     evaluation = list(BatchLoader(dataset, 16, train=False, with_indices=True))
     assert torch.equal(torch.cat([indices for _, _, indices in evaluation]), torch.arange(len(dataset)))
+
+
+def test_more_training_images_per_class_than_a_class_holds_is_refused(tiny_cifar_npy: Path) -> None:
+    train, _ = load(tiny_cifar_npy)
+    largest = int(torch.bincount(train.labels).max())
+    assert len(load(tiny_cifar_npy, train_per_class=largest)[0]) == len(train)
+    with pytest.raises(ConfigError, match=f"data.train_per_class={largest + 1} but the largest class has {largest}"):
+        load(tiny_cifar_npy, train_per_class=largest + 1)

@@ -68,17 +68,13 @@ def run_train(args: argparse.Namespace) -> int:
         if args.print_config:
             print(dump_settings(resume_point(TASK, args.resume, overrides)[0]), end="")
             return 0
-        summary = train(None, resume_dir=args.resume, overrides=overrides)
+        train(None, resume_dir=args.resume, overrides=overrides)
     else:
         cfg = load_config(config_path, overrides)  # checks every key and method option before any data is read
         if args.print_config:
             print(dump_settings(cfg), end="")
             return 0
-        summary = train(cfg)
-    print(
-        f"done: best top-1 {summary['best_acc']:.2f}% (epoch {summary['best_epoch']}), "
-        f"last {summary['last_acc']:.2f}%, {summary['wall_time_s']:.0f} s; run dir {summary['run_dir']}"
-    )
+        train(cfg)  # process 0 prints the final line
     return 0
 
 
@@ -180,7 +176,12 @@ default_showwarning = warnings.showwarning
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     chosen = next((item for item in argv if not item.startswith("-")), None)
-    args = build_parser(chosen).parse_args(argv)
+    parser = build_parser(chosen)
+    args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "items", None), list) and all("=" in item for item in extra):
+        args.items += extra  # overrides after an option, e.g. CONFIG --print-config key=value
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from famkd.engine.host_memory import retain_freed_memory
 
     retain_freed_memory()

@@ -18,7 +18,7 @@ from famkd.distill.registry import distiller_class
 from famkd.engine.distributed import Processes
 from famkd.engine.progress import RunState
 from famkd.engine.run_dir import RunDir, timestamped_run_dir
-from famkd.engine.task import Autocast, TaskData
+from famkd.engine.task import Autocast, Task, TaskData
 from famkd.engine.trainer import StepHook
 from famkd.engine.trainer import train as train_task
 from famkd.errors import FamkdError
@@ -28,13 +28,12 @@ from famkd.weights import TORCHVISION_PREFIX, load_teacher_and_name
 COMMUNITY_TEACHERS_URL = "https://github.com/megvii-research/mdistiller/releases/tag/checkpoints"
 
 
-class ClassificationTask:
+class ClassificationTask(Task):
     """Images and labels; the distiller's outputs are the student's logits; top-1 is the main metric."""
 
     name = "classification"
     command = "famkd train"
     main_metric = "test_acc"
-    loss_dtype = torch.float32
 
     def config_with_overrides(self, values: dict, overrides: Iterable[str]) -> Config:
         return config_with_overrides(values, overrides)
@@ -139,6 +138,12 @@ class ClassificationTask:
             "teacher_acc": teacher.get("top1"),
             "dataset": data.description,
         }
+
+    def done_line(self, summary: dict[str, Any]) -> str:
+        return (
+            f"done: best top-1 {summary['best_acc']:.2f}% (epoch {summary['best_epoch']}), "
+            f"last {summary['last_acc']:.2f}%, {summary['wall_time_s']:.0f} s; run dir {summary['run_dir']}"
+        )
 
 
 TASK = ClassificationTask()

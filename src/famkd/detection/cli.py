@@ -35,10 +35,10 @@ def run(args: argparse.Namespace) -> int:
     from famkd.detection.evaluation import METRICS
 
     if args.action == "train":
-        summary = run_train(args.items, args.resume)
+        run_train(args.items, args.resume)  # process 0 prints the final line
     else:
         summary = run_eval(Path(args.checkpoint), args.data, args.batch_size, args.device)
-    print(json.dumps({name: summary[name] for name in METRICS}))
+        print(json.dumps({name: summary[name] for name in METRICS}))
     return 0
 
 

@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, cast
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
 from tqdm import tqdm
 
 from famkd.data import LoaderSettings, build_datasets, build_loader
@@ -40,7 +39,7 @@ from famkd.distill import Distiller, create_distiller, needs_teacher
 from famkd.engine.distributed import Processes
 from famkd.engine.progress import RunState
 from famkd.engine.run_dir import timestamped_run_dir
-from famkd.engine.task import Autocast, TaskData
+from famkd.engine.task import Autocast, Task, TaskData
 from famkd.engine.trainer import StepHook
 from famkd.engine.trainer import train as train_task
 from famkd.errors import FamkdError
@@ -71,7 +70,7 @@ def evaluate_detector(
     return evaluate_detections(dataset.coco, detections)
 
 
-class DetectionTask:
+class DetectionTask(Task):
     """Lists of images and targets; the distiller's outputs are None (no training metric); AP is the main metric."""
 
     name = TASK_NAME
@@ -86,9 +85,6 @@ class DetectionTask:
         """runs/detection/<method>/<teacher>_<student>-<timestamp> (without a teacher: <student>-<timestamp>)."""
         pair = f"{cfg.teacher.name}_{cfg.student}" if needs_teacher(cfg.method, TASK_NAME) else cfg.student
         return timestamped_run_dir("detection", cfg.method, pair)
-
-    def check(self, cfg: DetectionConfig) -> None:
-        """The config has checked the teacher settings when it loaded."""
 
     def build_data(self, cfg: DetectionConfig, processes: Processes, device: torch.device) -> TaskData:
         train_set, val_set = build_datasets(cfg.data)
@@ -123,12 +119,6 @@ class DetectionTask:
         images, targets = batch
         return (images, targets, position), len(images)
 
-    def train_counts(self, outputs: None, batch: Batch) -> dict[str, Tensor]:
-        return {}
-
-    def train_metrics(self, counts: dict[str, float], images: float) -> dict[str, float]:
-        return {}
-
     def evaluate(self, cfg: DetectionConfig, distiller: Distiller, data: TaskData, autocast: Autocast) -> dict:
         """COCO AP of the student on the whole val split, the images shared out between the processes."""
         processes, workers = data.processes, cast(CocoOptions, cfg.data).workers
@@ -142,16 +132,8 @@ class DetectionTask:
         )
         return {name: finite_or_none(value) for name, value in metrics.items()}
 
-    def evaluate_teacher(
-        self, cfg: DetectionConfig, distiller: Distiller, data: TaskData, autocast: Autocast, say: Callable
-    ) -> None:
-        return None
-
     def metric_text(self, record: dict[str, Any]) -> str:
         return "".join(f"{name} {record[name]}  " for name in METRICS if name in record)
-
-    def epoch_extras(self, *args: Any) -> dict[str, Any]:
-        return {}
 
     def summary(self, cfg: DetectionConfig, state: RunState, data: TaskData) -> dict[str, Any]:
         return {
@@ -162,6 +144,10 @@ class DetectionTask:
             **{name: state.last_eval.get(name) for name in METRICS},
             "data": data.description,
         }
+
+    def done_line(self, summary: dict[str, Any]) -> str:
+        metrics = ", ".join(f"{name} {summary[name]}" for name in METRICS)
+        return f"done: {metrics} at iteration {summary['iteration']}; run dir {summary['run_dir']}"
 
 
 TASK = DetectionTask()

@@ -156,7 +156,9 @@ class Trainer:
                 self._evaluate_teacher()
             with StopRequest() as stop:
                 self._train(stop)
-            return self._finish("completed")
+            summary = self._finish("completed")
+            self._say(self.task.done_line(summary))
+            return summary
         except NonFiniteLossError as error:
             self._finish("failed", str(error))
             raise
