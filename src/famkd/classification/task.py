@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 import torch
@@ -19,7 +19,6 @@ from famkd.engine.distributed import Processes
 from famkd.engine.progress import RunState
 from famkd.engine.run_dir import RunDir, timestamped_run_dir
 from famkd.engine.task import Autocast, Task, TaskData
-from famkd.engine.trainer import StepHook
 from famkd.engine.trainer import train as train_task
 from famkd.errors import FamkdError
 from famkd.models import create_model
@@ -147,17 +146,7 @@ class ClassificationTask(Task):
 
 
 TASK = ClassificationTask()
-
-
-def train(
-    cfg: Config | None,
-    resume_dir: str | os.PathLike | None = None,
-    *,
-    overrides: Iterable[str] = (),
-    on_step: StepHook | None = None,
-) -> dict[str, Any]:
-    """Train `cfg` (or resume the run in `resume_dir`) through the engine; returns the run summary."""
-    return train_task(TASK, cfg, resume_dir, overrides=overrides, on_step=on_step)
+train = partial(train_task, TASK)  # train(cfg | None, resume_dir=None, *, overrides=(), on_step=None) -> summary
 
 
 def missing_teacher_message(cfg: Config) -> str:

@@ -49,13 +49,13 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler
 from torchvision import transforms
 from torchvision.datasets.folder import default_loader
 
 from famkd.data.datasets import DataFormatError, DataNotFoundError
 from famkd.data.registry import DataOptions, DatasetEntry, register_dataset
-from famkd.data.sampling import LoaderSettings, SkipFirst, check_loader_settings, replica_and_rank, worker_generator
+from famkd.data.sampling import LoaderSettings, SkipFirst, check_loader_settings, replica_and_rank, worker_data_loader
 from famkd.errors import ConfigError, shown
 from famkd.settings import setting
 
@@ -335,16 +335,16 @@ class ImageNetLoader:
         )
         self.drop_last = train if drop_last is None else drop_last
         self.resumed = SkipFirst(self.sampler)  # the epoch's samples from the first batch not yet taken
-        self.loader = DataLoader(
+        self.loader = worker_data_loader(
             dataset,
+            workers=workers,
+            device=self.device,
+            seed=seed,
+            rank=rank,
             batch_size=batch_size,
             sampler=self.resumed,
-            num_workers=workers,
-            collate_fn=collate_samples,
-            pin_memory=self.device.type == "cuda",
             drop_last=self.drop_last,
-            persistent_workers=workers > 0,
-            generator=worker_generator(seed, rank),
+            collate_fn=collate_samples,
         )
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sized
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 @dataclass(frozen=True)
@@ -53,10 +53,19 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(mixed))
 
 
-def worker_generator(seed: int, rank: int) -> torch.Generator:
-    """The generator a DataLoader of process `rank` draws its workers' base seeds from: each iterator draws one,
-    and the global generator, which training draws from (and a resumed run restores), stays untouched."""
-    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, rank]).generate_state(1)[0]))
+def worker_data_loader(
+    dataset: Dataset, *, workers: int, device: torch.device, seed: int, rank: int, **batching: Any
+) -> DataLoader:
+    """A DataLoader that decodes in `workers` processes (kept across epochs), into pinned memory for CUDA.
+
+    Each of its iterators draws the workers' base seed from a generator of (seed, rank): the global generator,
+    which training draws from (and a resumed run restores), stays untouched. `batching`: the DataLoader's
+    sampler or batch sampler, batch size, drop_last and collate_fn."""
+    generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, rank]).generate_state(1)[0]))
+    persistent, pinned = workers > 0, device.type == "cuda"
+    return DataLoader(
+        dataset, num_workers=workers, pin_memory=pinned, persistent_workers=persistent, generator=generator, **batching
+    )
 
 
 class SampleKey(NamedTuple):

@@ -59,7 +59,7 @@ def run_train(items: list[str], resume: str) -> dict:
     from famkd.detection.task import train_detection
 
     if resume:
-        return train_detection(None, resume, tuple(items))
+        return train_detection(None, resume, overrides=items)
     if not items or "=" in items[0]:
         raise FamkdError(
             "famkd detect train needs a config file first, e.g. configs/coco/fam_kd/resnet101_resnet18.yaml"

@@ -70,11 +70,11 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from pycocotools.coco import COCO
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
 from famkd.data.datasets import DataFormatError, DataNotFoundError
 from famkd.data.registry import DataOptions, DatasetEntry, register_dataset
-from famkd.data.sampling import LoaderSettings, SampleKey, check_loader_settings, replica_and_rank, worker_generator
+from famkd.data.sampling import LoaderSettings, SampleKey, check_loader_settings, replica_and_rank, worker_data_loader
 from famkd.errors import ConfigError, shown
 from famkd.settings import setting
 
@@ -441,14 +441,14 @@ class CocoLoader:
             num_replicas=num_replicas,
             rank=rank,
         )
-        self.loader = DataLoader(
+        self.loader = worker_data_loader(
             dataset,
+            workers=workers,
+            device=self.device,
+            seed=seed,
+            rank=rank,
             batch_sampler=KeyedBatches(self.batch_sampler),
-            num_workers=workers,
             collate_fn=collate_detections,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=workers > 0,
-            generator=worker_generator(seed, rank),
         )
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:

@@ -239,8 +239,3 @@ def teacher_class_logits(
     box_features = heads.box_head(heads.box_roi_pool(features, proposals, image_sizes))
     class_logits, _ = heads.box_predictor(box_features)
     return class_logits
-
-
-def count_parameters(module: nn.Module) -> int:
-    """The number of parameters of `module`."""
-    return sum(parameter.numel() for parameter in module.parameters())

@@ -21,8 +21,8 @@ scores them all at once.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable
+from functools import partial
 from typing import Any, cast
 
 import torch
@@ -40,7 +40,6 @@ from famkd.engine.distributed import Processes
 from famkd.engine.progress import RunState
 from famkd.engine.run_dir import timestamped_run_dir
 from famkd.engine.task import Autocast, Task, TaskData
-from famkd.engine.trainer import StepHook
 from famkd.engine.trainer import train as train_task
 from famkd.errors import FamkdError
 from famkd.weights import verify_sha256
@@ -151,13 +150,4 @@ class DetectionTask(Task):
 
 
 TASK = DetectionTask()
-
-
-def train_detection(
-    cfg: DetectionConfig | None,
-    resume_dir: str | os.PathLike | None = None,
-    overrides: Iterable[str] = (),
-    on_step: StepHook | None = None,
-) -> dict[str, Any]:
-    """Train `cfg`, or resume the run in `resume_dir` (its saved config with `overrides`); returns the summary."""
-    return train_task(TASK, cfg, resume_dir, overrides=overrides, on_step=on_step)
+train_detection = partial(train_task, TASK)  # (cfg | None, resume_dir=None, *, overrides=(), on_step=None) -> summary
