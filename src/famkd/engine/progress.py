@@ -163,15 +163,16 @@ class RunState:
         return cls(**{field.name: checkpoint[field.name] for field in dataclasses.fields(cls)})
 
 
-def timed_batches(batches: Iterator[Any], progress: PeriodProgress) -> Iterator[Any]:
-    """Yield from `batches`, adding the time spent waiting for each batch to progress.wait_s."""
+def timed_batches(batches: Iterator[Any], progress: Callable[[], PeriodProgress]) -> Iterator[Any]:
+    """Yield from `batches`, adding the time spent waiting for each batch to the wait_s of `progress()` (the
+    period the batch belongs to)."""
     while True:
         start = time.perf_counter()
         try:
             batch = next(batches)
         except StopIteration:
             return
-        progress.wait_s += time.perf_counter() - start
+        progress().wait_s += time.perf_counter() - start
         yield batch
 
 

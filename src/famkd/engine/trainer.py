@@ -224,7 +224,7 @@ class Trainer:
         state, schedule = self.state, self.schedule
         display = self._display()
         try:
-            for batch in timed_batches(iter(self.data.train_loader), self._progress()):
+            for batch in timed_batches(iter(self.data.train_loader), self._progress):
                 self._step(batch)
                 display.step()
                 if state.global_step % self.cfg.train.log_interval == 0:
