@@ -10,6 +10,8 @@
     famkd sweep CONFIG --seeds 0,1,2 [key=value ...]      (famkd.sweep)
     famkd report RUN_DIR [RUN_DIR ...] --out DIR          (famkd.report.page)
     famkd detect train|eval ...                           (famkd.detection.cli)
+    famkd export RUN_DIR --format onnx|torchscript|safetensors  (famkd.deploy.export)
+    famkd predict MODEL IMAGE_OR_FOLDER... [--top-k 5]    (famkd.deploy.predict)
 
 Subcommands living in other modules provide `add_arguments(parser)` and `run(args) -> int`;
 they are imported only when chosen, so `famkd --help` stays fast. Every command first has malloc
@@ -41,6 +43,8 @@ MODULE_COMMANDS = {
     "sweep": ("famkd.sweep", "train one config over several seeds (restartable), then show the results table"),
     "report": ("famkd.report.page", "a web page of one or several runs: curves, gammas, FAM filters and spectra"),
     "detect": ("famkd.detection.cli", "train and evaluate Faster R-CNN students on MS-COCO (famkd detect train|eval)"),
+    "export": ("famkd.deploy.export", "write a run's student as ONNX, TorchScript or safetensors, checked against it"),
+    "predict": ("famkd.deploy.predict", "the top-k classes of image files with a run's or an exported student"),
 }
 
 

@@ -138,6 +138,20 @@ class ClassificationTask(Task):
             "dataset": data.description,
         }
 
+    def student_card(self, cfg: Config, train_set: Any) -> dict[str, Any]:
+        return {
+            "task": self.name,
+            "arch": cfg.student,
+            "num_classes": train_set.num_classes,
+            "class_names": list(train_set.class_names),
+            "input_size": dataset_image_size(cfg.data),
+            "resize": getattr(cfg.data, "resize_size", None),  # ImageNet-style: shorter side, then a centre crop
+            "channel_order": "RGB",
+            "mean": list(train_set.mean),  # of pixel / 255
+            "std": list(train_set.std),
+            "dataset": cfg.data.dataset,
+        }
+
     def done_line(self, summary: dict[str, Any]) -> str:
         return (
             f"done: best top-1 {summary['best_acc']:.2f}% (epoch {summary['best_epoch']}), "

@@ -102,9 +102,15 @@ class ImageFolderSplit(Dataset[Sample]):
         self.image_size = image_size
         self.description = description
 
+    mean, std = IMAGENET_MEAN, IMAGENET_STD  # the normalisation the transforms apply, of pixel / 255
+
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.classes
 
     @property
     def labels(self) -> Tensor:

@@ -144,6 +144,20 @@ class DetectionTask(Task):
             "data": data.description,
         }
 
+    def student_card(self, cfg: DetectionConfig, train_set: CocoDetection) -> dict[str, Any]:
+        categories, coco = train_set.categories, cast(CocoOptions, cfg.data)
+        return {
+            "task": self.name,
+            "arch": cfg.student,
+            "num_classes": categories.num_classes,
+            "class_names": ["background", *categories.names],  # label 0, then labels 1..C
+            "category_ids": [0, *categories.ids],
+            "min_size": coco.min_size,  # the model resizes RGB images in [0, 1] of any size itself
+            "max_size": coco.max_size,
+            "channel_order": "RGB",
+            "dataset": cfg.data.dataset,
+        }
+
     def done_line(self, summary: dict[str, Any]) -> str:
         metrics = ", ".join(f"{name} {summary[name]}" for name in METRICS)
         return f"done: {metrics} at iteration {summary['iteration']}; run dir {summary['run_dir']}"

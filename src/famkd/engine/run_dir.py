@@ -1,6 +1,8 @@
 """The layout of a run folder: one object that knows where each file of a run lives.
 
 config.yaml                 the merged config, every method option included
+student.json                what running the student needs: architecture, classes and their names,
+                            input size, normalisation (famkd.deploy reads it)
 metrics.jsonl               one record per epoch or log interval (see famkd.engine.run_log)
 summary.json                status, best/last metrics, progress, wall time, parameter counts
 tensorboard/                TensorBoard scalars (when run.tensorboard)
@@ -25,6 +27,7 @@ from typing import Any
 from famkd.files import write_text_atomic
 
 CONFIG_FILE = "config.yaml"
+STUDENT_CARD = "student.json"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 TENSORBOARD_DIR = "tensorboard"
@@ -46,6 +49,10 @@ class RunDir:
     @property
     def config_file(self) -> Path:
         return self.path / CONFIG_FILE
+
+    @property
+    def student_card(self) -> Path:
+        return self.path / STUDENT_CARD
 
     @property
     def metrics_file(self) -> Path:

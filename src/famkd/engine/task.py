@@ -102,6 +102,11 @@ class Task:
         """The task's fields of summary.json."""
         raise NotImplementedError
 
+    def student_card(self, cfg: Any, train_set: Any) -> dict[str, Any]:
+        """What running the trained student needs (its architecture, classes and their names, input size,
+        normalisation), written to the run folder's student.json for `famkd export` and `famkd predict`."""
+        return {}
+
     def done_line(self, summary: dict[str, Any]) -> str:
         """The line process 0 prints when the run completes."""
         raise NotImplementedError

@@ -11,6 +11,7 @@ the first non-finite step are accumulated on the device (famkd.engine.progress) 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -149,6 +150,9 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         if self.main:
             write_text_atomic(self.run_dir.config_file, dump_settings(self.cfg))
+            card = self.task.student_card(self.cfg, self.data.train_set)
+            if card:
+                write_text_atomic(self.run_dir.student_card, json.dumps(card, indent=2) + "\n")
         self.log = RunLog(self.run_dir.path, self.cfg.run.tensorboard, self.state.global_step, enabled=self.main)
         try:
             self._print_header()
