@@ -186,3 +186,25 @@ def test_bad_input_gets_one_line(student_run: Path, tmp_path: Path, capsys, monk
     assert "holds no student_best.pt yet" in one_error_line(["export", str(empty), "--format", "safetensors"])
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now fails as if not installed
     assert "pip install 'famkd[export]'" in one_error_line(["export", str(student_run), "--format", "onnx"])
+
+
+def test_a_detection_student_exports_to_torchscript_and_safetensors(tmp_path: Path, capsys) -> None:
+    from tiny_coco import write_tiny_coco
+
+    coco = write_tiny_coco(tmp_path / "coco")
+    run_dir = tmp_path / "detector"
+    argv = ["detect", "train", "student=resnet18", "train.iterations=2", f"data.root={coco}", f"run.dir={run_dir}"]
+    argv += ["data.min_size=64", "data.max_size=96", "data.workers=0", "device=cpu", "train.student_init=none"]
+    argv += ["train.batch_size=2", "train.warmup_iters=0", "run.tensorboard=false"]
+    config = tmp_path / "vanilla.yaml"
+    config.write_text("method: vanilla\n")
+    assert main([*argv[:2], str(config), *argv[2:]]) == 0
+    card = json.loads((run_dir / "student.json").read_text())
+    assert card["task"] == "detection" and card["class_names"][0] == "background" and card["num_classes"] == 4
+    for fmt in ("torchscript", "safetensors"):
+        assert main(["export", str(run_dir), "--format", fmt, "--which", "last"]) == 0
+        assert "checked against the PyTorch student: largest absolute difference" in capsys.readouterr().out
+        assert read_export(run_dir / "export" / f"student_last{SUFFIXES[fmt]}")[1] == card
+    assert main(["export", str(run_dir), "--format", "onnx", "--which", "last"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "use --format torchscript or safetensors" in err
