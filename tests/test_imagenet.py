@@ -402,3 +402,15 @@ def test_a_run_of_unreadable_images_is_a_format_error(tmp_path):
         Path(path).write_bytes(b"")
     with pytest.raises(DataFormatError, match="in a row cannot be decoded"):
         train[0]
+
+
+def test_class_names_come_from_loc_synset_mapping_when_the_root_holds_it(tiny_root, tmp_path):
+    train, _ = splits(tiny_root)
+    assert train.class_names == WNIDS  # no mapping file: the wnids
+    root = tmp_path / "named"
+    shutil.copytree(tiny_root, root)
+    lines = [f"{wnid} name{index}, synonym" for index, wnid in enumerate(reversed(WNIDS))] + ["n99999999 other"]
+    (root / "LOC_synset_mapping.txt").write_text("\n".join(lines) + "\n")
+    train, val = splits(root)
+    expected = tuple(f"name{len(WNIDS) - 1 - WNIDS.index(wnid)}" for wnid in WNIDS)
+    assert train.class_names == val.class_names == expected and train.classes == WNIDS

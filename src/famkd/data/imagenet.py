@@ -10,6 +10,9 @@ Accepted layouts under ROOT (the `root` argument):
     ROOT/val/<image>             or the flat layout the ILSVRC2012 val archive unpacks to, labelled by
                                  Kaggle's LOC_val_solution.csv, in ROOT/val/ or ROOT/ (first found)
 
+Class names: the wnids, or where ROOT holds Kaggle's LOC_synset_mapping.txt (`<wnid> <name>, <synonym>, ...`
+per line) each wnid's first name, e.g. `tench` for n01440764.
+
 LOC_val_solution.csv has the header `ImageId,PredictionString` and one row per image: ImageId is the
 file name without its extension, the first word of PredictionString the image's wnid (the rest are
 boxes), e.g. `ILSVRC2012_val_00008726,n02119789 255 142 454 329`. Images are the files ending in
@@ -64,6 +67,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_SIZE, RESIZE_SIZE = 224, 256
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 VAL_LABEL_FILE = "LOC_val_solution.csv"
+NAMES_FILE = "LOC_synset_mapping.txt"
 VAL_LABEL_COLUMNS = ("ImageId", "PredictionString")
 MAX_UNREADABLE_IN_A_ROW = 10
 LAYOUT = (
@@ -84,7 +88,7 @@ class Sample(NamedTuple):
 class ImageFolderSplit(Dataset[Sample]):
     """One split: (path, label) samples, decoded and transformed when indexed.
 
-    classes: the class folder names (wnids) of train/, label i being classes[i].
+    classes: the class folder names (wnids) of train/, label i being classes[i]; names: their names (wnids if none).
     image_size: the side of the square images `transform` gives.
     """
 
@@ -95,9 +99,11 @@ class ImageFolderSplit(Dataset[Sample]):
         transform: Callable[..., Tensor],
         image_size: int,
         description: str,
+        names: tuple[str, ...] = (),
     ):
         self.samples = samples
         self.classes = classes
+        self.names = names or classes
         self.transform = transform
         self.image_size = image_size
         self.description = description
@@ -110,7 +116,8 @@ class ImageFolderSplit(Dataset[Sample]):
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        return self.classes
+        """The classes' names (LOC_synset_mapping.txt), else their wnids."""
+        return self.names
 
     @property
     def labels(self) -> Tensor:
@@ -171,8 +178,20 @@ def load_imagenet(
         ("val", val_samples, eval_transform(crop_size, resize_size)),
     ):
         description = f"ImageNet folders at {root}, {split}, {len(samples)} images of {len(classes)} classes"
-        splits.append(ImageFolderSplit(samples, classes, transform, crop_size, description))
+        splits.append(ImageFolderSplit(samples, classes, transform, crop_size, description, class_names(root, classes)))
     return splits[0], splits[1]
+
+
+def class_names(root: Path, wnids: tuple[str, ...]) -> tuple[str, ...]:
+    """Each wnid's first name from ROOT/LOC_synset_mapping.txt, or the wnids where there is no such file."""
+    path = root / NAMES_FILE
+    if not path.is_file():
+        return wnids
+    names = {}
+    for line in path.read_text().splitlines():
+        wnid, _, words = line.strip().partition(" ")
+        names[wnid] = words.split(",")[0].strip() or wnid
+    return tuple(names.get(wnid, wnid) for wnid in wnids)
 
 
 def _split_dirs(root: Path) -> tuple[Path, Path]:
