@@ -448,3 +448,39 @@ def test_print_config_may_stand_between_the_config_and_the_overrides(tmp_path, c
     assert printed["train"]["epochs"] == 7 and printed["train"]["weight_decay"] == 5e-4
     with pytest.raises(SystemExit):  # not an override: argparse's error, exit status 2
         main(["train", str(config_file), "--print-config", "stray"])
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGUSR1"])
+def test_a_preemption_signal_stops_resumably_and_the_same_command_resumes_exactly(
+    fam_kd_run, teacher_run, data_roots, tmp_path, signal_name
+):
+    """A scheduler's SIGTERM (or SIGUSR1, SLURM's --signal) mid-epoch: a checkpoint at the step boundary, exit
+    status 75, then the unchanged command with run.resume=auto (a requeued job) ends like the uninterrupted run."""
+    run_dir = tmp_path / "preempted"
+    command = ["train", *fam_kd_overrides(teacher_run, data_roots, run_dir), "run.resume=auto"]
+    number = getattr(signal, signal_name)
+
+    def preempt(epoch, step, global_step):
+        if global_step == 3:  # the first step of epoch 2
+            os.kill(os.getpid(), number)
+
+    found = signal.getsignal(number)
+    with pytest.raises(TrainingInterrupted, match=f"stopped by {signal_name} during epoch 2") as stopped:
+        train(load_config(None, command[1:]), on_step=preempt)
+    assert stopped.value.exit_status == 75 and signal.getsignal(number) is found
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["partial_period"]["steps_done"] == 1
+    assert main(command) == 0
+    assert metrics_without_timing(run_dir) == metrics_without_timing(fam_kd_run)
+    records = read_metrics(run_dir)
+    assert main(command) == 0  # complete: nothing more to train
+    assert read_metrics(run_dir) == records
+
+
+def test_auto_resume_refuses_a_folder_holding_another_experiment(teacher_run, data_roots, tmp_path, capsys):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(teacher_run, run_dir)
+    argv = ["train", *SHORT_RUN, f"data.root={data_roots['npy']}", f"run.dir={run_dir}", "run.resume=auto"]
+    assert main([*argv, "train.lr=0.2"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds another experiment (train.lr=0.05 there, 0.2 here)" in err
+    assert main(argv[:-1]) == 1 and "or run.resume=auto" in capsys.readouterr().err

@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_command(args)
     except TrainingInterrupted as stopped:
         print(f"famkd: {stopped}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return stopped.exit_status
     except KeyboardInterrupt:
         print("famkd: aborted by Ctrl-C", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -95,6 +95,8 @@ class RunConfig:
     deterministic: bool = False
     tensorboard: bool = True
     spectra_every: int = setting(10, minimum=0)  # epochs between FAM spectra files, 0 = never (classification)
+    # "auto": a run.dir holding a run of the same settings is resumed (a requeued job, an elastic restart)
+    resume: str = setting("never", choices=("never", "auto"))
 
 
 @dataclass

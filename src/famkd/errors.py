@@ -26,7 +26,12 @@ class NonFiniteLossError(FamkdError):
 
 
 class TrainingInterrupted(FamkdError):
-    """Ctrl-C stopped the run after saving a resumable checkpoint."""
+    """Ctrl-C or a scheduler's signal stopped the run after saving a resumable checkpoint; `exit_status` is the
+    command's: 130 after Ctrl-C, 75 (EX_TEMPFAIL: stopped, resumable) after SIGTERM or SIGUSR1."""
+
+    def __init__(self, message: str, exit_status: int = 130):
+        super().__init__(message)
+        self.exit_status = exit_status
 
 
 def shown(names: list[str], limit: int = 5) -> str:

@@ -192,6 +192,25 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override {text!r}: the value is not valid YAML ({err})") from None
 
 
+def flat_settings(values: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as {"train.epochs": 240, "distill.hpf": "ideal", ...}."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flat_settings(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def settings_differences(wanted: dict, found: dict, ignored: Iterable[str] = ()) -> str:
+    """ "key=<found> there, <wanted> here; ..." for the first keys whose values differ ("" when none do)."""
+    wanted, found = flat_settings(wanted), flat_settings(found)
+    keys = sorted((wanted.keys() | found.keys()) - set(ignored))
+    differing = [key for key in keys if wanted.get(key) != found.get(key)]
+    return "; ".join(f"{key}={found.get(key)!r} there, {wanted.get(key)!r} here" for key in differing[:5])
+
+
 def valid_keys(root: type) -> list[str]:
     """Every settable dotted key of `root`, e.g. "train.epochs" (the free-form `distill` section as one key)."""
     return _leaf_keys(settings_to_dict(root()), root, prefix="")

@@ -45,8 +45,8 @@ from famkd.config import Config, load_config
 from famkd.distill import needs_teacher
 from famkd.engine.run_dir import RunDir
 from famkd.errors import FamkdError
-from famkd.report.results import collect_runs, comparison_table, flat_settings, format_markdown
-from famkd.settings import absolute_paths, settings_to_dict
+from famkd.report.results import collect_runs, comparison_table, format_markdown
+from famkd.settings import absolute_paths, settings_differences, settings_to_dict
 
 LOG_FILE = "train.log"
 RESUME_OVERRIDES = ("device", "data.root", "run.tensorboard", "train.log_interval")  # passed on resume too
@@ -198,10 +198,8 @@ def check_same_settings(folder: Path, expected: Config) -> None:
     ignored = {"run.dir", *RESUME_OVERRIDES} | (set() if expected.teacher.name else {"teacher.name"})
     expected = copy.deepcopy(expected)
     absolute_paths(expected)  # as a run records them
-    wanted, found = flat_settings(settings_to_dict(expected)), flat_settings(saved if isinstance(saved, dict) else {})
-    differing = [key for key in sorted((wanted.keys() | found.keys()) - ignored) if wanted.get(key) != found.get(key)]
-    if differing:
-        shown = "; ".join(f"{key}={found.get(key)!r} there, {wanted.get(key)!r} here" for key in differing[:5])
+    shown = settings_differences(settings_to_dict(expected), saved if isinstance(saved, dict) else {}, ignored)
+    if shown:
         raise FamkdError(
             f"{folder} holds a run made with other settings ({shown}); give this sweep its own run.dir=..., "
             "or run it with the settings of that run"

@@ -176,19 +176,29 @@ def timed_batches(batches: Iterator[Any], progress: Callable[[], PeriodProgress]
         yield batch
 
 
-class StopRequest:
-    """Turns the first Ctrl-C into a request to stop at the next step boundary; a second one aborts."""
+PREEMPTION_SIGNALS = ("SIGTERM", "SIGUSR1")  # what schedulers send before they stop a job (SLURM: --signal)
 
-    def __init__(self) -> None:
+
+class StopRequest:
+    """Turns the first Ctrl-C, or one of `signals` (a scheduler's preemption), into a request to stop at the next
+    step boundary; a second Ctrl-C aborts. The handlers found are put back on exit."""
+
+    def __init__(self, signals: tuple[str, ...] = PREEMPTION_SIGNALS) -> None:
         self.requested = False
-        self._previous: Any = None
+        self.by_signal = ""  # the preemption signal that asked, "" for Ctrl-C
+        self.signals = tuple(getattr(signal, name) for name in ("SIGINT", *signals) if hasattr(signal, name))
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {number: signal.signal(number, self._handle) for number in self.signals}
         return self
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if signum != signal.SIGINT:
+            self.requested, self.by_signal = True, signal.Signals(signum).name
+            tqdm.write(f"\n{self.by_signal}: stopping after this step and saving a checkpoint", file=sys.stderr)
+            return
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
@@ -198,5 +208,6 @@ class StopRequest:
         )
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for number, previous in self._previous.items():
+            if previous is not None:
+                signal.signal(number, previous)

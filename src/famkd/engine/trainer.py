@@ -32,11 +32,13 @@ from famkd.engine.step import optimizer_step
 from famkd.engine.task import Task
 from famkd.errors import FamkdError, NonFiniteLossError, TrainingInterrupted
 from famkd.files import copy_file_atomic, write_text_atomic
-from famkd.settings import absolute_paths, dump_settings, settings_to_dict
+from famkd.settings import absolute_paths, dump_settings, settings_differences, settings_to_dict
 from famkd.weights import load_checkpoint
 from famkd.weights.zoo import teacher_fingerprint
 
 StepHook = Callable[[int, int, int], None]  # (epoch, batches taken of it, global step)
+AUTO_RESUME_MAY_DIFFER = ("run.dir", "run.resume", "device", "data.root", "run.tensorboard", "train.log_interval")
+EXIT_CTRL_C, EXIT_RESUMABLE = 130, 75  # the command's status after Ctrl-C, after a preemption signal (EX_TEMPFAIL)
 
 
 def train(
@@ -97,10 +99,7 @@ class Trainer:
         self.cfg, self.on_step = cfg, on_step
         self.run_dir = RunDir(cfg.run.dir)
         if checkpoint is None and self.run_dir.has_checkpoint():
-            raise FamkdError(
-                f"{self.run_dir} already holds a run; continue it with `{task.command} --resume {self.run_dir}` "
-                "or choose another run.dir"
-            )
+            checkpoint = self._resume_same_run(task, cfg)
         task.check(cfg)
         self.processes = join_processes(cfg.device)  # one process, or one of those torchrun started
         self.main = self.processes.is_main  # process 0 alone prints and writes the run folder
@@ -118,8 +117,23 @@ class Trainer:
         self.saved_at = ""  # where the last checkpoint was taken, e.g. "epoch 3"
         self.partial: PeriodProgress | None = None
         self.log: RunLog | None = None
+        self.stop: StopRequest | None = None
         if checkpoint is not None:
             self._restore(checkpoint)
+
+    def _resume_same_run(self, task: Task, cfg: Any) -> dict[str, Any]:
+        """The checkpoint of the run already in run.dir, where run.resume=auto and it has the same settings."""
+        if cfg.run.resume != "auto":
+            raise FamkdError(
+                f"{self.run_dir} already holds a run; continue it with `{task.command} --resume {self.run_dir}` "
+                "(or run.resume=auto, which resumes a run of the same settings) or choose another run.dir"
+            )
+        saved, checkpoint = resume_point(task, self.run_dir.path)
+        may_differ = (*AUTO_RESUME_MAY_DIFFER, *(() if cfg.teacher.name else ("teacher.name",)))  # found at load
+        differences = settings_differences(settings_to_dict(cfg), settings_to_dict(saved), may_differ)
+        if differences:
+            raise FamkdError(f"{self.run_dir} holds another experiment ({differences}); choose another run.dir")
+        return checkpoint
 
     def _build_distiller(self, resumed: bool) -> None:
         cfg = self.cfg
@@ -158,8 +172,8 @@ class Trainer:
             self._print_header()
             if self.distiller.teacher is not None and self.state.teacher_eval is None:
                 self._evaluate_teacher()
-            with StopRequest() as stop:
-                self._train(stop)
+            with StopRequest() as self.stop:
+                self._train(self.stop)
             summary = self._finish("completed")
             self._say(self.task.done_line(summary))
             return summary
@@ -420,9 +434,11 @@ class Trainer:
         return f"{self.schedule.unit} {self.schedule.done(self.state.epoch, self.state.global_step)}"
 
     def _raise_interrupted(self, where: str) -> None:
+        by_signal = self.stop.by_signal if self.stop is not None else ""
         raise TrainingInterrupted(
-            f"interrupted {where}; saved {self.run_dir.checkpoint()}. "
-            f"Continue with: {self.task.command} --resume {self.run_dir}"
+            f"{'stopped by ' + by_signal if by_signal else 'interrupted'} {where}; saved {self.run_dir.checkpoint()}. "
+            f"Continue with: {self.task.command} --resume {self.run_dir}",
+            exit_status=EXIT_RESUMABLE if by_signal else EXIT_CTRL_C,
         )
 
     def _wall_time(self) -> float:

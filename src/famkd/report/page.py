@@ -43,8 +43,9 @@ from famkd.report.figures import (
     save_figure,
     training_curves_figure,
 )
-from famkd.report.results import CAPTION, cell_text, collect_runs, comparison_table, flat_settings, format_csv
+from famkd.report.results import CAPTION, cell_text, collect_runs, comparison_table, format_csv
 from famkd.report.run_view import RunView, find_run_folders, read_run_view
+from famkd.settings import flat_settings
 
 INDEX = "index.html"
 

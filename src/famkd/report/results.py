@@ -39,6 +39,7 @@ from famkd.engine.run_dir import CONFIG_FILE, SUMMARY_FILE
 from famkd.errors import FamkdError
 from famkd.files import write_text_atomic
 from famkd.recipes import PUBLISHED_DISTILLATION_TOP1, PUBLISHED_VANILLA_TOP1
+from famkd.settings import flat_settings
 
 VANILLA = "vanilla"
 TEACHER_ROW = "teacher"
@@ -196,17 +197,6 @@ def run_settings(summary: dict, config: dict) -> dict[str, str]:
     if summary.get("teacher"):
         settings["teacher"] = teacher_identity(summary, config)
     return settings
-
-
-def flat_settings(values: dict, prefix: str = "") -> dict[str, Any]:
-    """A nested config dict as {"train.epochs": 240, "distill.hpf": "ideal", ...}."""
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(flat_settings(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def setting_text(value: Any) -> str:
