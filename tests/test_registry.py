@@ -7,25 +7,8 @@ import pytest
 from famkd.registry import Registry, closest
 
 ZOO = tuple(
-    [
-        "resnet8",
-        "resnet14",
-        "resnet20",
-        "resnet32",
-        "resnet44",
-        "resnet56",
-        "resnet110",
-        "resnet8x4",
-        "resnet32x4",
-        "wrn_16_1",
-        "wrn_16_2",
-        "wrn_40_2",
-        "vgg8",
-        "vgg13",
-        "ShuffleV1",
-        "ShuffleV2",
-        "MobileNetV2",
-    ]
+    "resnet8 resnet14 resnet20 resnet32 resnet44 resnet56 resnet110 resnet8x4 resnet32x4 "
+    "wrn_16_1 wrn_16_2 wrn_40_2 vgg8 vgg13 ShuffleV1 ShuffleV2 MobileNetV2".split()
 )
 METHODS = ("at", "crd", "dkd", "fam_kd", "fam_kd_l2l", "fam_reviewkd", "fitnet", "kd", "reviewkd", "vanilla")
 
