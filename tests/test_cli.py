@@ -273,6 +273,8 @@ def test_help_lists_every_subcommand_and_each_has_help(capsys):
         "sweep",
         "report",
         "detect",
+        "export",
+        "predict",
     ]
     commands = (
         ("train", "--resume"),
