@@ -7,6 +7,7 @@ and the error messages are checked.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -486,3 +487,46 @@ def test_auto_resume_refuses_a_folder_holding_another_experiment(teacher_run, da
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "holds another experiment (train.lr=0.05 there, 0.2 here)" in err
     assert main(argv[:-1]) == 1 and "or run.resume=auto" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["flipped bytes", "cut short"])
+def test_a_damaged_checkpoint_is_named_and_the_previous_one_resumes(teacher_run, tmp_path, capsys, damage):
+    run_dir = tmp_path / "run"
+    shutil.copytree(teacher_run, run_dir)
+    last, previous = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "previous-1.pt"
+    assert load_checkpoint(previous)["epoch"] == 1 and load_checkpoint(last)["epoch"] == 2  # run.keep_checkpoints=2
+    data = bytearray(last.read_bytes())
+    if damage == "flipped bytes":  # torch.load reads such a file without complaint: the checksum catches it
+        data[len(data) // 2] ^= 0xFF
+    last.write_bytes(data if damage == "flipped bytes" else data[: len(data) // 2])
+    assert main(["train", "--resume", str(run_dir), "train.epochs=3"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{last} is damaged" in err, err
+    assert f"resume from the previous one: famkd train --resume {previous}" in err
+    assert main(["train", "--resume", str(previous), "train.epochs=3"]) == 0
+    records = metrics_without_timing(run_dir)
+    assert [r["epoch"] for r in records] == [1, 2, 3] and records[:2] == metrics_without_timing(teacher_run)
+
+
+def test_a_full_disk_keeps_the_last_good_checkpoint_and_says_what_to_do(teacher_run, data_roots, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    real_save, training_checkpoints = torch.save, []
+
+    def disk_full_at_the_second(state, file, *args, **kwargs):
+        if isinstance(state, dict) and "optimizer" in state:
+            training_checkpoints.append(state["epoch"])
+            if len(training_checkpoints) == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(state, file, *args, **kwargs)
+
+    argv = ["train", *SHORT_RUN, f"data.root={data_roots['npy']}", f"run.dir={run_dir}"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch, "save", disk_full_at_the_second)
+        assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no space left on the device" in err and "MiB free in" in err
+    assert f"the last good checkpoint is kept: {run_dir / 'checkpoints' / 'last.pt'} (epoch 1)" in err
+    assert f"continue with: famkd train --resume {run_dir}" in err
+    assert sorted(os.listdir(run_dir / "checkpoints")) == ["best.pt", "best.pt.sha256", "last.pt", "last.pt.sha256"]
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert metrics_without_timing(run_dir) == metrics_without_timing(teacher_run)

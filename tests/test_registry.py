@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from famkd.models import list_models
 from famkd.registry import Registry, closest
 
-ZOO = tuple(
-    "resnet8 resnet14 resnet20 resnet32 resnet44 resnet56 resnet110 resnet8x4 resnet32x4 "
-    "wrn_16_1 wrn_16_2 wrn_40_2 vgg8 vgg13 ShuffleV1 ShuffleV2 MobileNetV2".split()
-)
+ZOO = list_models()  # the model zoo's names
 METHODS = ("at", "crd", "dkd", "fam_kd", "fam_kd_l2l", "fam_reviewkd", "fitnet", "kd", "reviewkd", "vanilla")
 
 
@@ -21,7 +19,8 @@ METHODS = ("at", "crd", "dkd", "fam_kd", "fam_kd_l2l", "fam_reviewkd", "fitnet",
         ("resnet26", "resnet20"),  # resnet20 and resnet32 are both 6 away: the smaller
         ("resnet1000", "resnet110"),
         ("wrn_16_3", "wrn_16_2"),  # the stem is everything before the trailing number
-        ("vgg10", "vgg8"),
+        ("vgg10", "vgg11"),
+        ("vgg9", "vgg8"),
     ],
 )
 def test_a_numbered_name_suggests_the_same_family_with_the_nearest_number(name, expected):

@@ -97,6 +97,7 @@ class RunConfig:
     spectra_every: int = setting(10, minimum=0)  # epochs between FAM spectra files, 0 = never (classification)
     # "auto": a run.dir holding a run of the same settings is resumed (a requeued job, an elastic restart)
     resume: str = setting("never", choices=("never", "auto"))
+    keep_checkpoints: int = setting(2, minimum=1)  # last.pt and the ones before it (previous-1.pt, ...)
 
 
 @dataclass

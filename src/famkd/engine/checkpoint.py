@@ -11,15 +11,19 @@ cut short), `config` (the merged config as a dict) and `versions`. The exported 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import random
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 import torch
 
-from famkd.files import atomic_write
+from famkd.errors import FamkdError
+from famkd.files import atomic_write, write_text_atomic
+from famkd.weights import file_sha256
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
@@ -28,6 +32,57 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     A crash or a full disk mid-write leaves the previous file intact and no partial file behind.
     """
     atomic_write(path, lambda file: torch.save(state, file))
+
+
+class HashingWriter:
+    """A file's `write` that also feeds a SHA-256 (torch.save writes through it)."""
+
+    def __init__(self, file: BinaryIO, digest: Any):
+        self.file, self.digest = file, digest
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def checksum_path(path: Path) -> Path:
+    return path.with_name(f"{path.name}.sha256")
+
+
+def previous_path(path: Path, index: int) -> Path:
+    """The `index`-th older copy of a training checkpoint: checkpoints/previous-<index>.pt."""
+    return path.with_name(f"previous-{index}{path.suffix}")
+
+
+def save_training_checkpoint(path: Path, state: dict[str, Any], keep: int) -> None:
+    """Write a training checkpoint atomically with its SHA-256 beside it (`<file>.sha256`), keeping the `keep` - 1
+    checkpoints before it as previous-1.pt (the newest), previous-2.pt, ... Until the new file is complete
+    nothing is moved, so a crash or a full disk leaves the last good checkpoint where it was."""
+    digest = hashlib.sha256()
+    new = path.with_name(f"{path.name}.new")
+    atomic_write(new, lambda file: torch.save(state, cast(BinaryIO, HashingWriter(file, digest))))
+    if path.is_file() and keep > 1:
+        for index in range(keep - 1, 0, -1):
+            older = previous_path(path, index - 1) if index > 1 else path
+            for source, target in (
+                (older, previous_path(path, index)),
+                (checksum_path(older), checksum_path(previous_path(path, index))),
+            ):
+                if source.is_file():
+                    os.replace(source, target)
+    checksum_path(path).unlink(missing_ok=True)
+    os.replace(new, path)
+    write_text_atomic(checksum_path(path), digest.hexdigest() + "\n")
+
+
+def verify_training_checkpoint(path: Path) -> None:
+    """Raise when the file's SHA-256 differs from the one written beside it (none written: nothing to check)."""
+    expected = checksum_path(path)
+    if expected.is_file() and file_sha256(path) != expected.read_text().strip():
+        raise FamkdError(f"{path} is damaged: its SHA-256 differs from the one written with it")
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -9,6 +9,8 @@ tensorboard/                TensorBoard scalars (when run.tensorboard)
 checkpoints/last.pt         full training state after every epoch or evaluation, every
                             train.checkpoint_every steps and after Ctrl-C (then with
                             `partial_period`); see famkd.engine.checkpoint
+checkpoints/last.pt.sha256  its SHA-256, checked at resume
+checkpoints/previous-1.pt   the checkpoint before it (run.keep_checkpoints - 1 of them are kept)
 checkpoints/best.pt         the same, at the evaluation with the best main metric so far
                             (classification: test top-1; detection: AP)
 student_last.pt, student_best.pt

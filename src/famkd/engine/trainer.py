@@ -11,16 +11,28 @@ the first non-finite step are accumulated on the device (famkd.engine.progress) 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from famkd.engine.checkpoint import capture_rng_state, library_versions, restore_rng_state, save_checkpoint
+from famkd.engine.checkpoint import (
+    capture_rng_state,
+    checksum_path,
+    library_versions,
+    previous_path,
+    restore_rng_state,
+    save_checkpoint,
+    save_training_checkpoint,
+    verify_training_checkpoint,
+)
 from famkd.engine.device import autocast_factory, resolve_device, to_channels_last
 from famkd.engine.distributed import join_processes, leave_processes, process_device, wrap_for_training
 from famkd.engine.progress import PeriodProgress, RunState, StopRequest, timed_batches
@@ -63,15 +75,38 @@ def train(
         leave_processes()
 
 
-def resume_point(task: Task, run_dir: str | os.PathLike, overrides: Iterable[str] = ()) -> tuple[Any, dict]:
-    """The last checkpoint of `run_dir` (read once) and its saved config with `overrides` applied."""
-    checkpoint = load_checkpoint(RunDir(run_dir).checkpoint())
+def resume_point(task: Task, source: str | os.PathLike, overrides: Iterable[str] = ()) -> tuple[Any, dict]:
+    """The checkpoint to resume from (a run folder's checkpoints/last.pt, or a checkpoint file of one; read once and
+    checked against its SHA-256) and its saved config with `overrides` applied; the config's run.dir is the run's."""
+    path, run_dir = Path(source), RunDir(source)
+    if path.is_file():  # an explicit checkpoint: RUN_DIR/checkpoints/<name>.pt
+        run_dir = RunDir(path.parent.parent)
+    else:
+        path = run_dir.checkpoint()
+    checkpoint = read_resume_checkpoint(task, path, run_dir)
     saved_task = checkpoint.get("task", "classification")
     if saved_task != task.name:
         raise FamkdError(f"{run_dir} holds a {saved_task} run, not a {task.name} run; resume it with its own command")
     cfg = task.config_with_overrides(checkpoint["config"], overrides)
     cfg.run.dir = str(run_dir)
     return cfg, checkpoint
+
+
+def read_resume_checkpoint(task: Task, path: Path, run_dir: RunDir) -> dict[str, Any]:
+    """The checkpoint at `path`, or one line naming the damage and the previous checkpoint to resume from."""
+    try:
+        verify_training_checkpoint(path)
+        return load_checkpoint(path)
+    except FamkdError as error:
+        if not path.is_file():
+            raise
+        previous = previous_path(run_dir.checkpoint(), 1)
+        offer = (
+            f"resume from the previous one: {task.command} --resume {previous}"
+            if previous.is_file() and previous != path
+            else "no earlier checkpoint is kept (run.keep_checkpoints)"
+        )
+        raise FamkdError(f"{str(error).rstrip('.')}; {offer}") from error
 
 
 class Trainer:
@@ -90,8 +125,9 @@ class Trainer:
         checkpoint = None
         if resume_dir is not None:
             saved_cfg, checkpoint = resume_point(task, resume_dir, overrides)
+            run_folder = saved_cfg.run.dir
             cfg = saved_cfg if cfg is None else cfg
-            cfg.run.dir = str(resume_dir)
+            cfg.run.dir = run_folder
         elif cfg is None:
             raise ValueError("train() needs a config or a run directory to resume")
         absolute_paths(cfg)  # the run's config.yaml names the same files from any working directory
@@ -400,7 +436,9 @@ class Trainer:
         student_state = self.distiller.student.state_dict()
         save_checkpoint(self.run_dir.student(), student_state)
         if is_best:
-            copy_file_atomic(self.run_dir.checkpoint(), self.run_dir.checkpoint(best=True))
+            last, best = self.run_dir.checkpoint(), self.run_dir.checkpoint(best=True)
+            copy_file_atomic(last, best)
+            copy_file_atomic(checksum_path(last), checksum_path(best))
             save_checkpoint(self.run_dir.student(best=True), student_state)
 
     def _save_checkpoint(self, partial: bool = True) -> None:
@@ -409,25 +447,39 @@ class Trainer:
         progress = self.partial if partial and self.partial is not None and self.partial.steps_done else None
         if progress is not None:
             progress.share_evenly(self.processes.world_size)
+        if self.main:
+            self._write_checkpoint(progress)
         self.saved_at = self._position_text()
-        if not self.main:
-            return
-        save_checkpoint(
-            self.run_dir.checkpoint(),
-            {
-                "task": self.task.name,
-                "student": self.distiller.student.state_dict(),
-                "heads": self.distiller.head_state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "grad_scaler": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
-                **dataclasses.asdict(self.state),
-                "wall_time_s": self._wall_time(),
-                "rng": capture_rng_state(),
-                "partial_period": progress.state_dict() if progress is not None else None,
-                "config": settings_to_dict(self.cfg),
-                "versions": library_versions(),
-            },
-        )
+
+    def _write_checkpoint(self, progress: PeriodProgress | None) -> None:
+        """checkpoints/last.pt with its checksum, the previous ones kept; a full disk is one line saying what to do."""
+        path = self.run_dir.checkpoint()
+        state = {
+            "task": self.task.name,
+            "student": self.distiller.student.state_dict(),
+            "heads": self.distiller.head_state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "grad_scaler": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            **dataclasses.asdict(self.state),
+            "wall_time_s": self._wall_time(),
+            "rng": capture_rng_state(),
+            "partial_period": progress.state_dict() if progress is not None else None,
+            "config": settings_to_dict(self.cfg),
+            "versions": library_versions(),
+        }
+        try:
+            save_training_checkpoint(path, state, self.cfg.run.keep_checkpoints)
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            free_mb = shutil.disk_usage(path.parent).free / 2**20
+            kept = (
+                f"the last good checkpoint is kept: {path} ({self.saved_at})" if self.saved_at else "none was written"
+            )
+            raise FamkdError(
+                f"cannot write {path}: no space left on the device ({free_mb:.0f} MiB free in {path.parent}); {kept}. "
+                f"Free some space, then continue with: {self.task.command} --resume {self.run_dir}"
+            ) from None
 
     def _position_text(self) -> str:
         """Where the run stands, e.g. "epoch 3" (epochs completed) or "iteration 500"."""
