@@ -48,7 +48,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -431,8 +431,7 @@ def load_imagenet_options(options: ImageNetOptions) -> tuple[ImageFolderSplit, I
 def imagenet_loader(
     dataset: ImageFolderSplit, options: ImageNetOptions, batch_size: int, train: bool, settings: LoaderSettings
 ) -> ImageNetLoader:
-    extra: dict[str, Any] = {"workers": options.workers}
-    return ImageNetLoader(dataset, batch_size, train=train, **extra, **dataclasses.asdict(settings))
+    return ImageNetLoader(dataset, batch_size, train=train, workers=options.workers, **dataclasses.asdict(settings))
 
 
 register_dataset("imagenet")(

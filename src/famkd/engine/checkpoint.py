@@ -65,17 +65,19 @@ def save_training_checkpoint(path: Path, state: dict[str, Any], keep: int) -> No
     new = path.with_name(f"{path.name}.new")
     atomic_write(new, lambda file: torch.save(state, cast(BinaryIO, HashingWriter(file, digest))))
     if path.is_file() and keep > 1:
-        for index in range(keep - 1, 0, -1):
-            older = previous_path(path, index - 1) if index > 1 else path
-            for source, target in (
-                (older, previous_path(path, index)),
-                (checksum_path(older), checksum_path(previous_path(path, index))),
-            ):
-                if source.is_file():
-                    os.replace(source, target)
+        for index in range(keep - 1, 1, -1):
+            move_with_checksum(previous_path(path, index - 1), previous_path(path, index))
+        move_with_checksum(path, previous_path(path, 1))
     checksum_path(path).unlink(missing_ok=True)
     os.replace(new, path)
     write_text_atomic(checksum_path(path), digest.hexdigest() + "\n")
+
+
+def move_with_checksum(source: Path, target: Path) -> None:
+    """Rename a checkpoint and the SHA-256 file beside it (either may be missing)."""
+    for old, new in ((source, target), (checksum_path(source), checksum_path(target))):
+        if old.is_file():
+            os.replace(old, new)
 
 
 def verify_training_checkpoint(path: Path) -> None:

@@ -79,10 +79,13 @@ class Schedule:
     def lr_factor(self, epochs_completed: int, global_step: int) -> float:
         return lr_factor(self.done(epochs_completed, global_step), global_step, self.cfg)
 
+    def lr(self, epochs_completed: int, global_step: int) -> float:
+        """The learning rate of the next step: train.lr times its factor."""
+        return self.cfg.lr * self.lr_factor(epochs_completed, global_step)
+
     def set_lr(self, optimizer: torch.optim.Optimizer, epochs_completed: int, global_step: int) -> None:
-        """Set the learning rate of the next step: train.lr times its factor."""
         for group in optimizer.param_groups:
-            group["lr"] = self.cfg.lr * self.lr_factor(epochs_completed, global_step)
+            group["lr"] = self.lr(epochs_completed, global_step)
 
     def eval_due(self, done: int) -> bool:
         """Whether the unit just completed (`done` of them) ends with an evaluation."""

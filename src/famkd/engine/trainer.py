@@ -262,16 +262,15 @@ class Trainer:
             loader.set_epoch(schedule.first_epoch + state.epoch, start=state.epoch_steps)
             if not self._train_epoch_rest(stop):
                 return
-            if schedule.by_epoch:
-                assert self.partial is not None
-                self._check_finite(self.partial)
+            if not schedule.by_epoch:  # an iteration schedule's periods end within the epochs
+                state.epoch, state.epoch_steps = state.epoch + 1, 0
+                continue
+            progress, self.partial = self._progress(), None
+            self._check_finite(progress)  # before the epoch counts as completed
             state.epoch, state.epoch_steps = state.epoch + 1, 0
-            if schedule.by_epoch:
-                assert self.partial is not None
-                self._end_period(self.partial, evaluate=schedule.eval_due(state.epoch))
-                self.partial = None
-                if self.processes.any(stop.requested, self.device) and not schedule.finished(state.epoch, 0):
-                    self._raise_interrupted(f"after epoch {state.epoch}")
+            self._end_period(progress, evaluate=schedule.eval_due(state.epoch))
+            if self.processes.any(stop.requested, self.device) and not schedule.finished(state.epoch, 0):
+                self._raise_interrupted(f"after epoch {state.epoch}")
 
     def _train_epoch_rest(self, stop: StopRequest) -> bool:
         """Train the epoch's remaining batches; False when an iteration schedule ended within it."""
@@ -413,7 +412,7 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]  # the epoch's
         else:
             where = {"iteration": done, "global_step": state.global_step, "epoch": state.epoch}
-            lr = self.cfg.train.lr * schedule.lr_factor(state.epoch, state.global_step)  # the next iteration's
+            lr = schedule.lr(state.epoch, state.global_step)  # the next iteration's
         weights = self.distiller.term_weights(schedule.position(state.epoch, state.global_step) - 1)
         record = {**where, "lr": lr, "loss": sum(means.values()), **means}
         record.update({f"weight_{name}": weight for name, weight in weights.items()})
