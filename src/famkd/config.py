@@ -24,7 +24,7 @@ from famkd.data import DataOptions
 from famkd.data.cifar100 import Cifar100Options
 from famkd.distill import resolve_method_options
 from famkd.errors import ConfigError
-from famkd.models.registry import MODELS
+from famkd.models.registry import check_model_name
 from famkd.settings import load_settings, setting, settings_from_dict, settings_with_overrides
 
 DEVICES = ("cpu", "cuda", "auto")
@@ -35,8 +35,9 @@ AMP_MODES = ("off", "bf16", "fp16")
 class TeacherConfig:
     """The frozen teacher of a distillation run."""
 
-    name: str = ""  # its architecture, e.g. "resnet56" ("" -> the one its checkpoint records)
-    # a community {"model": ...} file, a famkd checkpoint, a Detectron2 .pkl, or torchvision:<Weights>.<entry>
+    name: str = ""  # its architecture, e.g. "resnet56" or "timm:convnext_atto" ("" -> the one its checkpoint records)
+    # a community {"model": ...} file, a famkd checkpoint, a timm/torchvision state dict (.pth, .safetensors), a
+    # Detectron2 .pkl, or torchvision:<Weights>.<entry>
     checkpoint: str = setting("", path=True)
     sha256: str = ""  # when set, the checkpoint file's SHA-256 must match
 
@@ -107,7 +108,10 @@ class Config:
     task: ClassVar[str] = "classification"
 
     method: str = "vanilla"
-    student: str = "resnet20"
+    student: str = "resnet20"  # a zoo model, timm:<name> or torchvision:<name> (famkd.models.create_model)
+    student_init: str = setting("", path=True)  # pretrained weights the student starts from ("" -> none)
+    student_taps: list[str] = setting(factory=list)  # module paths of the student's taps ([] -> found)
+    teacher_taps: list[str] = setting(factory=list)  # and of the teacher's
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     distill: dict = field(default_factory=dict)  # the method's options; see the module docstring
     data: DataOptions = field(default_factory=Cifar100Options)
@@ -125,11 +129,11 @@ class Config:
 
 
 def _check_model_name(key: str, name: str) -> None:
-    """A ConfigError naming `key` when `name` is not in the model zoo."""
+    """A ConfigError naming `key` when `name` is no zoo, timm or torchvision model."""
     try:
-        MODELS.get(name)
-    except KeyError as error:
-        raise ConfigError(f"{key}: {error.args[0]}") from None
+        check_model_name(name)
+    except ConfigError as error:
+        raise ConfigError(f"{key}: {error}") from None
 
 
 def config_from_dict(values: dict) -> Config:

@@ -116,6 +116,10 @@ def _coerce(key: str, value: Any, expected: Any) -> Any:
         if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, int) for v in value):
             raise wrong("a list of integers, e.g. [150, 180, 210]")
         return list(value)
+    if typing.get_origin(expected) is list and typing.get_args(expected) == (str,):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise wrong('a list of strings, e.g. ["layer1", "layer2"]')
+        return list(value)
     raise TypeError(f"setting {key} has an unsupported type {expected!r}")
 
 

@@ -22,6 +22,7 @@ from famkd.distill import Distiller
 from famkd.engine.checkpoint import save_checkpoint
 from famkd.engine.run_dir import RunDir
 from famkd.fam import FrequencyAttention, fam_heads, filter_spectrum, radial_power_spectrum
+from famkd.models.taps import forward_features
 from famkd.weights import load_checkpoint
 
 SPECTRA_DIR = "spectra"
@@ -94,8 +95,8 @@ def spectra_snapshot(distiller: Distiller, images: Tensor, labels: Tensor, epoch
     distiller.eval()
     try:
         distiller(images, labels, epoch)
-        student = distiller.student.forward_features(images)
-        teacher = distiller.teacher.forward_features(images) if distiller.teacher is not None else None
+        student = forward_features(distiller.student, images)
+        teacher = forward_features(distiller.teacher, images) if distiller.teacher is not None else None
     finally:
         distiller.train(was_training)
         for handle in handles:

@@ -21,8 +21,9 @@ from famkd.engine.run_dir import RunDir, timestamped_run_dir
 from famkd.engine.task import Autocast, Task, TaskData
 from famkd.engine.trainer import train as train_task
 from famkd.errors import FamkdError
-from famkd.models import create_model
+from famkd.models import create_model, list_models
 from famkd.weights import TORCHVISION_PREFIX, load_teacher_and_name
+from famkd.weights.zoo import load_student_init
 
 COMMUNITY_TEACHERS_URL = "https://github.com/megvii-research/mdistiller/releases/tag/checkpoints"
 
@@ -72,17 +73,22 @@ class ClassificationTask(Task):
 
     def build_distiller(self, cfg: Config, data: TaskData, resumed: bool) -> Distiller:
         num_classes = data.train_set.num_classes
-        student = create_model(cfg.student, num_classes=num_classes)
+        image_size = dataset_image_size(cfg.data)
+        student = create_model(cfg.student, num_classes=num_classes, image_size=image_size)
+        if cfg.student_init and not resumed:
+            data.lines.append(load_student_init(student, cfg.student_init))
         teacher = None
         if needs_teacher(cfg.method):
-            teacher, cfg.teacher.name = load_teacher_and_name(cfg.teacher, num_classes)
+            teacher, cfg.teacher.name = load_teacher_and_name(cfg.teacher, num_classes, image_size)
         return create_distiller(
             cfg.method,
             student=student,
             teacher=teacher,
-            image_size=dataset_image_size(cfg.data) or 0,
+            image_size=image_size or 0,
             num_samples=len(data.train_set),
             labels=data.train_set.labels,
+            student_taps=cfg.student_taps,
+            teacher_taps=cfg.teacher_taps,
             **cfg.distill,
         )
 
@@ -164,18 +170,24 @@ train = partial(train_task, TASK)  # train(cfg | None, resume_dir=None, *, overr
 
 
 def missing_teacher_message(cfg: Config) -> str:
-    """What to pass as teacher.checkpoint, for the run's dataset."""
+    """What to pass as teacher.checkpoint, for the run's dataset and teacher."""
     teacher = cfg.teacher.name or "<teacher>"
     head = f"method {cfg.method!r} distils from a teacher, but teacher.checkpoint is not set"
-    if cfg.data.dataset != "cifar100":
+    root = f" data.root={cfg.data.root}" if cfg.data.root else ""
+    train_one = (
+        f"train one with `famkd train method=vanilla student={teacher} data.dataset={cfg.data.dataset}{root}` and pass "
+        "teacher.checkpoint=<its run dir>/student_best.pt"
+    )
+    if cfg.data.dataset == "imagenet":
         return (
-            f"{head}: pass teacher.checkpoint=PATH, a state dict of a {teacher} trained on {cfg.data.dataset} (a famkd "
-            f"run's student_best.pt, or a torchvision file), or a torchvision weights entry such as "
+            f"{head}: pass teacher.checkpoint=PATH, a state dict of a {teacher} trained on ImageNet (a torchvision or "
+            f"timm file, .pth or .safetensors), or a torchvision weights entry such as "
             f"{TORCHVISION_PREFIX}ResNet34_Weights.IMAGENET1K_V1"
         )
-    return (
-        f"{head}. Train one with `famkd train configs/cifar100/vanilla/{teacher}.yaml` and pass "
-        f"teacher.checkpoint=<its run dir>/student_best.pt, or use a community CIFAR-100 teacher: "
-        f"cifar_teachers.tar of the RepDistiller/mdistiller zoo ({COMMUNITY_TEACHERS_URL}), "
-        f"e.g. teacher.checkpoint=cifar_teachers/{teacher}_vanilla/ckpt_epoch_240.pth"
-    )
+    if cfg.data.dataset == "cifar100" and teacher in list_models():
+        return (
+            f"{head}: {train_one}, or use a community CIFAR-100 teacher: cifar_teachers.tar of the "
+            f"RepDistiller/mdistiller zoo ({COMMUNITY_TEACHERS_URL}), "
+            f"e.g. teacher.checkpoint=cifar_teachers/{teacher}_vanilla/ckpt_epoch_240.pth"
+        )
+    return f"{head}: {train_one}, or pass teacher.checkpoint=PATH, a state dict of a {teacher} trained on these classes"

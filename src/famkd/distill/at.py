@@ -17,12 +17,12 @@ from typing import cast
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from famkd.distill.base import Distiller, TrainingData
 from famkd.distill.options import DistillOptions
 from famkd.distill.registry import register_distiller
-from famkd.models import FeatureModel
+from famkd.models.taps import feature_info
 from famkd.settings import setting
 
 
@@ -78,14 +78,14 @@ class AT(Distiller):
 
     Options = ATOptions
 
-    def __init__(self, student: FeatureModel, teacher: FeatureModel, options: ATOptions, data: TrainingData):
+    def __init__(self, student: nn.Module, teacher: nn.Module, options: ATOptions, data: TrainingData):
         super().__init__(student, teacher)
         self.options = options
-        self.stage_count = min(len(student.feature_info.stages), len(teacher.feature_info.stages))
+        self.stage_count = min(len(feature_info(student).stages), len(feature_info(teacher).stages))
 
     def forward(self, images: Tensor, targets: Tensor, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
         options = self.options
-        student = self.student.forward_features(images)
+        student = self.student_features(images)
         teacher = self.teacher_features(images)
         count = self.stage_count
         transfer = attention_transfer_loss(student.stages[-count:], teacher.stages[-count:], options.p)

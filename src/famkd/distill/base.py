@@ -12,8 +12,10 @@ from torch import Tensor, nn
 
 from famkd.distill.levels import level_features, warmup_factor
 from famkd.distill.options import DistillOptions, resolve_options
+from famkd.errors import ConfigError
 from famkd.fam import HIGHPASS_FILTERS
-from famkd.models.features import FeatureModel, Features
+from famkd.models.features import Features
+from famkd.models.taps import forward_features, has_preact, tap_reader
 from famkd.settings import setting
 
 
@@ -54,7 +56,7 @@ class Distiller(nn.Module):
     needs_sample_indices: ClassVar[bool] = False
     Options: ClassVar[type[DistillOptions]] = DistillOptions
 
-    student: Any  # a FeatureModel for classification, a torchvision FasterRCNN for detection
+    student: Any  # a classifier with feature taps (famkd.models.taps), or a torchvision FasterRCNN for detection
     teacher: Any
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None):
@@ -91,11 +93,15 @@ class Distiller(nn.Module):
     def num_head_parameters(self) -> int:
         return sum(p.numel() for p in self.head_parameters())
 
+    def student_features(self, images: Tensor) -> Features:
+        """The student's features (famkd.models.forward_features)."""
+        return forward_features(self.student, images)
+
     @torch.no_grad()
     def teacher_features(self, images: Tensor) -> Features:
         """The frozen teacher's features, computed without autograd."""
         assert self.teacher is not None
-        return self.teacher.forward_features(images)
+        return forward_features(self.teacher, images)
 
     def term_weights(self, position: int) -> dict[str, float]:
         """The weight of each loss term that a warm-up scales, at `position` (none by default)."""
@@ -130,8 +136,14 @@ class FeatureDistiller(Distiller):
     loss_name: ClassVar[str]
     teacher_preact: ClassVar[bool]
 
-    def __init__(self, student: FeatureModel, teacher: FeatureModel, options: FeatureOptions):
+    def __init__(self, student: nn.Module, teacher: nn.Module, options: FeatureOptions):
         super().__init__(student, teacher)
+        if options.student_preact and not has_preact(student):
+            reader = tap_reader(student)
+            raise ConfigError(
+                f"distill.student_preact=true, but the student {reader.label if reader else ''} has no pre-activation "
+                "maps: none of its taps ends in an activation module; set distill.student_preact=false"
+            )
         self.options = options
         self.heads = nn.ModuleList()
 
@@ -147,7 +159,7 @@ class FeatureDistiller(Distiller):
 
     def forward(self, images: Tensor, targets: Tensor, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
         options = self.options
-        student = self.student.forward_features(images)
+        student = self.student_features(images)
         teacher = self.teacher_features(images)
         count = len(self.heads)
         outputs = self.head_outputs(level_features(student, count, options.student_preact))

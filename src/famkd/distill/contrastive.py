@@ -24,7 +24,8 @@ from torch import Tensor, nn
 from famkd.distill.base import Distiller, TrainingData
 from famkd.distill.options import DistillOptions
 from famkd.errors import ConfigError
-from famkd.models.features import FeatureModel, Features
+from famkd.models.features import Features
+from famkd.models.taps import feature_info
 from famkd.settings import setting
 
 NCE_EPS = 1e-7  # the published criterion's guard in P / (P + K Pn + eps)
@@ -263,17 +264,17 @@ class ContrastiveDistiller(Distiller):
     needs_sample_indices = True
 
     def __init__(
-        self, student: FeatureModel, teacher: FeatureModel, options: ContrastOptions, data: TrainingData, hidden: int
+        self, student: nn.Module, teacher: nn.Module, options: ContrastOptions, data: TrainingData, hidden: int
     ):
         super().__init__(student, teacher)
         self.options = options
-        self.embed_student = Embed(student.feature_info.pooled_channels, options.feat_dim, hidden)
-        self.embed_teacher = Embed(teacher.feature_info.pooled_channels, options.feat_dim, hidden)
+        self.embed_student = Embed(feature_info(student).pooled_channels, options.feat_dim, hidden)
+        self.embed_teacher = Embed(feature_info(teacher).pooled_channels, options.feat_dim, hidden)
         self.memory = build_memory(options, data)
 
     def encode(self, images: Tensor) -> tuple[Features, Tensor, Tensor]:
         """The student's features and the student's and teacher's embeddings (B, feat_dim) of `images`."""
-        student = self.student.forward_features(images)
+        student = self.student_features(images)
         teacher = self.teacher_features(images)
         return student, self.embed_student(student.pooled), self.embed_teacher(teacher.pooled)
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from famkd.distill.base import TrainingData
 from famkd.distill.contrastive import ContrastiveDistiller, ContrastOptions
 from famkd.distill.registry import register_distiller
-from famkd.models import FeatureModel
 
 
 @dataclass
@@ -28,7 +27,7 @@ class CRD(ContrastiveDistiller):
 
     Options = CRDOptions
 
-    def __init__(self, student: FeatureModel, teacher: FeatureModel, options: CRDOptions, data: TrainingData):
+    def __init__(self, student: nn.Module, teacher: nn.Module, options: CRDOptions, data: TrainingData):
         super().__init__(student, teacher, options, data, hidden=0)
 
     def forward(

@@ -15,13 +15,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from famkd.distill.base import Distiller, TrainingData
 from famkd.distill.levels import warmup_factor
 from famkd.distill.options import DistillOptions
 from famkd.distill.registry import register_distiller
-from famkd.models import FeatureModel
 from famkd.settings import setting
 
 TARGET_SHIFT = 1000.0
@@ -86,7 +85,7 @@ class DKD(Distiller):
 
     Options = DKDOptions
 
-    def __init__(self, student: FeatureModel, teacher: FeatureModel, options: DKDOptions, data: TrainingData):
+    def __init__(self, student: nn.Module, teacher: nn.Module, options: DKDOptions, data: TrainingData):
         super().__init__(student, teacher)
         self.options = options
 

@@ -20,7 +20,7 @@ from famkd.distill.base import FamFilterOptions, FeatureDistiller, FeatureOption
 from famkd.distill.levels import Level, feature_mse, paired_levels, review_chain
 from famkd.distill.registry import register_distiller
 from famkd.fam import FrequencyAttention
-from famkd.models import FeatureModel
+from famkd.models.taps import feature_info
 from famkd.nn.blocks import projection
 from famkd.nn.cross_attention import CrossAttention
 from famkd.settings import setting
@@ -126,9 +126,9 @@ class FamKD(FeatureDistiller):
     loss_name = "fam_kd"
     teacher_preact = False
 
-    def __init__(self, student: FeatureModel, teacher: FeatureModel, options: FamKDOptions, data: TrainingData):
+    def __init__(self, student: nn.Module, teacher: nn.Module, options: FamKDOptions, data: TrainingData):
         super().__init__(student, teacher, options)
-        levels = paired_levels(student.feature_info, teacher.feature_info, data.image_size)
+        levels = paired_levels(feature_info(student), feature_info(teacher), data.image_size)
         mids = mid_channel_counts(levels, options.max_mid_channels)
         fam_options = options.fam_options()
         self.pooled_is_residual = options.pooled_level == "residual"

@@ -12,7 +12,7 @@ from famkd.distill.fam_kd import FamOptions
 from famkd.distill.levels import Level, feature_mse, paired_levels
 from famkd.distill.registry import register_distiller
 from famkd.fam import FrequencyAttention
-from famkd.models import FeatureModel
+from famkd.models.taps import feature_info
 
 
 class FamLayerHead(nn.Module):
@@ -41,9 +41,9 @@ class FamKDLayerToLayer(FeatureDistiller):
     loss_name = "fam_kd"
     teacher_preact = False
 
-    def __init__(self, student: FeatureModel, teacher: FeatureModel, options: FamOptions, data: TrainingData):
+    def __init__(self, student: nn.Module, teacher: nn.Module, options: FamOptions, data: TrainingData):
         super().__init__(student, teacher, options)
-        levels = paired_levels(student.feature_info, teacher.feature_info, data.image_size)
+        levels = paired_levels(feature_info(student), feature_info(teacher), data.image_size)
         self.heads.extend(FamLayerHead(level, options.fam_options()) for level in levels)
 
     def head_outputs(self, student_maps: list[Tensor]) -> list[Tensor]:

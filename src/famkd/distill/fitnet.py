@@ -19,7 +19,8 @@ from famkd.distill.base import Distiller, TrainingData
 from famkd.distill.options import DistillOptions
 from famkd.distill.registry import register_distiller
 from famkd.errors import ConfigError
-from famkd.models import FeatureInfo, FeatureModel
+from famkd.models import FeatureInfo
+from famkd.models.taps import feature_info
 from famkd.settings import setting
 
 
@@ -83,12 +84,12 @@ class FitNet(Distiller):
 
     Options = FitNetOptions
 
-    def __init__(self, student: FeatureModel, teacher: FeatureModel, options: FitNetOptions, data: TrainingData):
+    def __init__(self, student: nn.Module, teacher: nn.Module, options: FitNetOptions, data: TrainingData):
         super().__init__(student, teacher)
         self.options = options
-        self.student_stage, self.teacher_stage = hint_stages(student.feature_info, teacher.feature_info)
-        student_hint = student.feature_info.stages[self.student_stage]
-        teacher_hint = teacher.feature_info.stages[self.teacher_stage]
+        self.student_stage, self.teacher_stage = hint_stages(feature_info(student), feature_info(teacher))
+        student_hint = feature_info(student).stages[self.student_stage]
+        teacher_hint = feature_info(teacher).stages[self.teacher_stage]
         self.regressor = hint_regressor(
             student_hint.channels,
             teacher_hint.channels,
@@ -97,7 +98,7 @@ class FitNet(Distiller):
         )
 
     def forward(self, images: Tensor, targets: Tensor, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
-        student = self.student.forward_features(images)
+        student = self.student_features(images)
         teacher = self.teacher_features(images)
         hint = self.regressor(student.stages[self.student_stage])
         return student.logits, {

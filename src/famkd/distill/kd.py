@@ -7,12 +7,11 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from famkd.distill.base import Distiller, TrainingData
 from famkd.distill.options import DistillOptions
 from famkd.distill.registry import register_distiller
-from famkd.models import FeatureModel
 from famkd.settings import setting
 
 
@@ -40,7 +39,7 @@ class KD(Distiller):
 
     Options = KDOptions
 
-    def __init__(self, student: FeatureModel, teacher: FeatureModel, options: KDOptions, data: TrainingData):
+    def __init__(self, student: nn.Module, teacher: nn.Module, options: KDOptions, data: TrainingData):
         super().__init__(student, teacher)
         self.options = options
 

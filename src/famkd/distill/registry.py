@@ -13,13 +13,14 @@ teacher is read.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from famkd.distill.base import Distiller, TrainingData
 from famkd.errors import ConfigError
+from famkd.models import FeatureModel, attach_taps, tap_reader
 from famkd.registry import Registry
 
 CLASSIFICATION = "classification"
@@ -62,6 +63,9 @@ def create_distiller(
     num_samples: int = 0,
     labels: torch.Tensor | None = None,
     task: str = CLASSIFICATION,
+    taps: Sequence[str] | None = None,
+    student_taps: Sequence[str] | None = None,
+    teacher_taps: Sequence[str] | None = None,
     **options: Any,
 ) -> Distiller:
     """Build the distiller `method` around `student` and (frozen) `teacher`.
@@ -70,17 +74,31 @@ def create_distiller(
     training images, which fixes every feature level's size, `num_samples` the size of the training
     set and `labels` its labels (methods with a per-sample memory bank need them). Bad options are
     ConfigErrors.
+
+    A classifier may be any `nn.Module` whose forward gives logits: one that is not a zoo model and has no taps
+    yet gets them (famkd.models.attach_taps) for `image_size` inputs, found automatically or at the module paths
+    `student_taps` / `teacher_taps` (`taps`: the same paths for both).
     """
     cls = distiller_class(method, task)
     resolved = cls.resolve_options(options, method)
+    if task == CLASSIFICATION:
+        ensure_taps(student, image_size, student_taps or taps)
     if cls.needs_teacher:
         if teacher is None:
             raise ConfigError(f"method {method!r} distills from a teacher: pass teacher=<a trained model>")
         if task == CLASSIFICATION:
+            ensure_taps(teacher, image_size, teacher_taps or taps)
             check_compatible(student, teacher)
     build: Callable[..., Distiller] = cls  # subclasses take (student, teacher, options, data)
     data = TrainingData(image_size=image_size, num_samples=num_samples, labels=labels)
     return build(student, teacher if cls.needs_teacher else None, resolved, data)
+
+
+def ensure_taps(model: torch.nn.Module, image_size: int, paths: Sequence[str] | None) -> None:
+    """Attach taps to `model` at `paths` when given, else where it has none and is not a zoo model."""
+    if paths or (tap_reader(model) is None and not isinstance(model, FeatureModel)):
+        reader = tap_reader(model)
+        attach_taps(model, image_size, paths, label=reader.label if reader else "")
 
 
 def check_compatible(student: torch.nn.Module, teacher: torch.nn.Module) -> None:

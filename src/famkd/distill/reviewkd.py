@@ -21,7 +21,7 @@ from famkd.distill.base import FamFilterOptions, FeatureDistiller, FeatureOption
 from famkd.distill.levels import Level, paired_levels, review_chain
 from famkd.distill.registry import register_distiller
 from famkd.fam import FrequencyAttention
-from famkd.models import FeatureModel
+from famkd.models.taps import feature_info
 from famkd.nn.blocks import projection
 from famkd.settings import setting
 
@@ -132,14 +132,14 @@ class ReviewDistiller(FeatureDistiller):
 
     def __init__(
         self,
-        student: FeatureModel,
-        teacher: FeatureModel,
+        student: nn.Module,
+        teacher: nn.Module,
         options: ReviewKDOptions,
         data: TrainingData,
         output_head: Callable[[int, Level], nn.Module],
     ):
         super().__init__(student, teacher, options)
-        levels = paired_levels(student.feature_info, teacher.feature_info, data.image_size)
+        levels = paired_levels(feature_info(student), feature_info(teacher), data.image_size)
         mid = min(options.max_mid_channels, levels[-1].student_channels)
         deepest = len(levels) - 1
         self.heads.extend(
@@ -160,7 +160,7 @@ class ReviewKD(ReviewDistiller):
 
     Options = ReviewKDOptions
 
-    def __init__(self, student: FeatureModel, teacher: FeatureModel, options: ReviewKDOptions, data: TrainingData):
+    def __init__(self, student: nn.Module, teacher: nn.Module, options: ReviewKDOptions, data: TrainingData):
         super().__init__(student, teacher, options, data, conv_output_head)
 
 
@@ -170,6 +170,6 @@ class FamReviewKD(ReviewDistiller):
 
     Options = FamReviewKDOptions
 
-    def __init__(self, student: FeatureModel, teacher: FeatureModel, options: FamReviewKDOptions, data: TrainingData):
+    def __init__(self, student: nn.Module, teacher: nn.Module, options: FamReviewKDOptions, data: TrainingData):
         head = functools.partial(fam_output_head, **options.fam_options())
         super().__init__(student, teacher, options, data, head)

@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from famkd.distill.base import Distiller, TrainingData
 from famkd.distill.options import DistillOptions
 from famkd.distill.registry import register_distiller
-from famkd.models import FeatureModel
 from famkd.settings import setting
 
 
@@ -28,7 +27,7 @@ class Vanilla(Distiller):
 
     def __init__(
         self,
-        student: FeatureModel,
+        student: nn.Module,
         teacher: None = None,
         options: VanillaOptions | None = None,
         data: TrainingData | None = None,

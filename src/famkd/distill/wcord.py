@@ -14,12 +14,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from famkd.distill.base import TrainingData
 from famkd.distill.contrastive import ContrastiveDistiller, ContrastOptions
 from famkd.distill.registry import register_distiller
-from famkd.models import FeatureModel
 from famkd.settings import setting
 
 
@@ -64,7 +63,7 @@ class WCoRD(ContrastiveDistiller):
     Options = WCoRDOptions
     options: WCoRDOptions
 
-    def __init__(self, student: FeatureModel, teacher: FeatureModel, options: WCoRDOptions, data: TrainingData):
+    def __init__(self, student: nn.Module, teacher: nn.Module, options: WCoRDOptions, data: TrainingData):
         super().__init__(student, teacher, options, data, hidden=options.critic_hidden)
 
     def forward(

@@ -4,8 +4,10 @@ all through torch's safe loader (no code runs), their SHA-256, and how a state d
 Three checkpoint layouts are understood (`split_checkpoint`):
 - famkd training checkpoints (`checkpoints/last.pt`, `best.pt`): the student is under "student",
   its architecture under config["student"];
-- the community CIFAR zoo layout `{"model": state_dict, ...}` (optionally with "arch");
-- a plain state dict, such as famkd's exported `student_best.pt`.
+- the community CIFAR zoo layout `{"model": state_dict, ...}` (optionally with "arch"), and timm's training
+  checkpoints `{"state_dict": state_dict, "arch": ...}`;
+- a plain state dict, such as famkd's `student_best.pt` or a timm/torchvision weight file (`.pth`, or
+  `.safetensors`).
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ from famkd.errors import FamkdError, shown
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint onto the CPU with `torch.load(weights_only=True)` (no arbitrary code runs)."""
+    """Load a checkpoint onto the CPU with `torch.load(weights_only=True)` (no arbitrary code runs), or a
+    `.safetensors` file's tensors."""
     path = Path(path)
     if not path.is_file():
         raise FamkdError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        return load_safetensors(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -38,6 +43,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise FamkdError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
     return state
+
+
+def load_safetensors(path: Path) -> dict[str, Tensor]:
+    try:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+    except ImportError:
+        raise FamkdError(f"reading {path} needs the safetensors package: pip install safetensors") from None
+    try:
+        return load_file(path, device="cpu")
+    except SafetensorError as error:
+        raise FamkdError(f"cannot read {path}: {error}") from None
 
 
 def refused_pickle_message(path: Path, torch_message: str) -> str:
@@ -75,9 +92,10 @@ def split_checkpoint(checkpoint: dict) -> tuple[dict[str, Tensor], str | None]:
     """The model state dict inside a checkpoint of any supported layout, and the architecture it names."""
     if isinstance(checkpoint.get("student"), dict) and isinstance(checkpoint.get("config"), dict):
         return checkpoint["student"], checkpoint["config"].get("student")
-    if isinstance(checkpoint.get("model"), dict):
-        arch = checkpoint.get("arch")
-        return checkpoint["model"], arch if isinstance(arch, str) else None
+    for key in ("model", "state_dict"):  # the community zoo's layout; timm's training checkpoints
+        if isinstance(checkpoint.get(key), dict):
+            arch = checkpoint.get("arch")
+            return checkpoint[key], arch if isinstance(arch, str) else None
     if checkpoint and all(isinstance(value, Tensor) for value in checkpoint.values()):
         return checkpoint, None
     raise FamkdError(
@@ -92,6 +110,22 @@ def strip_data_parallel_prefix(state_dict: dict[str, Tensor]) -> dict[str, Tenso
     if state_dict and all(key.startswith("module.") for key in state_dict):
         return {key[len("module.") :]: value for key, value in state_dict.items()}
     return state_dict
+
+
+def classifier_name(model: torch.nn.Module) -> str | None:
+    """The module path of the model's classifier: its last nn.Linear."""
+    linears = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    return linears[-1] if linears else None
+
+
+def head_class_count(model: torch.nn.Module, state_dict: dict[str, Tensor]) -> int | None:
+    """The class count of the classifier in `state_dict` where it differs from `model`'s, else None."""
+    name = classifier_name(model)
+    weight = state_dict.get(f"{name}.weight")
+    ours = model.state_dict().get(f"{name}.weight")
+    if weight is None or ours is None or weight.dim() != 2 or weight.shape[0] == ours.shape[0]:
+        return None
+    return int(weight.shape[0])
 
 
 def state_dict_mismatch(model: torch.nn.Module, state_dict: dict[str, Tensor]) -> str:
