@@ -4,7 +4,8 @@ decoded per batch by DataLoader workers. Importing the package registers these t
 
 Submodules import their siblings directly, never this package, and form no cycle: sampling, transforms and
 registry import no sibling; datasets imports registry; loader imports datasets, sampling and transforms;
-cifar100, synthetic and imagenet import those and register themselves.
+folders imports datasets and sampling; cifar100, synthetic and imagenet import those (imagenet: folders too) and
+register themselves.
 """
 
 from famkd.data import cifar100, imagenet, synthetic  # noqa: F401  (register the datasets)
