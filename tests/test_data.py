@@ -46,7 +46,8 @@ from real_data import REAL_CIFAR100, REAL_CIFAR100_WHERE
 from tiny_cifar import tiny_cifar_arrays, write_tiny_cifar
 
 UNKNOWN_DATASET = (
-    r"data.dataset='cifar10' is not allowed \(did you mean 'cifar100'\?\); choose one of: cifar100, imagenet"
+    r"data.dataset='cifar10' is not allowed \(did you mean 'cifar100'\?\); choose one of: "
+    "cifar100, imagefolder, imagenet, synthetic$"
 )
 HOW_TO_GET = "download cifar-100-python.tar.gz (torchvision.datasets.CIFAR100(root, download=True))"
 

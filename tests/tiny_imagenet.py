@@ -22,9 +22,9 @@ WNIDS = ("n01440764", "n01443537", "n01484850")
 IMAGE_WIDTH, IMAGE_HEIGHT = 48, 40
 
 
-def write_image(path: Path, rng: np.random.Generator) -> None:
-    """A random RGB image of IMAGE_WIDTH x IMAGE_HEIGHT, in the format its suffix names."""
-    pixels = rng.integers(0, 256, (IMAGE_HEIGHT, IMAGE_WIDTH, 3), dtype=np.uint8)
+def write_image(path: Path, rng: np.random.Generator, width: int = IMAGE_WIDTH, height: int = IMAGE_HEIGHT) -> None:
+    """A random RGB image of width x height, in the format its suffix names (PNG for .png, else JPEG)."""
+    pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path, format="PNG" if path.suffix == ".png" else "JPEG")
 

@@ -137,6 +137,17 @@ def settings_to_dict(settings: Any) -> dict:
     return dataclasses.asdict(settings)
 
 
+def declared_defaults(cls: Any) -> dict:
+    """A plain nested dict of the defaults dataclass `cls` declares: unlike `settings_to_dict(cls())`, never a value
+    its `__post_init__` resolves (e.g. a size whose default 0 means "derived from another setting"), so that the
+    setting it derives from, given in a config, still counts."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        values[f.name] = settings_to_dict(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
+    return values
+
+
 class _SettingsDumper(yaml.SafeDumper):
     """Sections as blocks, lists on one line: `lr_milestones: [150, 180, 210]`."""
 
@@ -175,7 +186,7 @@ def settings_from_dict(root: type[T], values: dict) -> T:
     """A validated `root` from a (possibly partial) nested dict; missing keys keep their defaults."""
     if not isinstance(values, dict):
         raise ConfigError(f"a config must be a mapping of keys to values, got {type(values).__name__}")
-    merged = settings_to_dict(root())
+    merged = declared_defaults(root)
     for section in FREE_FORM_SECTIONS:
         merged[section] = {}  # the defaults' options belong to the default method; the method's own apply
     _merge_into(root, merged, values, root, prefix="")
@@ -338,7 +349,7 @@ def _merge_into(root: type, target: dict, updates: dict, cls: Any, prefix: str) 
                 raise ConfigError(f"{dotted!r} is a section: give a mapping of its keys, got {value!r}")
             variant = section_class(field_type, {**target[key], **value})
             if variant is not section_class(field_type, target[key]):  # another variant: its own defaults
-                target[key] = settings_to_dict(variant())
+                target[key] = declared_defaults(variant)
             _merge_into(root, target[key], value, variant, dotted)
         elif key in FREE_FORM_SECTIONS and not prefix and isinstance(value, dict):
             _deep_update(target[key], value)

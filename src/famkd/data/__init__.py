@@ -1,13 +1,15 @@
 """Datasets and their loaders, one registered entry per dataset (famkd.data.registry): CIFAR-100 and the
-synthetic set held in memory as uint8 tensors and augmented batched with tensor ops; ImageNet folders
-decoded per batch by DataLoader workers. Importing the package registers these three.
+synthetic set held in memory as uint8 tensors and augmented batched with tensor ops; ImageNet folders and any
+other image folders (`imagefolder`: your own classes and images) decoded per batch by DataLoader workers.
+Importing the package registers these four.
 
 Submodules import their siblings directly, never this package, and form no cycle: sampling, transforms and
 registry import no sibling; datasets imports registry; loader imports datasets, sampling and transforms;
-cifar100, synthetic and imagenet import those and register themselves.
+folders imports datasets and sampling; cifar100, synthetic, imagenet and imagefolder import those (the last
+two: folders too) and register themselves.
 """
 
-from famkd.data import cifar100, imagenet, synthetic  # noqa: F401  (register the datasets)
+from famkd.data import cifar100, imagefolder, imagenet, synthetic  # noqa: F401  (register the datasets)
 from famkd.data.datasets import (
     CIFAR100_MEAN,
     CIFAR100_STD,
