@@ -45,9 +45,8 @@ from famkd.engine.device import autocast_factory, resolve_device, to_channels_la
 from famkd.engine.host_memory import retain_freed_memory
 from famkd.engine.schedule import build_optimizer
 from famkd.engine.step import optimizer_step
-from famkd.errors import FamkdError
-from famkd.models import create_model
-from famkd.models.registry import MODELS
+from famkd.errors import ConfigError, FamkdError
+from famkd.models import check_model_name, create_model
 from famkd.registry import closest
 
 DEFAULT_IMAGE_SIZE = 32  # CIFAR's side
@@ -61,8 +60,12 @@ MEMORY_NOTE = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--teacher", default="resnet32x4", help="teacher model (random weights; only its cost matters)")
-    parser.add_argument("--student", default="resnet8x4", help="student model")
+    parser.add_argument(
+        "--teacher",
+        default="resnet32x4",
+        help="teacher model: a zoo name, timm:<name> or torchvision:<name> (random weights; only its cost matters)",
+    )
+    parser.add_argument("--student", default="resnet8x4", help="student model (as --teacher)")
     parser.add_argument(
         "--methods",
         default="vanilla,kd,reviewkd,fam_kd",
@@ -148,10 +151,10 @@ def parse_methods(text: str) -> list[str]:
 
 def check_settings(args: argparse.Namespace) -> None:
     for setting, name in (("--teacher", args.teacher), ("--student", args.student)):
-        if name not in MODELS.names():
-            near = closest(name, MODELS.names())
-            hint = f" (did you mean {near!r}?)" if near else ""
-            raise FamkdError(f"{setting}: unknown model {name!r}{hint}")
+        try:
+            check_model_name(name)
+        except ConfigError as error:
+            raise FamkdError(f"{setting}: {error}") from None
     for setting, value, minimum in (
         ("--batch-size", args.batch_size, 1),
         ("--image-size", args.image_size, 1),
@@ -179,7 +182,7 @@ def benchmark(
     step = step or training_step
     torch.manual_seed(args.seed)
     images, labels = random_batch(args.batch_size, args.image_size, args.num_classes, device, args.channels_last)
-    teacher = create_model(args.teacher, num_classes=args.num_classes).to(device)
+    teacher = create_model(args.teacher, num_classes=args.num_classes, image_size=args.image_size).to(device)
     if args.channels_last:
         to_channels_last(teacher)
     runs = [build_method(args, method, teacher, device) for method in methods]
@@ -224,7 +227,7 @@ def memory_format(channels_last: bool) -> torch.memory_format:
 
 def build_method(args: argparse.Namespace, method: str, teacher, device: torch.device) -> MethodRun:
     """The method's distiller around a fresh student, with the trainer's optimiser."""
-    student = create_model(args.student, num_classes=args.num_classes)
+    student = create_model(args.student, num_classes=args.num_classes, image_size=args.image_size)
     labels = torch.arange(TRAIN_SET_SIZE) % args.num_classes  # a balanced training set, for memory banks
     distiller = create_distiller(
         method,

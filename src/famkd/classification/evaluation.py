@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from famkd.config import config_from_dict
-from famkd.data import LoaderSettings, build_datasets, build_loader, data_options
+from famkd.data import LoaderSettings, build_datasets, build_loader, data_options, dataset_image_size
 from famkd.engine.device import resolve_device
 from famkd.engine.distributed import all_reduce_sum
 from famkd.engine.run_dir import RunDir
@@ -96,7 +96,9 @@ def evaluate_checkpoint(
     else:
         data_cfg = data_options("cifar100", root=data_root)
     _, test_set = build_datasets(data_cfg)
-    model, arch = model_from_checkpoint(checkpoint, checkpoint_path, model_name, test_set.num_classes)
+    model, arch = model_from_checkpoint(
+        checkpoint, checkpoint_path, model_name, test_set.num_classes, image_size=dataset_image_size(data_cfg)
+    )
     target = resolve_device(device)
     loader = build_loader(test_set, data_cfg, batch_size, False, LoaderSettings(device=target))
     result = evaluate(model.to(target), loader, description="test")

@@ -35,7 +35,7 @@ def build_model(card: dict[str, Any]) -> nn.Module:
         return build_detector(card["arch"], card["num_classes"], card["min_size"], card["max_size"])
     from famkd.models import create_model
 
-    return create_model(card["arch"], num_classes=card["num_classes"])
+    return create_model(card["arch"], num_classes=card["num_classes"], image_size=card.get("input_size"))
 
 
 def load_student(source: Path, which: str = "best") -> Student:

@@ -56,7 +56,8 @@ NCHW, NHWC, TOKENS = "NCHW", "NHWC", "tokens"
 @dataclass(frozen=True)
 class Capture:
     """One tensor a forward pass hands to a module call: the `call`-th call (from 0) of the module at `path`,
-    its input or its output; `clone`: copied when taken (the input of an in-place activation)."""
+    its input or its output; `clone`: copied when taken, as the forward changes it in place later (the input of
+    an in-place ReLU, a map a residual sum is added to)."""
 
     path: str
     call: int = 0
@@ -86,6 +87,8 @@ class Call:
     input: Any = None
     output: Any = None
     finished: int = -1  # when the call returned, counted over all calls
+    versions: tuple[int, int] = (-1, -1)  # of the input when the call started, of the output when it returned
+    changed: tuple[bool, bool] = (False, False)  # whether the input, the output was later changed in place
 
 
 @dataclass
@@ -259,7 +262,7 @@ def run_probe(model: nn.Module, image_size: int) -> Probe:
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
             index = counts.get(path, 0)
             counts[path] = index + 1
-            probe.calls.append(Call(path, index, module, args[0] if args else None))
+            probe.calls.append(Call(path, index, module, args[0] if args else None, versions=(_version(args), -1)))
 
         return hook
 
@@ -267,6 +270,7 @@ def run_probe(model: nn.Module, image_size: int) -> Probe:
         def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
             call = next(c for c in reversed(probe.calls) if c.module is module and c.finished < 0)
             call.output, call.finished = output, next(finished)
+            call.versions = (call.versions[0], _version((output,)))
 
         return hook
 
@@ -283,7 +287,14 @@ def run_probe(model: nn.Module, image_size: int) -> Probe:
         finally:
             for handle in handles:
                 handle.remove()
+    for call in probe.calls:
+        call.changed = (_version((call.input,)) != call.versions[0], _version((call.output,)) != call.versions[1])
     return probe
+
+
+def _version(values: tuple[Any, ...]) -> int:
+    """The in-place version counter of the first of `values` when it is a tensor (-1 otherwise)."""
+    return values[0]._version if values and isinstance(values[0], Tensor) else -1
 
 
 @contextmanager
@@ -365,7 +376,7 @@ def named_tap(model: nn.Module, probe: Probe, path: str, label: str, channels: i
         )
     side = token_grid_side(output.shape[1]) if layout == TOKENS else output.shape[2 if layout == NCHW else 1]
     chans = output.shape[-1] if layout in (NHWC, TOKENS) else output.shape[1]
-    capture = Capture(path, call.index)
+    capture = Capture(path, call.index, clone=call.changed[1])
     return Tap(path, capture, preact_capture(probe, call), chans, side, layout)
 
 
@@ -400,8 +411,7 @@ def preact_capture(probe: Probe, call: Call) -> Capture | None:
     last = max(inside, key=lambda c: c.finished)
     if last.output is not call.output:
         return None
-    in_place = bool(getattr(last.module, "inplace", False))
-    return Capture(last.path, last.index, "input", clone=in_place)
+    return Capture(last.path, last.index, "input", clone=last.changed[0])
 
 
 def crossing_taps(probe: Probe) -> list[Tap]:
@@ -410,7 +420,7 @@ def crossing_taps(probe: Probe) -> list[Tap]:
     pools inside a block); at the deepest side, the input of the last global pool (the classifier's), or where
     the model pools with a function, the last map a module gives."""
     taps: dict[int, Tap] = {}
-    pools = [call for call in probe.calls if _is_global_pool(call)]
+    pools = [call for call in probe.calls if _is_global_pool(call) and call.input is not probe.image]
     for call in probe.calls:
         source = call.input
         if not _is_map(source) or source is probe.image or source.shape[2] in taps or call in pools:
@@ -442,10 +452,11 @@ def tap_of_tensor(probe: Probe, tensor: Tensor, consumer: Call) -> Tap:
     channels, side = tensor.shape[1], tensor.shape[2]
     if not producers:
         name = f"{consumer.path}:input"
-        return Tap(name, Capture(consumer.path, consumer.index, "input"), None, channels, side)
+        capture = Capture(consumer.path, consumer.index, "input", clone=consumer.changed[0])
+        return Tap(name, capture, None, channels, side)
     call = min(producers, key=lambda c: (c.path.count("."), -c.finished))
     name = call.path if call.index == 0 else f"{call.path}#{call.index}"
-    return Tap(name, Capture(call.path, call.index), preact_capture(probe, call), channels, side)
+    return Tap(name, Capture(call.path, call.index, clone=call.changed[1]), preact_capture(probe, call), channels, side)
 
 
 def token_block_taps(probe: Probe) -> list[Tap]:

@@ -65,10 +65,19 @@ def filter_panels(distiller: nn.Module) -> list[tuple[str, Tensor, Tensor]]:
 
 def build_distiller(cfg: Config, num_classes: int) -> Distiller:
     """The distiller `cfg` trains, its models freshly initialised (a teacher's weights are not loaded)."""
-    student = create_model(cfg.student, num_classes=num_classes)
-    teacher = create_model(cfg.teacher.name, num_classes=num_classes) if needs_teacher(cfg.method) else None
+    image_size = dataset_image_size(cfg.data)
+    student = create_model(cfg.student, num_classes=num_classes, image_size=image_size)
+    teacher = None
+    if needs_teacher(cfg.method):
+        teacher = create_model(cfg.teacher.name, num_classes=num_classes, image_size=image_size)
     return create_distiller(
-        cfg.method, student=student, teacher=teacher, image_size=dataset_image_size(cfg.data) or 0, **cfg.distill
+        cfg.method,
+        student=student,
+        teacher=teacher,
+        image_size=image_size or 0,
+        student_taps=cfg.student_taps,
+        teacher_taps=cfg.teacher_taps,
+        **cfg.distill,
     )
 
 
