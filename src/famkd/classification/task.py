@@ -21,7 +21,8 @@ from famkd.engine.run_dir import RunDir, timestamped_run_dir
 from famkd.engine.task import Autocast, Task, TaskData
 from famkd.engine.trainer import train as train_task
 from famkd.errors import FamkdError
-from famkd.models import create_model, list_models
+from famkd.models import create_model
+from famkd.models.external import is_external
 from famkd.weights import TORCHVISION_PREFIX, load_teacher_and_name
 from famkd.weights.zoo import load_student_init
 
@@ -184,10 +185,11 @@ def missing_teacher_message(cfg: Config) -> str:
             f"timm file, .pth or .safetensors), or a torchvision weights entry such as "
             f"{TORCHVISION_PREFIX}ResNet34_Weights.IMAGENET1K_V1"
         )
-    if cfg.data.dataset == "cifar100" and teacher in list_models():
+    if cfg.data.dataset == "cifar100" and not is_external(teacher):
         return (
-            f"{head}: {train_one}, or use a community CIFAR-100 teacher: cifar_teachers.tar of the "
-            f"RepDistiller/mdistiller zoo ({COMMUNITY_TEACHERS_URL}), "
+            f"{head}. Train one with `famkd train configs/cifar100/vanilla/{teacher}.yaml` and pass "
+            "teacher.checkpoint=<its run dir>/student_best.pt, or use a community CIFAR-100 teacher: "
+            f"cifar_teachers.tar of the RepDistiller/mdistiller zoo ({COMMUNITY_TEACHERS_URL}), "
             f"e.g. teacher.checkpoint=cifar_teachers/{teacher}_vanilla/ckpt_epoch_240.pth"
         )
     return f"{head}: {train_one}, or pass teacher.checkpoint=PATH, a state dict of a {teacher} trained on these classes"
