@@ -85,6 +85,7 @@ def test_without_kd_the_ratio_is_null(tmp_path):
         (["--methods", "kd,kd"], "--methods lists a method twice"),
         (["--methods", "kd", "--steps", "0"], "--steps must be >= 1, got 0"),
         (["--methods", "kd", "--teacher", "resnet9"], "--teacher: unknown model 'resnet9'"),
+        (["--methods", "kd", "--student", "timm:convnext_atoo"], "--student: unknown timm model 'convnext_atoo'"),
     ],
 )
 def test_bad_arguments_are_clear_errors(argument, message, capsys):
@@ -209,3 +210,15 @@ def test_the_image_size_defaults_to_cifar_and_must_be_positive(capsys):
     assert bench_args().image_size == 32
     assert main(TINY + ["--methods", "kd", "--image-size", "0"]) == 1
     assert "--image-size must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_timm_and_torchvision_names_are_benchmarked(tmp_path):
+    pytest.importorskip("timm")
+    out = tmp_path / "bench.json"
+    names = ["--teacher", "timm:resnet10t", "--student", "torchvision:mobilenet_v3_small", "--image-size", "32"]
+    argv = TINY + names + ["--methods", "kd,fam_kd", "--steps", "1", "--warmup", "0", "--no-memory", "--json", str(out)]
+    assert main(argv) == 0
+    records = json.loads(out.read_text())
+    assert [r["method"] for r in records] == ["kd", "fam_kd"]
+    assert (records[1]["teacher"], records[1]["student"]) == ("timm:resnet10t", "torchvision:mobilenet_v3_small")
+    assert records[0]["head_params"] == 0 < records[1]["head_params"]

@@ -288,3 +288,10 @@ def test_a_checkpoint_whose_head_does_not_fit_says_so_and_student_init_replaces_
     assert all(torch.equal(student.state_dict()[k], v) for k, v in body.items())
     with pytest.raises(FamkdError, match="does not fit the student"):
         load_student_init(create_model("timm:resnet18", num_classes=3, image_size=32), path)
+
+
+def test_a_zoo_teacher_with_another_class_count_than_the_data_says_so(tmp_path):
+    path = tmp_path / "resnet8_100.pth"
+    torch.save({"model": create_model("resnet8", num_classes=100).state_dict()}, path)
+    with pytest.raises(FamkdError, match=r"holds a resnet8 with a 100-class head, but the data has 10 classes"):
+        model_from_checkpoint(torch.load(path), path, "resnet8", 10)

@@ -34,18 +34,19 @@ def is_external(name: str) -> bool:
 def check_external_name(name: str) -> None:
     """A ConfigError when `name` is no timm/torchvision model (naming the nearest ones) or timm is missing."""
     library, model = name.split(":", 1)
-    known = _timm_names() if library == "timm" else _torchvision_names()
     if library == "timm":
-        if _timm().is_model(model.split(".")[0]):
-            return
-    elif model in known:
-        refused = next((why for start, why in TORCHVISION_REFUSED.items() if model.startswith(start)), None)
-        if refused:
-            raise ConfigError(f"{name}: famkd cannot tap it: {refused}")
-        return
-    near = difflib.get_close_matches(model, known, n=3, cutoff=0.6)
-    hint = f"; nearest: {', '.join(library + ':' + n for n in near)}" if near else ""
-    raise ConfigError(f"unknown {library} model {model!r}{hint}")
+        known = _timm_names() if not _timm().is_model(model.split(".")[0]) else None
+    else:
+        known = _torchvision_names()
+        if model in known:
+            refused = next((why for start, why in TORCHVISION_REFUSED.items() if model.startswith(start)), None)
+            if refused:
+                raise ConfigError(f"{name}: famkd cannot tap it: {refused}")
+            known = None
+    if known is not None:
+        near = difflib.get_close_matches(model, known, n=3, cutoff=0.6)
+        hint = f"; nearest: {', '.join(library + ':' + n for n in near)}" if near else ""
+        raise ConfigError(f"unknown {library} model {model!r}{hint}")
 
 
 def create_external(name: str, num_classes: int, image_size: int | None = None) -> nn.Module:
