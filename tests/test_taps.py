@@ -295,3 +295,22 @@ def test_a_zoo_teacher_with_another_class_count_than_the_data_says_so(tmp_path):
     torch.save({"model": create_model("resnet8", num_classes=100).state_dict()}, path)
     with pytest.raises(FamkdError, match=r"holds a resnet8 with a 100-class head, but the data has 10 classes"):
         model_from_checkpoint(torch.load(path), path, "resnet8", 10)
+
+
+def test_taps_on_swapped_modules_are_hooked_again_and_a_copy_has_none():
+    import copy
+
+    from famkd.models.taps import refresh_taps, tap_reader
+
+    net = trained_mode_net()
+    attach_taps(net, 32, taps=["stem.1", "stage3"])
+    swapped = nn.BatchNorm2d(8).eval()
+    swapped.load_state_dict(net.stem[1].state_dict())
+    net.stem[1] = swapped  # as convert_sync_batchnorm swaps batch norms
+    x = torch.randn(2, 3, 32, 32)
+    with pytest.raises(RuntimeError, match=r"did not reach the tapped module call\(s\) stem.1; .*refresh_taps"):
+        forward_features(net, x)
+    refresh_taps(net)
+    with torch.no_grad():
+        torch.testing.assert_close(forward_features(net, x).stages[0], swapped(net.stem[0](x)))
+    assert tap_reader(copy.deepcopy(net)) is None

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from famkd.errors import ConfigError
+from famkd.models.taps import refresh_taps
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,8 @@ def wrap_for_training(distiller: nn.Module, processes: Processes, device: torch.
     if sync_bn:
         if teacher is not None:  # the frozen teacher keeps its own batch norms
             distiller.register_module("teacher", None)
-        nn.SyncBatchNorm.convert_sync_batchnorm(distiller)
+        convert_sync_batchnorm(distiller)
+        refresh_taps(distiller.get_submodule("student"))
         if teacher is not None:
             distiller.register_module("teacher", teacher)
     teacher_state = [f"teacher.{name}" for name in teacher.state_dict()] if teacher is not None else []
@@ -116,6 +118,15 @@ def wrap_for_training(distiller: nn.Module, processes: Processes, device: torch.
         ignore(distiller, teacher_state)
     device_ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(distiller, device_ids=device_ids, find_unused_parameters=False)
+
+
+def convert_sync_batchnorm(module: nn.Module) -> None:
+    """Batch norms to SyncBatchNorm in place; timm's, which hold their activation, through timm's own converter."""
+    try:
+        from timm.layers import convert_sync_batchnorm as convert
+    except ImportError:
+        convert = nn.SyncBatchNorm.convert_sync_batchnorm
+    convert(module)
 
 
 def leave_processes() -> None:

@@ -137,6 +137,15 @@ def detach_taps(model: nn.Module) -> None:
         reader.remove_hooks()
 
 
+def refresh_taps(model: nn.Module) -> None:
+    """Hook the taps again on the modules now at their paths (after modules were swapped, e.g. by
+    `convert_sync_batchnorm`)."""
+    reader = tap_reader(model)
+    if reader is not None:
+        reader.remove_hooks()
+        reader.hook(model)
+
+
 def tap_reader(model: nn.Module) -> TapReader | None:
     return model.__dict__.get(_READER)
 
@@ -184,7 +193,12 @@ class TapReader:
         self._store: dict[Capture, Tensor] | None = None
         self._counts: dict[tuple[str, str], int] = {}
         self._model = model
-        self._handles = self._register(model)
+        self._handles: list[Any] = []
+        self.hook(model)
+
+    def __deepcopy__(self, memo: dict) -> None:
+        """A copy of the model has no taps (its hooks would still call this reader): attach them to it again."""
+        return None
 
     def __call__(self, images: Tensor) -> Features:
         self._store, self._counts = {}, {}
@@ -193,6 +207,12 @@ class TapReader:
             store = self._store
         finally:
             self._store = None
+        missing = [capture.path for capture in self.captures if capture not in store]
+        if missing:
+            raise RuntimeError(
+                f"{self.label}: the forward pass did not reach the tapped module call(s) {', '.join(missing)}; if "
+                "modules were swapped since the taps were attached, call famkd.models.taps.refresh_taps(model)"
+            )
         stages = [as_nchw(store[tap.map], tap) for tap in self.taps]
         preact = [as_nchw(store[tap.preact], tap) if tap.preact else stage for tap, stage in zip(self.taps, stages)]
         return Features(stages=stages, preact=preact, pooled=store[self.classifier], logits=logits)
@@ -200,17 +220,17 @@ class TapReader:
     def remove_hooks(self) -> None:
         for handle in self._handles:
             handle.remove()
+        self._handles = []
 
-    def _register(self, model: nn.Module) -> list[Any]:
+    def hook(self, model: nn.Module) -> None:
+        """Register the hooks that take the captures on `model`'s modules."""
         by_module: dict[str, list[Capture]] = {}
         for capture in self.captures:
             by_module.setdefault(capture.path, []).append(capture)
-        handles = []
         for path, captures in by_module.items():
             module = model.get_submodule(path)
-            handles.append(module.register_forward_pre_hook(self._pre_hook(path, captures)))
-            handles.append(module.register_forward_hook(self._post_hook(path, captures)))
-        return handles
+            self._handles.append(module.register_forward_pre_hook(self._pre_hook(path, captures)))
+            self._handles.append(module.register_forward_hook(self._post_hook(path, captures)))
 
     def _count(self, path: str, kind: str) -> int:
         key = (path, kind)
