@@ -1,5 +1,5 @@
 """The committed configs/cifar100 and configs/imagenet files: they load, match the generator, and carry
-docs/method.md's recipes.
+docs/method.md's recipes; the hand-written configs/examples load and build.
 
 The expected values below are copied by hand from docs/method.md, not read from famkd.recipes,
 so a wrong entry in the recipe table fails here even though the generator follows it.
@@ -417,3 +417,54 @@ def test_coco_configs_carry_the_papers_schedule(method, pair):
     )
     if method == "reviewkd":
         assert cfg.distill["loss_weight"] == COCO_REVIEWKD_WEIGHT[pair]
+
+
+# ---------------------------------------------------------------- configs/examples
+
+EXAMPLES_DIR = REPO_ROOT / "configs" / "examples"
+EXAMPLE_PAIRS = {  # each example: its method, teacher and student
+    "imagefolder_timm_resnet50_to_mobilenetv3.yaml": ("fam_kd", "timm:resnet50", "timm:mobilenetv3_large_100"),
+    "imagefolder_convnext_to_resnet18.yaml": ("kd", "timm:convnext_tiny", "timm:resnet18"),
+    "imagefolder_vit_to_resnet.yaml": ("fam_kd", "timm:vit_small_patch16_224", "timm:resnet18"),
+}
+
+
+def example_configs() -> list[str]:
+    return sorted(path.name for path in EXAMPLES_DIR.rglob("*.yaml"))
+
+
+def test_example_set_is_the_documented_one():
+    assert example_configs() == sorted(EXAMPLE_PAIRS)
+
+
+@pytest.mark.parametrize("name", example_configs())
+def test_example_configs_load_and_leave_the_data_and_the_teacher_to_the_user(name):
+    pytest.importorskip("timm")
+    path = EXAMPLES_DIR / name
+    cfg = load_config(path)
+    assert (cfg.method, cfg.teacher.name, cfg.student) == EXAMPLE_PAIRS[name]
+    assert (cfg.data.dataset, cfg.data.root, cfg.data.image_size) == ("imagefolder", "", 224)
+    assert cfg.teacher.checkpoint == "" and cfg.teacher.sha256 == "" and cfg.student_init == ""
+    assert (cfg.train.epochs, cfg.train.lr, cfg.train.lr_milestones, cfg.train.batch_size) == (30, 0.01, [20, 25], 64)
+    header = [line for line in path.read_text().splitlines() if line.startswith("#")]
+    run = f"Run: famkd train configs/examples/{name} data.root=DIR teacher.checkpoint=teacher.safetensors"
+    assert run in header[1]
+    given = load_config(path, ["data.root=/data/flowers", "teacher.checkpoint=teacher.safetensors"])
+    assert (given.data.root, given.teacher.checkpoint) == ("/data/flowers", "teacher.safetensors")
+
+
+@pytest.mark.parametrize("name", example_configs())
+def test_example_distillers_build_and_take_a_step(name):
+    """Each example's method, options and pair at 64 x 64 (the heads of 224 x 224 are hundreds of MB)."""
+    pytest.importorskip("timm")
+    cfg = load_config(EXAMPLES_DIR / name)
+    torch.manual_seed(0)
+    models = {
+        role: create_model(model, num_classes=5, image_size=64)
+        for role, model in (("student", cfg.student), ("teacher", cfg.teacher.name))
+    }
+    distiller = create_distiller(cfg.method, **models, image_size=64, **cfg.distill)
+    logits, losses = distiller(torch.randn(2, 3, 64, 64), torch.tensor([1, 4]), epoch=1)
+    assert logits.shape == (2, 5)
+    assert set(losses) == {"ce", cfg.method} and all(torch.isfinite(loss) for loss in losses.values())
+    sum(losses.values()).backward()
