@@ -103,18 +103,74 @@ def test_each_process_loads_its_share_of_every_global_batch():
     assert torch.equal(covered, torch.arange(16))  # every test image once: parts of 6, 6 and 4
 
 
-def test_a_global_batch_that_does_not_divide_and_a_memory_bank_method_are_refused():
+def test_a_global_batch_that_does_not_divide_is_refused():
     with pytest.raises(ConfigError, match="train.batch_size=10 is the global batch and must divide by the 4"):
         Processes(4, 0, 0).batch_share(10)
     assert Processes(4, 0, 0).batch_share(256) == 64
-    crd = create_distiller(
-        "crd",
-        student=create_model("resnet8", num_classes=4),
-        teacher=create_model("resnet8", num_classes=4),
+
+
+def contrastive_steps(processes: Processes, method: str, queue_size: int) -> dict[str, torch.Tensor]:
+    """Two float64 steps of `method` on this process's share of the first two global batches of epoch 1 (no
+    optimiser step: the memory alone changes): each step's loss terms and gradients, then the memory."""
+    torch.manual_seed(0)
+    student, teacher = create_model("resnet8", num_classes=4), create_model("resnet14", num_classes=4)
+    distiller = create_distiller(
+        method,
+        student=student,
+        teacher=teacher,
         num_samples=16,
+        labels=tiny_dataset().labels,
+        nce_k=6,
+        queue_size=queue_size,
+    ).double()
+    step_model = wrap_for_training(distiller, processes, torch.device("cpu"), sync_bn=False)
+    share = GLOBAL_BATCH // processes.world_size
+    loader = BatchLoader(
+        tiny_dataset(),
+        share,
+        train=True,
+        seed=3,
+        num_replicas=processes.world_size,
+        rank=processes.rank,
+        with_indices=True,
     )
-    with pytest.raises(ConfigError, match="per-sample memory .* one process"):
-        wrap_for_training(crd, Processes(2, 0, 0), torch.device("cpu"), sync_bn=False)
+    loader.set_epoch(1)
+    distiller.eval()  # batch norms per image, so that the processes' gradients average to the batch's
+    result = {}
+    for step, (images, labels, indices) in enumerate(loader):
+        _, losses = step_model(images.double(), labels, 1, indices)
+        sum(losses.values()).backward()
+        result |= {f"{step}.loss.{name}": value.detach() for name, value in losses.items()}
+        result |= {f"{step}.grad.{n}": p.grad.clone() for n, p in distiller.named_parameters() if p.grad is not None}
+        distiller.zero_grad()
+    return result | {f"memory.{k}": v for k, v in distiller.memory.state_dict().items()}
+
+
+def contrastive_worker(rank: int, world_size: int, rendezvous: str, out: str, method: str, queue_size: int) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size)
+    try:
+        save_checkpoint(f"{out}.{rank}", contrastive_steps(Processes(world_size, rank, rank), method, queue_size))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("method, queue_size", [("crd", 0), ("wcord", 0), ("crd", 8)])
+def test_two_processes_share_one_contrastive_memory_as_one_process_does_on_the_global_batch(
+    tmp_path, method, queue_size
+):
+    torch.set_num_threads(1)
+    out = str(tmp_path / "steps")
+    mp.spawn(contrastive_worker, args=(2, str(tmp_path / "rendezvous"), out, method, queue_size), nprocs=2)
+    ranks = [load_checkpoint(f"{out}.{rank}") for rank in (0, 1)]
+    single = contrastive_steps(Processes(), method, queue_size)
+    assert ranks[0].keys() == single.keys() and any(k.startswith("1.loss.") for k in single)
+    for name, value in single.items():
+        if ".loss." in name:  # each process's terms are means over its share: their mean is the batch's
+            value_of_ranks = (ranks[0][name] + ranks[1][name]) / 2
+            torch.testing.assert_close(value_of_ranks, value, rtol=1e-9, atol=1e-12, msg=name)
+        else:  # gradients (averaged by DDP) and the memory, with its negatives' generator, on both processes
+            for rank in ranks:
+                torch.testing.assert_close(rank[name], value, rtol=1e-9, atol=1e-12, msg=name)
 
 
 # ---- torchrun end to end ---------------------------------------------------------------------

@@ -6,10 +6,15 @@ per-sample bank, or `QueueMemory`, a bounded FIFO) and score the two contrasts w
 loss (`nce_loss`). Reference: Tian, Krishnan and Isola, "Contrastive Representation
 Distillation", ICLR 2020, and its benchmark code RepDistiller (crd/memory.py, crd/criterion.py).
 
-Negatives are drawn with tensor ops from the global torch generator of the memory's device, so a
-checkpoint's saved RNG state replays them exactly; a sample is never its own negative. With the
-training labels known, the bank draws them as the benchmark does (its `exact` mode): nce_k distinct
+Negatives are drawn with tensor ops from the memory's own generator, seeded from the run's seed and saved
+with the memory (its extra state), so a checkpoint replays them exactly; a sample is never its own negative.
+With the training labels known, the bank draws them as the benchmark does (its `exact` mode): nce_k distinct
 images of other classes (`draw_other_classes`).
+
+Several processes (torchrun) share one memory: each gathers the global batch's embeddings and indices, draws
+the global batch's negatives from the same generator and writes the same rows, so every process holds the
+same memory, and each scores its own share of the batch. The normalisation constant Z is the mean over the
+processes' estimates. With equal shares this is the single-process computation on the global batch.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -72,7 +78,12 @@ class Embed(nn.Module):
             self.layers = nn.Sequential(nn.Linear(in_channels, out_channels))
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.normalize(self.layers(x.flatten(1)).float(), dim=1)
+        return F.normalize(at_least_float32(self.layers(x.flatten(1))), dim=1)
+
+
+def at_least_float32(x: Tensor) -> Tensor:
+    """x in float32, or float64 when it is (a reduced precision never scores the memories)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def initial_memory(rows: int, dim: int) -> Tensor:
@@ -81,14 +92,16 @@ def initial_memory(rows: int, dim: int) -> Tensor:
     return torch.rand(rows, dim).mul_(2 * stdv).add_(-stdv)
 
 
-def draw_others(positives: Tensor, size: int, count: int) -> Tensor:
+def draw_others(positives: Tensor, size: int, count: int, generator: torch.Generator | None = None) -> Tensor:
     """(B, count) indices, row b uniform over [0, size) without positives[b]: drawn from size - 1 values, those
     at or past the positive shifted up by one."""
-    drawn = torch.randint(size - 1, (positives.shape[0], count), device=positives.device)
+    drawn = torch.randint(size - 1, (positives.shape[0], count), device=positives.device, generator=generator)
     return drawn + (drawn >= positives[:, None]).long()
 
 
-def draw_other_classes(positives: Tensor, labels: Tensor, count: int) -> Tensor:
+def draw_other_classes(
+    positives: Tensor, labels: Tensor, count: int, generator: torch.Generator | None = None
+) -> Tensor:
     """(B, count) indices, row b `count` distinct images whose label differs from positives[b]'s, uniformly
     (with replacement where fewer than `count` such images exist), as RepDistiller's `exact` sampling.
 
@@ -97,8 +110,8 @@ def draw_other_classes(positives: Tensor, labels: Tensor, count: int) -> Tensor:
     others = labels[None, :] != labels[positives][:, None]
     available = int(others.sum(dim=1).min())
     if available < count:
-        return torch.multinomial(others.float(), count, replacement=True)
-    keys = torch.rand(others.shape, device=labels.device).masked_fill_(~others, 2.0)
+        return torch.multinomial(others.float(), count, replacement=True, generator=generator)
+    keys = torch.rand(others.shape, device=labels.device, generator=generator).masked_fill_(~others, 2.0)
     return keys.topk(count, dim=1, largest=False, sorted=False).indices
 
 
@@ -136,6 +149,24 @@ class ContrastMemory(nn.Module):
         self.register_buffer("student_memory", initial_memory(rows, feat_dim))
         self.register_buffer("teacher_memory", initial_memory(rows, feat_dim))
         self.register_buffer("normalizers", torch.full((2,), UNSET))  # Z of the student- and teacher-anchored
+        self.seed = torch.initial_seed()  # the run's seed: the same on every process
+        self._generator: torch.Generator | None = None
+        self._generator_state: Tensor | None = None  # restored from a checkpoint, applied at the next draw
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """The negatives' generator on `device` (created on first use, from the seed or a restored state)."""
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device).manual_seed(self.seed)
+            if self._generator_state is not None:
+                self._generator.set_state(self._generator_state)
+        return self._generator
+
+    def get_extra_state(self) -> Tensor:
+        """The generator's state (a uint8 tensor), saved with the memory."""
+        return self.generator(self.student_memory.device).get_state()
+
+    def set_extra_state(self, state: Tensor) -> None:
+        self._generator_state, self._generator = state, None
 
     @property
     def rows(self) -> int:
@@ -150,8 +181,10 @@ class ContrastMemory(nn.Module):
     def forward(self, student: Tensor, teacher: Tensor, indices: Tensor) -> Tensor:
         """The summed NCE losses of both contrasts for embeddings (B, feat_dim) of the images at `indices`."""
         with torch.autocast(device_type=student.device.type, enabled=False):
-            student, teacher = student.float(), teacher.float()
-            student_memory, teacher_memory, rows = self.select(student.detach(), teacher.detach(), indices)
+            student, teacher = at_least_float32(student), at_least_float32(teacher)
+            shared, share = global_batch([student.detach(), teacher.detach(), indices])
+            student_memory, teacher_memory, rows = self.select(*shared)
+            rows = rows[share]
             student_scores = (student @ teacher_memory.T).gather(1, rows)
             teacher_scores = (teacher @ student_memory.T).gather(1, rows)
             scores = torch.stack([student_scores, teacher_scores]) / self.temperature
@@ -162,8 +195,43 @@ class ContrastMemory(nn.Module):
     def normalization(self, scores: Tensor) -> Tensor:
         """Each contrast's Z, set from `scores` / T (2, B, 1 + K) on the first call, kept after (no host sync)."""
         estimate = scores.exp().mean(dim=(1, 2)) * self.rows
+        if sharing():
+            dist.all_reduce(estimate)
+            estimate /= dist.get_world_size()
         self.normalizers.copy_(torch.where(self.normalizers == UNSET, estimate, self.normalizers))
         return self.normalizers.clone()
+
+
+def sharing() -> bool:
+    """Whether several processes share the memory (an initialised process group of more than one)."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def global_batch(tensors: list[Tensor]) -> tuple[list[Tensor], slice]:
+    """Each of `tensors` (this process's share of a batch, equal on every process) gathered over the processes in
+    rank order, and the rows of this process's share; the tensors themselves with one process."""
+    if not sharing():
+        return tensors, slice(None)
+    world, rank, batch = dist.get_world_size(), dist.get_rank(), tensors[0].shape[0]
+    gathered = []
+    for tensor in tensors:
+        parts = [torch.empty_like(tensor) for _ in range(world)]
+        dist.all_gather(parts, tensor.contiguous())
+        gathered.append(torch.cat(parts))
+    return gathered, slice(rank * batch, (rank + 1) * batch)
+
+
+def gathered_with_gradients(tensor: Tensor) -> Tensor:
+    """`tensor` (this process's share of a batch) gathered over the processes in rank order, through an all-gather
+    whose backward returns each process the gradients of its share; `tensor` itself with one process.
+
+    Every process computes the same loss of the gathered batch, so each share's gradient arrives summed over
+    the processes, and DDP's average of the parameters' gradients is the one-process gradient."""
+    if not sharing():
+        return tensor
+    import torch.distributed.nn.functional as distributed_autograd
+
+    return torch.cat(distributed_autograd.all_gather(tensor.contiguous()))
 
 
 class SampleMemory(ContrastMemory):
@@ -192,9 +260,10 @@ class SampleMemory(ContrastMemory):
         self.register_buffer("labels", None if labels is None else labels.clone(), persistent=False)
 
     def negatives(self, indices: Tensor) -> Tensor:
+        generator = self.generator(indices.device)
         if self.labels is None:
-            return draw_others(indices, self.rows, self.nce_k)
-        return draw_other_classes(indices, self.labels, self.nce_k)
+            return draw_others(indices, self.rows, self.nce_k, generator)
+        return draw_other_classes(indices, self.labels, self.nce_k, generator)
 
     def select(self, student: Tensor, teacher: Tensor, indices: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         rows = torch.cat([indices[:, None], self.negatives(indices)], dim=1)
@@ -236,7 +305,7 @@ class QueueMemory(ContrastMemory):
         self.owners.index_copy_(0, slots, indices)
         self.head.copy_((self.head + batch) % self.rows)
         others = (self.owners[None, :] != indices[:, None]).float()
-        negatives = torch.multinomial(others, self.nce_k, replacement=True)
+        negatives = torch.multinomial(others, self.nce_k, replacement=True, generator=self.generator(others.device))
         return self.student_memory, self.teacher_memory, torch.cat([slots[:, None], negatives], dim=1)
 
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from famkd.distill.base import TrainingData
-from famkd.distill.contrastive import ContrastiveDistiller, ContrastOptions
+from famkd.distill.contrastive import ContrastiveDistiller, ContrastOptions, gathered_with_gradients
 from famkd.distill.registry import register_distiller
 from famkd.settings import setting
 
@@ -78,7 +78,11 @@ class WCoRD(ContrastiveDistiller):
         }
 
     def local_cost(self, student: Tensor, teacher: Tensor) -> Tensor:
-        """The entropic OT cost between the batch's teacher and student embeddings, cost 1 - cosine, in float32."""
+        """The entropic OT cost between the batch's teacher and student embeddings, cost 1 - cosine, in float32.
+
+        Under torchrun the batch is the global one: every process gathers the embeddings (with their gradients)
+        and computes the same cost, as one process would."""
+        student, teacher = gathered_with_gradients(student), gathered_with_gradients(teacher)
         with torch.autocast(device_type=student.device.type, enabled=False):
             cost = 1.0 - teacher.float() @ student.float().T
             return sinkhorn_cost(cost, self.options.sinkhorn_epsilon, self.options.sinkhorn_iterations)

@@ -99,11 +99,6 @@ def wrap_for_training(distiller: nn.Module, processes: Processes, device: torch.
     batch norms computing their statistics over the global batch."""
     if not processes.distributed:
         return distiller
-    if getattr(distiller, "needs_sample_indices", False):
-        raise ConfigError(
-            f"{type(distiller).__name__} keeps a per-sample memory that famkd does not share between processes "
-            "yet: train it as one process (without torchrun)"
-        )
     teacher = getattr(distiller, "teacher", None)
     if sync_bn:
         if teacher is not None:  # the frozen teacher keeps its own batch norms
