@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -261,3 +262,34 @@ def test_the_same_torchrun_command_trains_a_cifar_config(tiny_cifar_npy, tmp_pat
     assert "2 processes sharing the global batch of 8" in out
     (record,) = read_metrics(run_dir)
     assert record["test_images"] == 30 and record["global_step"] == 60 // GLOBAL_BATCH
+
+
+def test_torchrun_crd_resumed_mid_epoch_ends_like_the_uninterrupted_run(tiny_cifar_npy, tmp_path):
+    teacher = tmp_path / "teacher.pth"
+    torch.manual_seed(0)
+    torch.save({"model": create_model("resnet8", num_classes=10).state_dict()}, teacher)
+    argv = [
+        "method=crd",
+        "student=resnet8",
+        "teacher.name=resnet8",
+        f"teacher.checkpoint={teacher}",
+        f"data.root={tiny_cifar_npy}",
+        "data.classes=10",
+        "train.epochs=2",
+        "train.checkpoint_every=1",
+        "run.keep_checkpoints=4",
+        "distill.nce_k=16",
+        *COMMON,
+    ]
+    whole = tmp_path / "whole"
+    check(torchrun(*argv, f"run.dir={whole}"))
+    checkpoints = sorted((whole / "checkpoints").glob("previous-*.pt"))
+    mid_epoch = next(p.name for p in checkpoints if load_checkpoint(p)["partial_period"])  # mid epoch 2
+    resumed = tmp_path / "resumed"
+    shutil.copytree(whole, resumed)
+    out = check(torchrun("--resume", str(resumed / "checkpoints" / mid_epoch)))
+    assert "resuming epoch 2 after step" in out
+    final, reference = (load_checkpoint(d / "checkpoints" / "last.pt") for d in (resumed, whole))
+    assert {"memory.student_memory", "memory._extra_state"} <= reference["heads"].keys()
+    for part in ("student", "heads"):
+        assert all(torch.equal(final[part][k], reference[part][k]) for k in reference[part]), part

@@ -284,6 +284,8 @@ class Trainer:
                     self._report_interval(display)
                 if not schedule.by_epoch and self._after_iteration():
                     return False
+                if schedule.by_epoch and self._mid_epoch_checkpoint_due():
+                    self._save_checkpoint()
                 self._check_stop(stop)
             return True
         finally:
@@ -331,6 +333,11 @@ class Trainer:
         scalars.update({"train/loss": loss, "train/images_per_s": images_per_s})
         assert self.log is not None
         self.log.log_scalars(scalars, self.state.global_step)
+
+    def _mid_epoch_checkpoint_due(self) -> bool:
+        """An epoch schedule's `checkpoint_every` step within an epoch (its end saves one anyway)."""
+        state = self.state
+        return self.schedule.checkpoint_due(state.global_step) and state.epoch_steps < self.schedule.steps_per_epoch
 
     def _after_iteration(self) -> bool:
         """An iteration schedule's events after a step: the period's end, a checkpoint; True at the end."""
