@@ -181,7 +181,7 @@ PREEMPTION_SIGNALS = ("SIGTERM", "SIGUSR1")  # what schedulers send before they 
 
 class StopRequest:
     """Turns the first Ctrl-C, or one of `signals` (a scheduler's preemption), into a request to stop at the next
-    step boundary; a second Ctrl-C aborts. The handlers found are put back on exit."""
+    step boundary; a second Ctrl-C aborts. The handlers found are put back on exit (where no other was set since)."""
 
     def __init__(self, signals: tuple[str, ...] = PREEMPTION_SIGNALS) -> None:
         self.requested = False
@@ -207,7 +207,22 @@ class StopRequest:
             file=sys.stderr,
         )
 
+    @property
+    def code(self) -> int:
+        """0: no request; 1: Ctrl-C; 2, 3, ...: the preemption signal that asked (its place in `signals`, from 2),
+        so that processes agree on a request and on what asked by taking the largest code."""
+        if not self.requested:
+            return 0
+        names = [signal.Signals(number).name for number in self.signals]
+        return names.index(self.by_signal) + 1 if self.by_signal else 1
+
+    def adopt(self, code: int) -> None:
+        """Take the request another process received (`code`, as `code` says), where this one has none."""
+        if code and not self.requested:
+            self.requested = True
+            self.by_signal = signal.Signals(self.signals[code - 1]).name if code > 1 else ""
+
     def __exit__(self, *exc: object) -> None:
         for number, previous in self._previous.items():
-            if previous is not None:
+            if previous is not None and signal.getsignal(number) == self._handle:  # not replaced since
                 signal.signal(number, previous)
