@@ -92,8 +92,7 @@ def join_processes(device_setting: str, timeout_s: float | None = None) -> Proce
     if not dist.is_initialized():
         timeout = timedelta(seconds=timeout_s) if timeout_s is not None else None
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout)
-    hosts_and_pids: list[Any] = [None] * world_size
-    dist.all_gather_object(hosts_and_pids, (socket.gethostname(), os.getpid()))
+    hosts_and_pids = gather_objects((socket.gethostname(), os.getpid()))
     return Processes(world_size, rank, local_rank, tuple((str(h), int(p)) for h, p in hosts_and_pids))
 
 
@@ -150,6 +149,13 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(tensor)
     return tensor
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """Every process's `value` (a picklable object), by rank; each process calls this at the same point."""
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
 
 
 def wrap_for_training(distiller: nn.Module, processes: Processes, device: torch.device, sync_bn: bool) -> nn.Module:

@@ -38,6 +38,7 @@ from famkd.engine.checkpoint import (
 )
 from famkd.engine.device import autocast_factory, resolve_device, to_channels_last
 from famkd.engine.distributed import (
+    gather_objects,
     join_processes,
     leave_processes,
     lost_peer_error,
@@ -216,7 +217,8 @@ class Trainer:
         self.state = RunState.from_checkpoint(checkpoint)
         self.saved_at = self._position_text()
         if checkpoint["partial_period"] is not None:
-            self.partial = PeriodProgress.from_state_dict(checkpoint["partial_period"], self.device)
+            saved, processes = checkpoint["partial_period"], self.processes
+            self.partial = PeriodProgress.for_process(saved, processes.rank, processes.world_size, self.device)
 
     # ---- the run -------------------------------------------------------------------------
 
@@ -517,15 +519,16 @@ class Trainer:
 
     def _save_checkpoint(self, partial: bool = True) -> None:
         """checkpoints/last.pt, written by process 0; every process calls this at the same step. With `partial`,
-        the current period's progress is saved too, each process's share made even first."""
+        the current period's progress is saved too (with several processes, each one's, gathered)."""
         progress = self.partial if partial and self.partial is not None and self.partial.steps_done else None
-        if progress is not None:
-            progress.share_evenly(self.processes.world_size)
+        partial_state = progress.state_dict() if progress is not None else None
+        if partial_state is not None and self.processes.distributed:
+            partial_state["processes"] = gather_objects(dict(partial_state))
         if self.main:
-            self._write_checkpoint(progress)
+            self._write_checkpoint(partial_state)
         self.saved_at = self._position_text()
 
-    def _write_checkpoint(self, progress: PeriodProgress | None) -> None:
+    def _write_checkpoint(self, partial_state: dict[str, Any] | None) -> None:
         """checkpoints/last.pt with its checksum, the previous ones kept; a full disk is one line saying what to do."""
         path = self.run_dir.checkpoint()
         state = {
@@ -537,7 +540,7 @@ class Trainer:
             **dataclasses.asdict(self.state),
             "wall_time_s": self._wall_time(),
             "rng": capture_rng_state(),
-            "partial_period": progress.state_dict() if progress is not None else None,
+            "partial_period": partial_state,
             "config": settings_to_dict(self.cfg),
             "versions": library_versions(),
         }
