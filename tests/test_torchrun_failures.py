@@ -184,3 +184,28 @@ def test_torchrun_restarts_after_a_killed_process_and_auto_resume_ends_like_the_
     assert "lost rank 1 of the 2 torchrun processes after iteration 8" in out
     assert "resuming after iteration 6" in out
     assert_same_run(run_dir, iteration_reference)
+
+
+def test_train_dist_timeout_is_the_process_groups_timeout(monkeypatch):
+    """join_processes passes train.dist_timeout to init_process_group (a killed peer is seen at once by gloo, so
+    the runs above do not show the bound); a transport error is told from other errors."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from famkd.config import TrainConfig
+    from famkd.engine import distributed
+
+    joined = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, timeout: joined.update(timeout=timeout))
+    monkeypatch.setattr(distributed, "gather_objects", lambda value: [("other", 1), value])
+    processes = distributed.join_processes("cpu", 20)
+    assert joined["timeout"] == timedelta(seconds=20) and processes.rank == 1
+    assert processes.hosts_and_pids[1][1] == os.getpid()
+    assert TrainConfig(epochs=1).dist_timeout == 300
+    gloo = RuntimeError("[gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:42394: Connection reset by peer")
+    assert distributed.lost_peer_error(gloo) and not distributed.lost_peer_error(RuntimeError("shape mismatch"))
+    assert distributed.lost_ranks(distributed.Processes(1, 0, 0, ()), wait_s=0) == []
