@@ -56,7 +56,10 @@ class TrainConfig:
     `eval_every` epochs or iterations (0: at the end only) the student is evaluated, the record written
     with the evaluation and the checkpoint saved; `checkpoint_every` steps also save one (0: never
     between evaluations, but at every epoch's end); `log_interval` steps between host syncs (progress bar,
-    non-finite check, and in an iteration schedule a metrics record).
+    non-finite check, and in an iteration schedule a metrics record). Under torchrun, a process that waits
+    `dist_timeout` seconds for a peer in a collective gives the peer up and the run stops (a dead peer's
+    connection usually fails at once); it must exceed the longest time one process works alone (process 0
+    writing a checkpoint, an evaluation).
     """
 
     epochs: int = setting(240, minimum=0)
@@ -78,6 +81,7 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     sync_bn: bool = False  # several processes (torchrun): batch-norm statistics over the global batch
+    dist_timeout: int = setting(300, minimum=1)  # seconds a process waits for a peer (torchrun) before giving up
 
     def __post_init__(self) -> None:
         if (self.epochs > 0) == (self.iterations > 0):

@@ -34,6 +34,11 @@ class TrainingInterrupted(FamkdError):
         self.exit_status = exit_status
 
 
+class LostPeerError(FamkdError):
+    """A training process of a torchrun group died or stopped answering (train.dist_timeout); the message names it
+    where it can, the last checkpoint and the resume command."""
+
+
 def shown(names: list[str], limit: int = 5) -> str:
     """The first `limit` of `names`, comma-separated, and how many more there are: a list for an error message."""
     more = f" (+{len(names) - limit} more)" if len(names) > limit else ""

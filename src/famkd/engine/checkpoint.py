@@ -5,7 +5,8 @@ A training checkpoint (`checkpoints/last.pt`, `checkpoints/best.pt`) is a dict w
 `grad_scaler` (fp16 only, else None), the fields of `engine.progress.RunState` (`epoch`: epochs
 completed, `epoch_steps`: batches taken of the next one, `global_step`, `best`, `best_at`, `last_eval`,
 `teacher_eval`, `wall_time_s`), `rng`, `partial_period` (None, or the progress of a log period or epoch
-cut short), `config` (the merged config as a dict) and `versions`. The exported student
+cut short: process 0's, and with several processes each one's in `processes`, by rank), `config` (the merged
+config as a dict) and `versions`. The exported student
 (`student_best.pt`, `student_last.pt`) is a plain state dict.
 """
 

@@ -12,12 +12,23 @@ writes the run folder; every process resumes from its checkpoints. Loss terms, t
 the test counts are summed over the processes, so the logged numbers cover the whole global batch
 and the whole test set (`all_reduce_sum`). A process that fails exits with its error, and torchrun
 then stops the others.
+
+A process that dies (killed, out of memory, its node lost) leaves the others in a collective: gloo
+sees the connection reset at once, a peer that hangs or whose node vanished is given up after
+`train.dist_timeout` seconds (the group's timeout). `lost_peer_error` tells such a failure from any
+other error and `lost_ranks` names the ranks whose processes are gone, where they ran on this host
+(each process's host and pid are gathered when the group is joined).
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import time
 from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -35,6 +46,7 @@ class Processes:
     world_size: int = 1
     rank: int = 0
     local_rank: int = 0
+    hosts_and_pids: tuple[tuple[str, int], ...] = ()  # per rank, gathered when the group is joined
 
     @property
     def distributed(self) -> bool:
@@ -56,15 +68,20 @@ class Processes:
 
     def any(self, flag: bool, device: torch.device) -> bool:
         """Whether `flag` is set on any process (each process calls this at the same point)."""
+        return bool(self.max(int(flag), device))
+
+    def max(self, value: int, device: torch.device) -> int:
+        """The largest of the processes' `value`s, a small integer (each process calls this at the same point)."""
         if not self.distributed:
-            return flag
-        value = torch.tensor([float(flag)], device=device)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item())
+            return value
+        tensor = torch.tensor([float(value)], device=device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return int(tensor.item())
 
 
-def join_processes(device_setting: str) -> Processes:
-    """The process group torchrun describes in the environment, joined (a single process: nothing to join)."""
+def join_processes(device_setting: str, timeout_s: float | None = None) -> Processes:
+    """The process group torchrun describes in the environment, joined (a single process: nothing to join); a
+    collective that waits longer than `timeout_s` seconds for a peer fails (None: torch's default)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return Processes()
@@ -73,8 +90,51 @@ def join_processes(device_setting: str) -> Processes:
     if use_cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Processes(world_size, rank, local_rank)
+        timeout = timedelta(seconds=timeout_s) if timeout_s is not None else None
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout)
+    hosts_and_pids = gather_objects((socket.gethostname(), os.getpid()))
+    return Processes(world_size, rank, local_rank, tuple((str(h), int(p)) for h, p in hosts_and_pids))
+
+
+LOST_PEER_SIGNS = ("connection reset", "connection closed", "broken pipe", "timed out", "timeout", "gloo", "nccl")
+
+
+def lost_peer_error(error: BaseException) -> bool:
+    """Whether `error`, raised in a collective of several processes, says a peer is gone or did not answer in time
+    (a torch.distributed error, or gloo's and NCCL's transport errors raised as RuntimeError)."""
+    if isinstance(error, dist.DistError):
+        return True
+    message = str(error).lower()
+    return isinstance(error, RuntimeError) and any(sign in message for sign in LOST_PEER_SIGNS)
+
+
+def lost_ranks(processes: Processes, wait_s: float = 2.0) -> list[int]:
+    """The ranks whose processes ran on this host and are gone (exited, or exited and not yet reaped), looked for
+    during up to `wait_s` seconds (a killed process closes its connections before it is gone); ranks on other hosts
+    cannot be checked from here."""
+    host, deadline = socket.gethostname(), time.monotonic() + wait_s
+    peers = [(rank, pid) for rank, (peer_host, pid) in enumerate(processes.hosts_and_pids) if peer_host == host]
+    peers = [(rank, pid) for rank, pid in peers if rank != processes.rank]
+    while True:
+        lost = [rank for rank, pid in peers if not process_alive(pid)]
+        if lost or not peers or time.monotonic() > deadline:
+            return lost
+        time.sleep(0.05)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, exited but not yet reaped by its parent, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return state not in ("Z", "X")
 
 
 def process_device(device: torch.device, processes: Processes) -> torch.device:
@@ -89,6 +149,13 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(tensor)
     return tensor
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """Every process's `value` (a picklable object), by rank; each process calls this at the same point."""
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
 
 
 def wrap_for_training(distiller: nn.Module, processes: Processes, device: torch.device, sync_bn: bool) -> nn.Module:

@@ -99,18 +99,6 @@ class PeriodProgress:
             f"training stopped and {kept}. Try a lower train.lr or distill option weight, or amp=off."
         )
 
-    def share_evenly(self, world_size: int) -> None:
-        """Replace this process's sums by the mean over the processes (every process calls this together), so
-        that a checkpoint written by process 0 holds a share every process resumes from and the totals stay."""
-        if world_size == 1 or not self.steps_done:
-            return
-        sums, counts, images = self.totals()
-        for name, total in sums.items():
-            self.loss_sums[name].fill_(total / world_size)
-        for name, total in counts.items():
-            self.counts[name] = torch.tensor(total / world_size, device=self.counts[name].device)
-        self.images_seen = round(images / world_size)
-
     def state_dict(self) -> dict[str, Any]:
         return {
             "epoch": self.epoch,
@@ -122,6 +110,26 @@ class PeriodProgress:
             "wait_s": self.wait_s,
             "elapsed_s": self.elapsed_s,
         }
+
+    @classmethod
+    def for_process(cls, state: dict[str, Any], rank: int, world_size: int, device: torch.device) -> PeriodProgress:
+        """This process's progress from a checkpoint's `partial_period`: with several processes it holds each one's
+        (`processes`, by rank), so that a resume on as many processes continues each process's own sums and ends
+        exactly like the uninterrupted run; on another number of processes the totals are shared out evenly."""
+        shares = state.get("processes")
+        if not shares:  # one process wrote it (or an older famkd, which saved shares made even)
+            return cls.from_state_dict(state, device)
+        if len(shares) == world_size:
+            return cls.from_state_dict(shares[rank], device)
+        even = dict(shares[0])
+        for key in ("loss_sums", "counts"):
+            even[key] = {name: sum(share[key][name] for share in shares) / world_size for name in shares[0][key]}
+        even["first_bad_step"] = {
+            name: torch.tensor(earliest_bad([int(share["first_bad_step"][name]) for share in shares]))
+            for name in shares[0]["first_bad_step"]
+        }
+        even["images_seen"] = round(sum(share["images_seen"] for share in shares) / world_size)
+        return cls.from_state_dict(even, device)
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any], device: torch.device) -> PeriodProgress:
@@ -141,6 +149,12 @@ class PeriodProgress:
             elapsed_s=state["elapsed_s"],
             dtype=dtype,
         )
+
+
+def earliest_bad(steps: list[int]) -> int:
+    """The earliest of `steps` that went bad (-1: none did)."""
+    bad = [step for step in steps if step >= 0]
+    return min(bad) if bad else -1
 
 
 @dataclasses.dataclass
@@ -181,7 +195,7 @@ PREEMPTION_SIGNALS = ("SIGTERM", "SIGUSR1")  # what schedulers send before they 
 
 class StopRequest:
     """Turns the first Ctrl-C, or one of `signals` (a scheduler's preemption), into a request to stop at the next
-    step boundary; a second Ctrl-C aborts. The handlers found are put back on exit."""
+    step boundary; a second Ctrl-C aborts. The handlers found are put back on exit (where no other was set since)."""
 
     def __init__(self, signals: tuple[str, ...] = PREEMPTION_SIGNALS) -> None:
         self.requested = False
@@ -207,7 +221,22 @@ class StopRequest:
             file=sys.stderr,
         )
 
+    @property
+    def code(self) -> int:
+        """0: no request; 1: Ctrl-C; 2, 3, ...: the preemption signal that asked (its place in `signals`, from 2),
+        so that processes agree on a request and on what asked by taking the largest code."""
+        if not self.requested:
+            return 0
+        names = [signal.Signals(number).name for number in self.signals]
+        return names.index(self.by_signal) + 1 if self.by_signal else 1
+
+    def adopt(self, code: int) -> None:
+        """Take the request another process received (`code`, as `code` says), where this one has none."""
+        if code and not self.requested:
+            self.requested = True
+            self.by_signal = signal.Signals(self.signals[code - 1]).name if code > 1 else ""
+
     def __exit__(self, *exc: object) -> None:
         for number, previous in self._previous.items():
-            if previous is not None:
+            if previous is not None and signal.getsignal(number) == self._handle:  # not replaced since
                 signal.signal(number, previous)

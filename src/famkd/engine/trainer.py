@@ -15,8 +15,11 @@ import errno
 import json
 import os
 import shutil
+import signal
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,15 @@ from famkd.engine.checkpoint import (
     verify_training_checkpoint,
 )
 from famkd.engine.device import autocast_factory, resolve_device, to_channels_last
-from famkd.engine.distributed import join_processes, leave_processes, process_device, wrap_for_training
+from famkd.engine.distributed import (
+    gather_objects,
+    join_processes,
+    leave_processes,
+    lost_peer_error,
+    lost_ranks,
+    process_device,
+    wrap_for_training,
+)
 from famkd.engine.progress import PeriodProgress, RunState, StopRequest, timed_batches
 from famkd.engine.run_dir import RunDir
 from famkd.engine.run_log import ProgressDisplay, RunLog, format_record
@@ -42,14 +53,22 @@ from famkd.engine.schedule import Schedule, build_optimizer
 from famkd.engine.seeding import seed_everything, set_deterministic_algorithms
 from famkd.engine.step import optimizer_step
 from famkd.engine.task import Task
-from famkd.errors import FamkdError, NonFiniteLossError, TrainingInterrupted
+from famkd.errors import FamkdError, LostPeerError, NonFiniteLossError, TrainingInterrupted
 from famkd.files import copy_file_atomic, write_text_atomic
 from famkd.settings import absolute_paths, dump_settings, settings_differences, settings_to_dict
 from famkd.weights import load_checkpoint
 from famkd.weights.zoo import teacher_fingerprint
 
 StepHook = Callable[[int, int, int], None]  # (epoch, batches taken of it, global step)
-AUTO_RESUME_MAY_DIFFER = ("run.dir", "run.resume", "device", "data.root", "run.tensorboard", "train.log_interval")
+AUTO_RESUME_MAY_DIFFER = (
+    "run.dir",
+    "run.resume",
+    "device",
+    "data.root",
+    "run.tensorboard",
+    "train.log_interval",
+    "train.dist_timeout",
+)
 EXIT_CTRL_C, EXIT_RESUMABLE = 130, 75  # the command's status after Ctrl-C, after a preemption signal (EX_TEMPFAIL)
 
 
@@ -68,11 +87,16 @@ def train(
     by tests and tools; it must not synchronise with the device).
     """
     previous_determinism = torch.are_deterministic_algorithms_enabled()
+    group_broken = False
     try:
         return Trainer(task, cfg, resume_dir, overrides, on_step).run()
+    except LostPeerError:
+        group_broken = True  # leaving it would wait for the lost process
+        raise
     finally:
         set_deterministic_algorithms(previous_determinism)
-        leave_processes()
+        if not group_broken:
+            leave_processes()
 
 
 def resume_point(task: Task, source: str | os.PathLike, overrides: Iterable[str] = ()) -> tuple[Any, dict]:
@@ -137,7 +161,7 @@ class Trainer:
         if checkpoint is None and self.run_dir.has_checkpoint():
             checkpoint = self._resume_same_run(task, cfg)
         task.check(cfg)
-        self.processes = join_processes(cfg.device)  # one process, or one of those torchrun started
+        self.processes = join_processes(cfg.device, cfg.train.dist_timeout)  # one process, or one of torchrun's
         self.main = self.processes.is_main  # process 0 alone prints and writes the run folder
         seed_everything(cfg.run.seed, cfg.run.deterministic)
         self.device = process_device(resolve_device(cfg.device), self.processes)
@@ -193,7 +217,8 @@ class Trainer:
         self.state = RunState.from_checkpoint(checkpoint)
         self.saved_at = self._position_text()
         if checkpoint["partial_period"] is not None:
-            self.partial = PeriodProgress.from_state_dict(checkpoint["partial_period"], self.device)
+            saved, processes = checkpoint["partial_period"], self.processes
+            self.partial = PeriodProgress.for_process(saved, processes.rank, processes.world_size, self.device)
 
     # ---- the run -------------------------------------------------------------------------
 
@@ -207,8 +232,9 @@ class Trainer:
         try:
             self._print_header()
             if self.distiller.teacher is not None and self.state.teacher_eval is None:
-                self._evaluate_teacher()
-            with StopRequest() as self.stop:
+                with self._lost_peer_as_error():
+                    self._evaluate_teacher()
+            with StopRequest() as self.stop, self._lost_peer_as_error():
                 self._train(self.stop)
             summary = self._finish("completed")
             self._say(self.task.done_line(summary))
@@ -218,6 +244,9 @@ class Trainer:
             raise
         except TrainingInterrupted:
             self._finish("interrupted")
+            raise
+        except LostPeerError as error:
+            self._finish("failed", str(error))
             raise
         finally:
             self.log.close()
@@ -269,7 +298,7 @@ class Trainer:
             self._check_finite(progress)  # before the epoch counts as completed
             state.epoch, state.epoch_steps = state.epoch + 1, 0
             self._end_period(progress, evaluate=schedule.eval_due(state.epoch))
-            if self.processes.any(stop.requested, self.device) and not schedule.finished(state.epoch, 0):
+            if self._stop_agreed(stop) and not schedule.finished(state.epoch, 0):
                 self._raise_interrupted(f"after epoch {state.epoch}")
 
     def _train_epoch_rest(self, stop: StopRequest) -> bool:
@@ -354,7 +383,7 @@ class Trainer:
         """Save and stop at a Ctrl-C; processes agree where they synchronise anyway (at log intervals)."""
         state, schedule = self.state, self.schedule
         agree = state.global_step % self.cfg.train.log_interval == 0 or not self.processes.distributed
-        if not agree or not self.processes.any(stop.requested, self.device):
+        if not agree or not self._stop_agreed(stop):
             return
         if schedule.by_epoch and state.epoch_steps == schedule.steps_per_epoch:
             return  # the epoch's end saves and stops
@@ -364,6 +393,54 @@ class Trainer:
         if schedule.by_epoch:
             self._raise_interrupted(f"during epoch {state.epoch + 1}, after step {state.epoch_steps}")
         self._raise_interrupted(f"after iteration {state.global_step}")
+
+    def _stop_agreed(self, stop: StopRequest) -> bool:
+        """Whether any process was asked to stop; every process takes the request, and what asked (a preemption
+        signal to one process stops them all resumably). One small collective, where processes meet anyway."""
+        code = self.processes.max(stop.code, self.device)
+        stop.adopt(code)
+        return bool(code)
+
+    @contextmanager
+    def _lost_peer_as_error(self) -> Iterator[None]:
+        """A collective that failed because a peer process died or did not answer within train.dist_timeout, as one
+        LostPeerError line. SIGTERM (torchrun's stop, which follows) is ignored from then on, so that the line gets
+        out: the process is expected to exit (its process group is broken)."""
+        try:
+            yield
+        except RuntimeError as error:
+            if not (self.processes.distributed and lost_peer_error(error)):
+                raise
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)  # kept by StopRequest's exit
+            raise LostPeerError(self._lost_peer_line(error)) from None
+
+    def _lost_peer_line(self, error: RuntimeError) -> str:
+        processes, state, schedule = self.processes, self.state, self.schedule
+        lost = lost_ranks(processes)
+        who = ("rank " + ", ".join(map(str, lost))) if lost else "a peer process"
+        message = str(error).lower()
+        timed_out = "timed out" in message or "timeout" in message
+        cause = (
+            f"no answer within train.dist_timeout={self.cfg.train.dist_timeout} s"
+            if timed_out
+            else "its process is gone"
+            if lost
+            else "its connection closed"
+        )
+        at = f"after iteration {state.global_step}"
+        if schedule.by_epoch:
+            at = f"in epoch {state.epoch + 1}, after step {state.epoch_steps}"
+        kept = (
+            f"the last checkpoint is {self.run_dir.checkpoint()} ({self.saved_at})"
+            if self.saved_at
+            else "no checkpoint had been written yet"
+        )
+        return (
+            f"lost {who} of the {processes.world_size} torchrun processes {at} ({cause}); rank {processes.rank} "
+            f"stops too; {kept}. Continue with the same torchrun command and `{self.task.command} --resume "
+            f"{self.run_dir}`, or run.resume=auto (with which torchrun --max-restarts resumes by itself)"
+        )
 
     def _check_finite(self, progress: PeriodProgress, means: dict[str, float] | None = None) -> None:
         """Raise NonFiniteLossError naming the first loss term that was NaN or infinite, and where."""
@@ -449,15 +526,16 @@ class Trainer:
 
     def _save_checkpoint(self, partial: bool = True) -> None:
         """checkpoints/last.pt, written by process 0; every process calls this at the same step. With `partial`,
-        the current period's progress is saved too, each process's share made even first."""
+        the current period's progress is saved too (with several processes, each one's, gathered)."""
         progress = self.partial if partial and self.partial is not None and self.partial.steps_done else None
-        if progress is not None:
-            progress.share_evenly(self.processes.world_size)
+        partial_state = progress.state_dict() if progress is not None else None
+        if partial_state is not None and self.processes.distributed:
+            partial_state["processes"] = gather_objects(dict(partial_state))
         if self.main:
-            self._write_checkpoint(progress)
+            self._write_checkpoint(partial_state)
         self.saved_at = self._position_text()
 
-    def _write_checkpoint(self, progress: PeriodProgress | None) -> None:
+    def _write_checkpoint(self, partial_state: dict[str, Any] | None) -> None:
         """checkpoints/last.pt with its checksum, the previous ones kept; a full disk is one line saying what to do."""
         path = self.run_dir.checkpoint()
         state = {
@@ -469,7 +547,7 @@ class Trainer:
             **dataclasses.asdict(self.state),
             "wall_time_s": self._wall_time(),
             "rng": capture_rng_state(),
-            "partial_period": progress.state_dict() if progress is not None else None,
+            "partial_period": partial_state,
             "config": settings_to_dict(self.cfg),
             "versions": library_versions(),
         }
@@ -493,9 +571,11 @@ class Trainer:
 
     def _raise_interrupted(self, where: str) -> None:
         by_signal = self.stop.by_signal if self.stop is not None else ""
+        resume = f"{self.task.command} --resume {self.run_dir}"
+        how = f"the same torchrun command and `{resume}` (or run.resume=auto)" if self.processes.distributed else resume
         raise TrainingInterrupted(
             f"{'stopped by ' + by_signal if by_signal else 'interrupted'} {where}; saved {self.run_dir.checkpoint()}. "
-            f"Continue with: {self.task.command} --resume {self.run_dir}",
+            f"Continue with: {how}",
             exit_status=EXIT_RESUMABLE if by_signal else EXIT_CTRL_C,
         )
 
