@@ -147,10 +147,8 @@ def build_famkd(case: Case) -> Distiller:
             fill_seeded(module, name + ".")
     calibrate(distiller.teacher)
     if case.method == "crd":
-        # famkd computes CRD's contrast in float32 whatever the models' dtype (its embeddings end in
-        # .float()), so its memories stay float32: see test_baseline_parity.py.
         memory: Any = distiller.memory
-        memory.student_memory, memory.teacher_memory = (m.float() for m in memories(memory.student_memory.shape[1]))
+        memory.student_memory, memory.teacher_memory = memories(memory.student_memory.shape[1])
     return distiller.train()
 
 
