@@ -47,7 +47,7 @@ from tiny_cifar import tiny_cifar_arrays, write_tiny_cifar
 
 UNKNOWN_DATASET = (
     r"data.dataset='cifar10' is not allowed \(did you mean 'cifar100'\?\); choose one of: "
-    "cifar100, imagefolder, imagenet, synthetic$"
+    "cifar100, imagefolder, imagenet, synthetic"
 )
 HOW_TO_GET = "download cifar-100-python.tar.gz (torchvision.datasets.CIFAR100(root, download=True))"
 

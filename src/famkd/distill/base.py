@@ -49,11 +49,13 @@ class Distiller(nn.Module):
     `cls(student, teacher, options, data)` (`data`: a TrainingData); use
     `famkd.distill.create_distiller`. A method that needs each image's position in the training
     set (a memory bank) sets `needs_sample_indices`: its forward then takes them as a fourth
-    argument, `forward(images, targets, epoch, indices)`.
+    argument, `forward(images, targets, epoch, indices)`. A method that reads the logits alone clears
+    `needs_features`: its models need no feature taps.
     """
 
     needs_teacher: ClassVar[bool] = True
     needs_sample_indices: ClassVar[bool] = False
+    needs_features: ClassVar[bool] = True  # reads feature taps (False: the logits alone)
     Options: ClassVar[type[DistillOptions]] = DistillOptions
 
     student: Any  # a classifier with feature taps (famkd.models.taps), or a torchvision FasterRCNN for detection

@@ -84,6 +84,7 @@ class DKD(Distiller):
     """Decoupled KD. Logs `ce`, `dkd_tckd` (alpha * w * TCKD) and `dkd_nckd` (beta * w * NCKD). Options: DKDOptions."""
 
     Options = DKDOptions
+    needs_features = False
 
     def __init__(self, student: nn.Module, teacher: nn.Module, options: DKDOptions, data: TrainingData):
         super().__init__(student, teacher)

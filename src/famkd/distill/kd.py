@@ -38,6 +38,7 @@ class KD(Distiller):
     """Hinton et al.'s KD. Options: KDOptions."""
 
     Options = KDOptions
+    needs_features = False
 
     def __init__(self, student: nn.Module, teacher: nn.Module, options: KDOptions, data: TrainingData):
         super().__init__(student, teacher)

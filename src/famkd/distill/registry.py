@@ -75,19 +75,21 @@ def create_distiller(
     set and `labels` its labels (methods with a per-sample memory bank need them). Bad options are
     ConfigErrors.
 
-    A classifier may be any `nn.Module` whose forward gives logits: one that is not a zoo model and has no taps
-    yet gets them (famkd.models.attach_taps) for `image_size` inputs, found automatically or at the module paths
-    `student_taps` / `teacher_taps` (`taps`: the same paths for both).
+    A classifier may be any `nn.Module` whose forward gives logits. For a method that reads features, one that is
+    not a zoo model and has no taps yet gets them (famkd.models.attach_taps) for `image_size` inputs, found
+    automatically or at the module paths `student_taps` / `teacher_taps` (`taps`: the same paths for both).
     """
     cls = distiller_class(method, task)
     resolved = cls.resolve_options(options, method)
-    if task == CLASSIFICATION:
+    tapped = task == CLASSIFICATION and cls.needs_features
+    if tapped:
         ensure_taps(student, image_size, student_taps or taps)
     if cls.needs_teacher:
         if teacher is None:
             raise ConfigError(f"method {method!r} distills from a teacher: pass teacher=<a trained model>")
-        if task == CLASSIFICATION:
+        if tapped:
             ensure_taps(teacher, image_size, teacher_taps or taps)
+        if task == CLASSIFICATION:
             check_compatible(student, teacher)
     build: Callable[..., Distiller] = cls  # subclasses take (student, teacher, options, data)
     data = TrainingData(image_size=image_size, num_samples=num_samples, labels=labels)

@@ -23,6 +23,7 @@ class Vanilla(Distiller):
     """Cross-entropy only. Options: VanillaOptions."""
 
     needs_teacher = False
+    needs_features = False
     Options = VanillaOptions
 
     def __init__(

@@ -300,7 +300,9 @@ def run_probe(model: nn.Module, image_size: int) -> Probe:
             handles.append(module.register_forward_hook(record_end(path)))
     parameter = next(model.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
-    probe.image = torch.randn(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)).to(device)
+    dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
+    image = torch.randn(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    probe.image = image.to(device)
     with training_mode(model, False):
         try:
             probe.output = model(probe.image)
