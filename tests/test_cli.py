@@ -27,7 +27,7 @@ from famkd.cli import main
 from famkd.config import load_config
 from famkd.distill import create_distiller
 from famkd.engine.run_log import read_metrics
-from famkd.errors import TrainingInterrupted
+from famkd.errors import FamkdError, TrainingInterrupted
 from famkd.models import create_model
 from famkd.settings import settings_to_dict
 from famkd.weights import load_checkpoint
@@ -528,5 +528,43 @@ def test_a_full_disk_keeps_the_last_good_checkpoint_and_says_what_to_do(teacher_
     assert f"the last good checkpoint is kept: {run_dir / 'checkpoints' / 'last.pt'} (epoch 1)" in err
     assert f"continue with: famkd train --resume {run_dir}" in err
     assert sorted(os.listdir(run_dir / "checkpoints")) == ["best.pt", "best.pt.sha256", "last.pt", "last.pt.sha256"]
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert metrics_without_timing(run_dir) == metrics_without_timing(teacher_run)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 32 MiB tmpfs mounted at tmp_path / "disk" (needs CAP_SYS_ADMIN: where it cannot be mounted, the test is
+    skipped; test_a_full_disk_keeps_the_last_good_checkpoint_and_says_what_to_do injects the same error)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip() or mounted.returncode})")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_really_full_disk_loses_nothing_and_the_run_resumes_exactly(teacher_run, data_roots, small_disk):
+    run_dir = small_disk / "run"
+    filler = small_disk / "filler"
+
+    def fill_the_disk(epoch, step, global_step):
+        if global_step == 3:  # in epoch 2: its end's writes find the disk full
+            free = shutil.disk_usage(small_disk).free
+            with open(filler, "wb") as file:
+                file.write(b"\0" * (free - 64 * 1024))
+
+    cfg = load_config(None, [*SHORT_RUN, f"data.root={data_roots['npy']}", f"run.dir={run_dir}"])
+    with pytest.raises(FamkdError, match="no space left on the device") as stopped:
+        train(cfg, on_step=fill_the_disk)
+    message = str(stopped.value)
+    assert "\n" not in message and f"continue with: famkd train --resume {run_dir}" in message
+    checkpoints = run_dir / "checkpoints"
+    assert sorted(os.listdir(checkpoints)) == ["best.pt", "best.pt.sha256", "last.pt", "last.pt.sha256"]
+    assert load_checkpoint(checkpoints / "last.pt")["epoch"] == 1
+    filler.unlink()
     assert main(["train", "--resume", str(run_dir)]) == 0
     assert metrics_without_timing(run_dir) == metrics_without_timing(teacher_run)

@@ -20,7 +20,8 @@ from typing import BinaryIO
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
     """Call `write(file)` on a temporary file beside `path`, then rename it over `path`.
 
-    The parent folder is created when missing.
+    The parent folder is created when missing. On failure the temporary file is removed; an OSError that a
+    writer's own clean-up error masks (torch.save's, when the disk fills) is the one raised.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,9 +33,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp_name, path)
-    except BaseException:
+    except BaseException as error:
         Path(temp_name).unlink(missing_ok=True)
+        cause = os_error_behind(error)
+        if cause is not None and cause is not error:
+            raise cause from error
         raise
+
+
+def os_error_behind(error: BaseException) -> OSError | None:
+    """The first OSError in `error`'s chain of causes and contexts (`error` itself included), if any."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def current_umask() -> int:
