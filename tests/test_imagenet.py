@@ -26,7 +26,7 @@ from famkd.data.imagenet import (
 from famkd.errors import FamkdError
 from famkd.models import FeatureModel, create_model
 from famkd.models.imagenet.mobilenetv1 import MobileNetV1
-from famkd.models.imagenet.resnet import feature_node_names
+from famkd.models.taps import tap_reader
 from tiny_imagenet import WNIDS, write_tiny_imagenet
 
 RESNETS = ["resnet18", "resnet34", "resnet50"]
@@ -110,20 +110,17 @@ def test_resnet18_taps_equal_a_manual_forward_through_torchvisions_modules():
     torch.testing.assert_close(features.logits, reference.fc(pooled), rtol=1e-12, atol=1e-12)
 
 
-def test_feature_nodes_are_each_stages_last_node_and_last_residual_sum():
-    assert feature_node_names(create_model("resnet18")) == {
-        **{f"layer{i}.1.relu_1": f"stage.layer{i}" for i in range(1, 5)},
-        **{f"layer{i}.1.add": f"preact.layer{i}" for i in range(1, 5)},
-        "flatten": "pooled",
-        "fc": "logits",
-    }
-    nodes = feature_node_names(create_model("resnet50"))
-    assert [node for node, tap in nodes.items() if tap.startswith("preact")] == [
-        "layer1.2.add",
-        "layer2.3.add",
-        "layer3.5.add",
-        "layer4.2.add",
-    ]
+def test_the_taps_are_each_stages_output_and_the_input_of_its_last_relu():
+    for name, last_blocks in (("resnet18", [1, 1, 1, 1]), ("resnet50", [2, 3, 5, 2])):
+        model = create_model(name).eval()
+        model.forward_features(torch.randn(1, 3, 32, 32))
+        reader = tap_reader(model)
+        assert [tap.map.path for tap in reader.taps] == [f"layer{i}" for i in range(1, 5)]
+        preacts = [(tap.preact.path, tap.preact.kind, tap.preact.clone) for tap in reader.taps]
+        # the ReLU module called last in each stage: the block's second call of a BasicBlock's shared ReLU
+        assert preacts == [(f"layer{i}.{block}.relu", "input", True) for i, block in enumerate(last_blocks, 1)]
+        assert [tap.preact.call for tap in reader.taps] == [1 if name == "resnet18" else 2] * 4
+        assert (reader.classifier.path, reader.classifier.kind) == ("fc", "input")
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
 """Models outside the zoo: taps of any nn.Module (famkd.models.taps), timm: and torchvision: names, their weights.
 
 References: each tap is checked against the tensor computed by hand from the module's own pieces, torchvision's
-ResNet against the zoo's FX-traced resnet18 (the same weights), and timm's ViT and Swin against timm's own
+ResNet found automatically against the zoo's resnet18 with its taps named (the same weights; test_imagenet checks
+those against a hand-written forward), and timm's ViT and Swin against timm's own
 `forward_intermediates(output_fmt="NCHW")`.
 """
 
