@@ -6,8 +6,10 @@ For each config the distiller is built as the run builds it (random weights: siz
 ImageNet classes, 80 COCO categories), the trainer's SGD takes one step of zero gradients so that its momentum
 buffers exist, and `checkpoints/last.pt` is written with famkd's own writer (`save_training_checkpoint`) into a
 temporary folder: the student, the heads and the optimiser state, everything else in a run's checkpoint being a
-few kilobytes. Printed per config: the student's and the heads' parameters, the file's size, and the disk a run
-needs with the default `run.keep_checkpoints` (last.pt and previous-1.pt; best.pt holds the same).
+few kilobytes. Printed per config: the student's and the heads' parameters, the file's size, the run folder's
+checkpoints with the default `run.keep_checkpoints=2` (last.pt, previous-1.pt and best.pt, a copy of the best
+evaluation's last.pt: three files of that size), and the peak while a checkpoint is written (the new file beside
+them until it is complete: four).
 """
 
 from __future__ import annotations
@@ -83,12 +85,12 @@ def main(argv: list[str]) -> int:
     paths = args.configs or sorted((ROOT / "configs" / "imagenet").rglob("*.yaml")) + sorted(
         (ROOT / "configs" / "coco").rglob("*.yaml")
     )
-    print(f"{'config':48} {'student M':>9} {'heads M':>9} {'last.pt GB':>10} {'with previous-1 GB':>18}")
+    print(f"{'config':48} {'student M':>9} {'heads M':>9} {'last.pt GB':>10} {'run GB':>7} {'peak GB':>7}")
     for path in paths:
         row = measure(path.resolve())
         print(
             f"{row['config']:48} {row['student_m']:9.1f} {row['heads_m']:9.1f} {row['checkpoint_gb']:10.2f} "
-            f"{2 * row['checkpoint_gb']:18.2f}",
+            f"{3 * row['checkpoint_gb']:7.2f} {4 * row['checkpoint_gb']:7.2f}",
             flush=True,
         )
     return 0
