@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from tiny_cifar import write_tiny_cifar
 
@@ -30,6 +31,16 @@ def tiny_cifar_pickle(tmp_path_factory) -> Path:
     Shared by the whole session: read it, never write into it.
     """
     return write_tiny_cifar(tmp_path_factory.mktemp("tiny_cifar_pickle"), "pickle")
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for a test module whose batches of a few small images are dominated by per-op threading
+    overhead (on a shared 2-core machine two threads can be ~10x slower); the thread count found is put back."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -25,13 +25,7 @@ SORTED_CLASSES = ("bird", "cat", "dog")  # the helper's ("cat", "dog", "bird"), 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet's
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Batches of a few small images are dominated by per-op threading overhead on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

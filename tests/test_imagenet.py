@@ -33,13 +33,7 @@ RESNETS = ["resnet18", "resnet34", "resnet50"]
 CROP, RESIZE = 32, 36  # small transform sizes for the tiny 48 x 40 images
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Batches of one or two are dominated by per-op threading overhead on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest.py
 
 
 def randomize_batch_norms(model: nn.Module, seed: int = 0) -> None:
