@@ -15,7 +15,8 @@ class CifarPair:
     student: str
     alpha: float  # FAM-KD feature-loss weight (the paper's alpha; the option loss_weight)
     student_preact: bool  # FAM-KD matches the student's pre-activation maps
-    dkd_beta: float  # DKD baseline's beta (published DKD configs)
+    dkd_beta: float  # DKD baseline's beta (mdistiller's configs/cifar100/dkd/; resnet110 -> resnet20: famkd's choice)
+    reviewkd_weight: float = 5.0  # ReviewKD's CIFAR-100/script/reviewKD.sh; else mdistiller's 5
 
     @property
     def name(self) -> str:
@@ -30,9 +31,9 @@ class CifarPair:
 LIGHTWEIGHT_STUDENTS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
 
 CIFAR_PAIRS = (
-    CifarPair("resnet56", "resnet20", alpha=1, student_preact=False, dkd_beta=2),
-    CifarPair("resnet110", "resnet32", alpha=1, student_preact=False, dkd_beta=2),
-    CifarPair("resnet110", "resnet20", alpha=1, student_preact=False, dkd_beta=8),
+    CifarPair("resnet56", "resnet20", alpha=1, student_preact=False, dkd_beta=2, reviewkd_weight=0.6),
+    CifarPair("resnet110", "resnet32", alpha=1, student_preact=False, dkd_beta=2, reviewkd_weight=1.0),
+    CifarPair("resnet110", "resnet20", alpha=1, student_preact=False, dkd_beta=2),
     CifarPair("resnet32x4", "resnet8x4", alpha=20, student_preact=True, dkd_beta=8),
     CifarPair("wrn_40_2", "wrn_16_2", alpha=5, student_preact=False, dkd_beta=6),
     CifarPair("wrn_40_2", "wrn_40_1", alpha=5, student_preact=False, dkd_beta=6),
@@ -40,7 +41,7 @@ CIFAR_PAIRS = (
     CifarPair("vgg13", "MobileNetV2", alpha=20, student_preact=False, dkd_beta=6),
     CifarPair("ResNet50", "MobileNetV2", alpha=20, student_preact=False, dkd_beta=8),
     CifarPair("resnet32x4", "ShuffleV1", alpha=20, student_preact=False, dkd_beta=8),
-    CifarPair("resnet32x4", "ShuffleV2", alpha=20, student_preact=False, dkd_beta=8),
+    CifarPair("resnet32x4", "ShuffleV2", alpha=20, student_preact=False, dkd_beta=8, reviewkd_weight=8.0),
     CifarPair("wrn_40_2", "ShuffleV1", alpha=20, student_preact=False, dkd_beta=8),
 )
 
