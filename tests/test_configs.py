@@ -26,10 +26,14 @@ CONFIG_DIR = REPO_ROOT / "configs" / "cifar100"
 QUICK_DIR = REPO_ROOT / "configs" / "cifar100-quick"
 IMAGENET_DIR = REPO_ROOT / "configs" / "imagenet"
 DISTILL_METHODS = ("fam_kd", "fam_kd_l2l", "reviewkd", "fam_reviewkd", "kd", "fitnet", "at", "dkd", "crd", "wcord")
-# docs/method.md: DKD's beta is 2 for resnet56 -> resnet20 and resnet110 -> resnet32, 6 for the WRN and VGG pairs
-# and vgg13 -> MobileNetV2, 8 otherwise.
+# docs/method.md: DKD's beta is 2 for resnet56 -> resnet20 and resnet110 -> resnet32 (mdistiller's
+# configs/cifar100/dkd/), and for resnet110 -> resnet20 (no published config: famkd's choice, as the other ResNet
+# pairs), 6 for the WRN and VGG pairs and vgg13 -> MobileNetV2, 8 (mdistiller's default) otherwise.
 DKD_BETA_SIX = {"wrn_40_2_wrn_16_2", "wrn_40_2_wrn_40_1", "vgg13_vgg8", "vgg13_MobileNetV2"}
-DKD_BETA_TWO = {"resnet56_resnet20", "resnet110_resnet32"}
+DKD_BETA_TWO = {"resnet56_resnet20", "resnet110_resnet32", "resnet110_resnet20"}
+# ReviewKD's loss weight per pair, as ReviewKD's CIFAR-100/script/reviewKD.sh trains it; 5 (mdistiller's
+# configs/cifar100/reviewkd.yaml) for the pairs the script does not train. fam_reviewkd uses the same weights.
+REVIEWKD_WEIGHT = {"resnet56_resnet20": 0.6, "resnet110_resnet32": 1.0, "resnet32x4_ShuffleV2": 8.0}
 # The CRD benchmark's settings (docs/method.md): CE 1 and the method's weight, no KD term.
 CRD_RECIPE = {"loss_weight": 0.8, "ce_weight": 1.0, "feat_dim": 128, "nce_k": 16384, "nce_t": 0.07, "nce_mom": 0.5}
 LIGHTWEIGHT = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
@@ -165,7 +169,7 @@ def test_pair_configs_follow_method_md(method, pair):
         widths = {"max_mid_channels": 0, "pooled_level": "loss"} if method == "fam_kd" else {}
         assert cfg.distill == {**stated, "ce_weight": 1.0, **fam_filter, **widths}
     elif method in ("reviewkd", "fam_reviewkd"):
-        assert stated == {"loss_weight": 5, "warmup_epochs": 20}
+        assert stated == {"loss_weight": REVIEWKD_WEIGHT.get(pair_id(pair), 5.0), "warmup_epochs": 20}
         fam = fam_filter if method == "fam_reviewkd" else {}
         assert cfg.distill == {**stated, "ce_weight": 1.0, "student_preact": False, "max_mid_channels": 512, **fam}
     elif method == "kd":
@@ -202,6 +206,23 @@ def test_resnet56_resnet20_alpha_follows_method_md_and_says_why():
     assert load_config(CONFIG_DIR / "fam_kd" / "resnet56_resnet20.yaml").distill["loss_weight"] == 1
     alpha_line = next(line for line in text.splitlines() if line.strip().startswith("loss_weight:"))
     assert "docs/method.md" in alpha_line and "0.8" in alpha_line
+
+
+@pytest.mark.parametrize("method", ["reviewkd", "fam_reviewkd"])
+@pytest.mark.parametrize("name", sorted(REVIEWKD_WEIGHT))
+def test_reviewkd_weights_off_mdistillers_five_say_where_they_come_from(method, name):
+    line = next(
+        line
+        for line in (CONFIG_DIR / method / f"{name}.yaml").read_text().splitlines()
+        if line.strip().startswith("loss_weight:")
+    )
+    assert "reviewKD.sh" in line and "docs/method.md" in line
+
+
+def test_dkd_beta_of_the_unpublished_pair_says_it_is_famkds_choice():
+    text = (CONFIG_DIR / "dkd" / "resnet110_resnet20.yaml").read_text()
+    line = next(line for line in text.splitlines() if line.strip().startswith("beta:"))
+    assert "famkd's choice" in line and "docs/method.md" in line
 
 
 @pytest.mark.parametrize("model", sorted(VANILLA_MODELS))

@@ -73,7 +73,8 @@ def test_cifar_loads_exactly_what_was_written(fmt, tiny_cifar_npy, tiny_cifar_pi
         assert torch.equal(dataset.images, nchw(reference[f"{split}_images"]))
         assert torch.equal(dataset.labels, torch.from_numpy(reference[f"{split}_labels"]))
         assert dataset.num_classes == 100 and len(dataset.class_names) == 100
-        assert (dataset.mean, dataset.std) == ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+        # the published normalisation: mdistiller's mdistiller/dataset/cifar100.py, RepDistiller's dataset/cifar100.py
+        assert (dataset.mean, dataset.std) == ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
         assert f"CIFAR-100 ({fmt} layout at " in dataset.description
         assert dataset.description.endswith(f", {split}, {len(reference[f'{split}_labels'])} images")
 
@@ -358,8 +359,10 @@ def test_real_cifar100_counts_and_published_channel_means():
     means = (pixel_sums / (255.0 * 50000 * 32 * 32)).tolist()
     assert means == pytest.approx([0.5070751592371323, 0.48654887331495095, 0.4409178433670343], abs=1e-6)
     assert means == pytest.approx(published["train_mean"], abs=1e-6)
-    assert pytest.approx(published["train_mean"], abs=1e-4) == CIFAR100_MEAN
-    assert pytest.approx(published["train_std"], abs=1e-4) == CIFAR100_STD
+    # famkd normalises with the published code's constants (mdistiller, RepDistiller), which the teachers were
+    # trained with; they are close to the data's own statistics (0.48655 vs 0.4867: 1.5e-4), not equal to them
+    assert pytest.approx(published["train_mean"], abs=3e-4) == CIFAR100_MEAN
+    assert pytest.approx(published["train_std"], abs=3e-4) == CIFAR100_STD
 
 
 # batched augmentation against per-sample loops
@@ -416,7 +419,7 @@ def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
 
 def test_normalize_matches_a_float64_formula():
     images = random_images(count=4)
-    mean, std = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+    mean, std = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
     out = normalize(images, mean, std)
     pixels = images.numpy().astype(np.float64) / 255.0
     expected = (pixels - np.array(mean)[:, None, None]) / np.array(std)[:, None, None]

@@ -49,9 +49,10 @@ MODEL_NAMES = [
     "ShuffleV2",
     "ResNet50",
 ]
-# the normalisation the resnet56 teacher was trained with (its README)
-CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+# the normalisation the community teachers were trained with: mdistiller's mdistiller/dataset/cifar100.py and
+# RepDistiller's dataset/cifar100.py (transforms.Normalize there)
+CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
+CIFAR100_STD = (0.2675, 0.2565, 0.2761)
 
 
 @pytest.fixture(autouse=True, scope="module")

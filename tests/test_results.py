@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 import statistics
 from pathlib import Path
 
@@ -189,40 +188,114 @@ def test_reference_adds_the_published_numbers_of_the_tables_columns(tmp_path, ca
     write_run(tmp_path, "r32", "vanilla", 71.0, 70.5, student="resnet32")
     table = table_cells(results(capsys, tmp_path, "--reference"))
     column = "resnet110 -> resnet32"
+    famkd_paper, repdistiller, mdistiller = "FAM-KD paper, best", "RepDistiller README, last", "mdistiller README, best"
     assert {label: cells[column] for label, cells in table.items()} == {
-        "teacher (published)": "74.31",
+        f"teacher (published: {repdistiller})": "- / 74.31",
         "vanilla": "71.00 ± - / 70.50 ± - (n=1)",
-        "vanilla (published)": "71.14",
+        f"vanilla (published: {repdistiller})": "- / 71.14",
+        f"at (published: {repdistiller})": "- / 72.31",
+        f"crd (published: {repdistiller})": "- / 73.48",
+        f"dkd (published: {mdistiller})": "74.11 / -",
         "fam_kd": "74.00 ± - / 73.00 ± - (n=1)",
-        "fam_kd (published)": "74.45",
-        "fam_kd [distill.hpf=butterworth] (published)": "74.50",
-        "fam_kd [distill.hpf=gaussian] (published)": "74.49",
-        "fam_reviewkd (published)": "74.28",
-        "reviewkd (published)": "73.89",
+        f"fam_kd (published: {famkd_paper})": "74.45 / -",
+        f"fam_kd [distill.hpf=butterworth] (published: {famkd_paper})": "74.50 / -",
+        f"fam_kd [distill.hpf=gaussian] (published: {famkd_paper})": "74.49 / -",
+        f"fam_reviewkd (published: {famkd_paper})": "74.28 / -",
+        f"fitnet (published: {repdistiller})": "- / 71.06",
+        f"kd (published: {repdistiller})": "- / 73.08",
+        f"reviewkd (published: {famkd_paper})": "73.89 / -",
     }
     assert "resnet32x4 -> resnet8x4" not in results(capsys, tmp_path, "--reference")  # only the table's columns
 
 
-def reference_section() -> str:
-    return METHOD_DOC.read_text().split("## Reference numbers", 1)[1].split("\n## ", 1)[0]
+def test_reference_for_resnet56_resnet20_prints_every_published_number_with_source_and_epoch(tmp_path, capsys):
+    """Issue 19's acceptance: a resnet56 -> resnet20 run, read against every number published for that pair in the
+    sources on disk. The expected numbers are copied from RepDistiller's README (b84f547; last epoch, as its
+    train_student.py says) and mdistiller's README (a08d46f; best epoch), not from famkd.recipes. ReviewKD, FAM-KD and
+    WCoRD numbers for this pair are in no source on disk (docs/method.md says so), so no row claims one."""
+    write_run(tmp_path, "kd", "kd", 70.9, 70.5)
+    printed = results(capsys, tmp_path, "--reference")
+    cells = {label: row["resnet56 -> resnet20"] for label, row in table_cells(printed).items() if row}
+    assert cells == {
+        "teacher (published: RepDistiller README, last)": "- / 72.34",
+        "vanilla (published: RepDistiller README, last)": "- / 69.06",
+        "at (published: RepDistiller README, last)": "- / 70.55",
+        "crd (published: RepDistiller README, last)": "- / 71.16",
+        "dkd (published: mdistiller README, best)": "71.97 / -",
+        "fitnet (published: RepDistiller README, last)": "- / 69.21",
+        "kd": "70.90 ± - / 70.50 ± - (n=1)",
+        "kd (published: RepDistiller README, last)": "- / 70.66",
+    }
+    assert not any(label.startswith(("reviewkd", "fam_kd", "fam_reviewkd", "wcord")) for label in cells)
+    assert "- kd, resnet56 -> resnet20: 240 epochs, data CIFAR-100, train, 50000 images; comparable" in printed
 
 
-def test_every_published_distillation_number_is_in_docs_method_md():
-    """Each number sits in its pair's column of the reference table, in the row naming its method or variant."""
-    section = reference_section()
-    first_table = section[section.index("\n|") + 1 :].split("\n\n")[0]
-    header, _, *lines = first_table.splitlines()
-    columns = [c.strip() for c in header.strip("|").split("|")]
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+def test_reference_marks_runs_off_the_published_setting_and_lists_runs_left_out(tmp_path, capsys):
+    sliced = "CIFAR-100 (npy layout at /data/cifar100), train, first 20 per class, 2000 images"
+    write_run(tmp_path, "quick", "kd", 30.0, 29.0, epochs=2, epochs_completed=2, dataset=sliced)
+    write_run(tmp_path, "full", "dkd", 71.5, 71.2)
+    write_run(tmp_path, "broke", "kd", 1.0, 1.0, status="failed", epochs_completed=3, error="loss is nan at step 17")
+    write_run(tmp_path, "stopped", "fam_kd", 9.0, 9.0, status="interrupted", epochs_completed=100)
+    printed = results(capsys, tmp_path, "--reference")
+    column = "resnet56 -> resnet20"
+    table = table_cells(printed)
+    assert table["kd"][column] == "30.00 ± - / 29.00 ± - (n=1) (not comparable)"
+    assert table["dkd"][column] == "71.50 ± - / 71.20 ± - (n=1)"
+    settings = printed.split("Measured cells, their setting and whether it is the published one:\n", 1)[1]
+    assert (
+        "- kd, resnet56 -> resnet20: 2 epochs, data CIFAR-100, train, first 20 per class, 2000 images; NOT comparable: "
+        "2 epochs, published 240; data CIFAR-100, train, first 20 per class, 2000 images, published the whole "
+        "CIFAR-100 training set" in settings
+    )
+    assert "- dkd, resnet56 -> resnet20: 240 epochs, data CIFAR-100, train, 50000 images; comparable" in settings
+    left_out = printed.split("Left out (did not complete):\n", 1)[1].splitlines()
+    assert left_out == [
+        f"- {(tmp_path / 'broke').resolve()}: failed, 3 of 240 epochs: loss is nan at step 17",
+        f"- {(tmp_path / 'stopped').resolve()}: interrupted, 100 of 240 epochs",
+    ]
+    # without --reference nothing is judged, but the runs left out are still listed
+    plain = results(capsys, tmp_path)
+    assert "(not comparable)" not in plain and "Measured cells" not in plain and "Left out" in plain
+    # CSV: the setting and the verdict are columns; the runs left out go to stderr
+    assert main(["results", str(tmp_path), "--reference", "--format", "csv"]) == 0
+    out, err = capsys.readouterr()
+    kd = next(row for row in csv.DictReader(io.StringIO(out)) if row["row"] == "kd")
+    assert kd["setting"].startswith("2 epochs, data CIFAR-100") and kd["not_comparable"].startswith("2 epochs")
+    assert err.count("famkd: note: left out ") == 2
+
+
+def reference_tables() -> tuple[list[list[str]], list[list[str]]]:
+    """The rows of docs/method.md's "Published distillation results" and "Published models trained alone"."""
+    section = METHOD_DOC.read_text().split("## Reference numbers", 1)[1].split("\n## ", 1)[0]
+
+    def rows(heading: str) -> list[list[str]]:
+        part = section.split(f"### {heading}\n", 1)[1].split("\n### ", 1)[0]
+        lines = [line for line in part.splitlines() if line.startswith("| ")][1:]  # the header; the rule is "|---"
+        return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+    return rows("Published distillation results"), rows("Published models trained alone")
+
+
+def test_the_published_numbers_and_docs_method_md_list_the_same_results():
+    """Each number of famkd.recipes is a row of docs/method.md's tables (method or model, pair, top-1, best/last,
+    source) and each row there is a number of famkd.recipes: change both together."""
+    distillation, vanilla = reference_tables()
+    expected = []
     for result in PUBLISHED_DISTILLATION_TOP1:
-        index = columns.index(f"{result.teacher} -> {result.student}")
         option, _, value = result.variant.partition("=")
-        names_it = f"`{option}: {value}`" if result.variant else f"`{result.method}`"
-        matches = [row for row in rows if row[index] == f"{result.top1:.2f}"]
-        assert any(names_it in row[0] or row[0].lower() == result.method for row in matches), result
+        method = f"`{result.method}`" + (f" (`{option}: {value}`)" if result.variant else "")
+        pair = f"{result.teacher} -> {result.student}"
+        expected.append([method, pair, f"{result.top1:.2f}", result.source.epoch, result.source.name])
+    assert sorted(distillation) == sorted(expected)
+    assert sorted(vanilla) == sorted(
+        [model.model, f"{model.top1:.2f}", model.source.epoch, model.source.name] for model in PUBLISHED_VANILLA_TOP1
+    )
 
 
-def test_every_published_vanilla_number_is_in_docs_method_md():
-    section = reference_section()
-    for model, top1 in PUBLISHED_VANILLA_TOP1.items():
-        assert re.search(rf"\b{model} {top1:.2f}\b", section), (model, top1)
+def test_repdistiller_numbers_are_last_epoch_and_mdistiller_and_famkd_best():
+    """RepDistiller's train_student.py: "The results reported in the paper/README is from the last epoch";
+    mdistiller's trainer keeps best_acc, and FAM-KD's code is built on it."""
+    sources = {result.source.name: result.source.epoch for result in PUBLISHED_DISTILLATION_TOP1}
+    assert sources["RepDistiller README"] == "last"
+    assert sources["mdistiller README"] == sources["FAM-KD paper"] == "best"
+    assert {m.source.epoch for m in PUBLISHED_VANILLA_TOP1 if m.source.name == "RepDistiller README"} == {"last"}

@@ -47,7 +47,8 @@ DEFAULT_LR = 0.05
 
 FAM_WARMUP_EPOCHS = 20
 KD_OPTIONS = {"temperature": 4.0, "ce_weight": 0.1, "loss_weight": 0.9}
-REVIEWKD_OPTIONS = {"loss_weight": 5.0, "warmup_epochs": 20}
+# ReviewKD's warm-up; its loss weight is per pair (CifarPair.reviewkd_weight), fam_reviewkd's too (docs/method.md).
+REVIEWKD_OPTIONS = {"warmup_epochs": 20}
 # The CRD benchmark (RepDistiller) runs of the baselines: CE weight 1, no logit-KD term (`-a 0`), `-b` the weight.
 FITNET_OPTIONS = {"loss_weight": 100.0, "ce_weight": 1.0}
 AT_OPTIONS = {"loss_weight": 1000.0, "ce_weight": 1.0}
@@ -68,8 +69,6 @@ METHOD_TITLES = {
     "wcord": "WCoRD",
 }
 FIXED_RECIPES = {
-    "reviewkd": REVIEWKD_OPTIONS,
-    "fam_reviewkd": REVIEWKD_OPTIONS,
     "kd": KD_OPTIONS,
     "fitnet": FITNET_OPTIONS,
     "at": AT_OPTIONS,
@@ -123,6 +122,14 @@ VALUE_NOTES = {
         "resnet56_resnet20",
         "loss_weight",
     ): "the supplement gives 1; the published res56_res20 config file says 0.8 (docs/method.md)",
+    ("dkd", "resnet110_resnet20", "beta"): "no published DKD config for this pair: famkd's choice, as the other ResNet "
+    "pairs (docs/method.md)",
+    **{
+        (method, name, "loss_weight"): "ReviewKD's CIFAR-100/script/reviewKD.sh; mdistiller's config uses 5 "
+        "(docs/method.md)"
+        for method in ("reviewkd", "fam_reviewkd")
+        for name in ("resnet56_resnet20", "resnet110_resnet32", "resnet32x4_ShuffleV2")
+    },
 }
 
 
@@ -136,6 +143,8 @@ def distill_options(method: str, pair: CifarPair) -> dict:
         }
     if method == "dkd":
         return {**DKD_OPTIONS, "beta": float(pair.dkd_beta)}
+    if method in ("reviewkd", "fam_reviewkd"):
+        return {"loss_weight": float(pair.reviewkd_weight), **REVIEWKD_OPTIONS}
     if method in FIXED_RECIPES:
         return dict(FIXED_RECIPES[method])
     raise ValueError(f"no CIFAR recipe for method {method!r}; known: {', '.join(DISTILL_METHODS)}")

@@ -14,8 +14,14 @@ Rows are methods, columns teacher -> student pairs. A run of method vanilla (a m
 rows: "teacher" under every column whose teacher is that model, "vanilla" under every column whose student
 is; a model trained alone that is in no pair gets a column of its own. When groups that differ in settings
 fall in the same cell, their row splits into one row per group, labelled with the settings that tell them
-apart (e.g. "kd [train.epochs=2]"): never a silent merge. `--reference` adds the published numbers of
-famkd.recipes as "(published)" rows. A summary.json that cannot be read is skipped with a warning.
+apart (e.g. "kd [train.epochs=2]"): never a silent merge. A summary.json that cannot be read is skipped with a
+warning; runs that did not complete (failed, interrupted) are listed below the table with their status and error.
+
+`--reference` adds the published numbers of famkd.recipes as "(published: SOURCE, best|last)" rows: a best-epoch
+number sits under famkd's best ("71.97 / -"), a last-epoch number under famkd's last ("- / 70.66"), so each is read
+against its like. Every measured cell is then checked against the published setting (PUBLISHED_SETTINGS: the
+epochs and the whole training set); a cell that differs is marked "(not comparable)", and a list below the table
+gives every measured cell's epochs and data and, where it differs, how.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ import yaml
 from famkd.engine.run_dir import CONFIG_FILE, SUMMARY_FILE
 from famkd.errors import FamkdError
 from famkd.files import write_text_atomic
-from famkd.recipes import PUBLISHED_DISTILLATION_TOP1, PUBLISHED_VANILLA_TOP1
+from famkd.recipes import BEST, PUBLISHED_DISTILLATION_TOP1, PUBLISHED_VANILLA_TOP1, Source
 from famkd.settings import flat_settings
 
 VANILLA = "vanilla"
@@ -57,6 +63,25 @@ IGNORED_SETTINGS = {
 }
 IGNORED_SECTIONS = ("teacher.", "data.", "run.")
 CAPTION = "best / last test top-1 (%): mean ± sample std over n runs (- : a single run has no std)"
+REFERENCE_CAPTION = (
+    'published rows: a best-epoch number under best ("71.97 / -"), a last-epoch number under last ("- / 70.66")'
+)
+NOT_COMPARABLE = "(not comparable)"
+
+
+@dataclass(frozen=True)
+class PublishedSetting:
+    """The setting published numbers of a dataset were trained in: the epochs and the whole training set."""
+
+    dataset: str  # how summary.json's data description begins
+    epochs: int
+    data: str  # a regular expression the data description (data_identity) matches in full
+
+
+PUBLISHED_SETTINGS = (
+    PublishedSetting("CIFAR-100", 240, r"CIFAR-100, train, 50000 images"),
+    PublishedSetting("ImageNet", 100, r"ImageNet .*, train, 1281167 images of 1000 classes"),
+)
 
 
 @dataclass(frozen=True)
@@ -86,15 +111,17 @@ class Group:
 
 @dataclass(frozen=True)
 class Cell:
-    """One table cell: statistics over a group's runs, or a published number (n None, best_mean only)."""
+    """One table cell: statistics over a group's runs, or a published number (n None; best_mean or last_mean)."""
 
     n: int | None
-    best_mean: float
+    best_mean: float | None
     best_std: float | None
     last_mean: float | None
     last_std: float | None
     seeds: list[int | None] = field(default_factory=list)
     runs: list[str] = field(default_factory=list)
+    setting: str = ""  # measured cells: the epochs and the training data
+    not_comparable: str = ""  # with --reference: how the setting differs from the published one ("" if it does not)
 
 
 @dataclass
@@ -114,6 +141,7 @@ class Table:
 
     columns: list[str]
     rows: list[Row]
+    reference: bool = False
 
 
 @dataclass(frozen=True)
@@ -147,6 +175,24 @@ def collect_runs(paths: Iterable[str | Path]) -> tuple[list[Run], list[str]]:
         if run is not None:
             runs.append(run)
     return runs, skipped
+
+
+def left_out_runs(paths: Iterable[str | Path]) -> list[str]:
+    """One line per run under `paths` whose summary.json says it did not complete: its folder, status and error."""
+    lines = []
+    for summary_file in sorted({found.resolve() for path in paths for found in Path(path).rglob(SUMMARY_FILE)}):
+        try:
+            summary = read_mapping(summary_file, json.loads, "JSON")
+        except ValueError:
+            continue  # collect_runs reports it
+        status = summary.get("status")
+        if status is None or status == "completed":
+            continue
+        done = summary.get("epochs_completed")
+        progress = f", {done} of {summary['epochs']} epochs" if done is not None and "epochs" in summary else ""
+        error = f": {summary['error']}" if summary.get("error") else ""
+        lines.append(f"{summary_file.parent}: {status}{progress}{error}")
+    return lines
 
 
 def read_run(summary_file: Path) -> Run | None:
@@ -237,12 +283,28 @@ def mean_std(values: list[float]) -> tuple[float, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
-def group_cell(group: Group) -> Cell:
+def group_cell(group: Group, reference: bool = False) -> Cell:
     best_mean, best_std = mean_std([run.best_acc for run in group.runs])
     last_mean, last_std = mean_std([run.last_acc for run in group.runs])
     seeds = [run.seed for run in group.runs]
     folders = [str(run.folder) for run in group.runs]
-    return Cell(len(group.runs), best_mean, best_std, last_mean, last_std, seeds, folders)
+    setting = f"{group.settings.get('train.epochs', '?')} epochs, data {group.settings.get('data', '?')}"
+    gaps = "; ".join(published_setting_gaps(group.settings)) if reference else ""
+    return Cell(len(group.runs), best_mean, best_std, last_mean, last_std, seeds, folders, setting, gaps)
+
+
+def published_setting_gaps(settings: dict[str, str]) -> list[str]:
+    """How a group's epochs and data differ from the setting of the published numbers (empty: comparable)."""
+    data = settings.get("data", "")
+    published = next((p for p in PUBLISHED_SETTINGS if data.startswith(p.dataset)), None)
+    if published is None:
+        return [f"data {data!r} is not a dataset with published numbers"]
+    gaps = []
+    if settings.get("train.epochs") != str(published.epochs):
+        gaps.append(f"{settings.get('train.epochs')} epochs, published {published.epochs}")
+    if not re.fullmatch(published.data, data):
+        gaps.append(f"data {data}, published the whole {published.dataset} training set")
+    return gaps
 
 
 def comparison_table(runs: Iterable[Run], reference: bool = False) -> Table:
@@ -256,10 +318,10 @@ def comparison_table(runs: Iterable[Run], reference: bool = False) -> Table:
     methods = {group.method for group in groups} | {r.method for r in PUBLISHED_DISTILLATION_TOP1 if reference}
     rows = []
     for row_kind in (TEACHER_ROW, VANILLA, *sorted(methods - {VANILLA})):
-        rows += split_rows(row_kind, placed[row_kind])
+        rows += split_rows(row_kind, placed[row_kind], reference)
         if reference:
             rows += published_rows(row_kind, columns)
-    return Table([column.name for column in columns], rows)
+    return Table([column.name for column in columns], rows, reference)
 
 
 def table_columns(groups: list[Group]) -> list[Column]:
@@ -278,7 +340,7 @@ def placements(group: Group, columns: list[Column]) -> list[tuple[str, Column]]:
     return as_teacher + [(VANILLA, column) for column in columns if column.student == group.student]
 
 
-def split_rows(row_kind: str, placed: list[tuple[Group, Column]]) -> list[Row]:
+def split_rows(row_kind: str, placed: list[tuple[Group, Column]], reference: bool = False) -> list[Row]:
     """The rows of one kind: one, or one per setting values that differ within some cell, labelled with them."""
     by_cell: dict[Column, list[Group]] = defaultdict(list)
     for group, column in placed:
@@ -288,7 +350,7 @@ def split_rows(row_kind: str, placed: list[tuple[Group, Column]]) -> list[Row]:
     for group, column in placed:
         shown = {key: group.settings.get(key, "-") for key in label_keys}
         label = row_label(row_kind, shown)
-        rows.setdefault(label, Row(label, row_kind, False, shown)).cells[column.name] = group_cell(group)
+        rows.setdefault(label, Row(label, row_kind, False, shown)).cells[column.name] = group_cell(group, reference)
     return [rows[label] for label in sorted(rows)]
 
 
@@ -303,59 +365,84 @@ def differing_keys(groups: list[Group]) -> set[str]:
 
 
 def published_rows(row_kind: str, columns: list[Column]) -> list[Row]:
-    """The published numbers (famkd.recipes) of one row kind for the table's columns, one row per variant."""
-    variants: dict[str, dict[str, float]] = defaultdict(dict)  # distill option off its default -> column -> top-1
+    """The published numbers (famkd.recipes) of one row kind for the table's columns: one row per variant and
+    source, labelled with the source and whether its numbers are best- or last-epoch."""
+    found: dict[tuple[str, Source], dict[str, float]] = defaultdict(dict)  # (variant, source) -> column -> top-1
     if row_kind in (TEACHER_ROW, VANILLA):
-        model = {column.name: column.teacher if row_kind == TEACHER_ROW else column.student for column in columns}
-        top1 = {name: PUBLISHED_VANILLA_TOP1[m] for name, m in model.items() if m in PUBLISHED_VANILLA_TOP1}
-        variants[""] = top1
+        for column in columns:
+            model = column.teacher if row_kind == TEACHER_ROW else column.student
+            for published in PUBLISHED_VANILLA_TOP1:
+                if published.model == model:
+                    found[("", published.source)][column.name] = published.top1
     else:
         for result in PUBLISHED_DISTILLATION_TOP1:
             pair = Column(result.teacher, result.student)
             if result.method == row_kind and pair in columns:
-                variants[result.variant][pair.name] = result.top1
+                found[(result.variant, result.source)][pair.name] = result.top1
     rows = []
-    for variant, values in sorted(variants.items()):
+    for (variant, source), values in sorted(found.items(), key=lambda item: (item[0][0], item[0][1].name)):
         option, _, value = variant.partition("=")
         settings = {f"distill.{option}": value} if variant else {}
-        cells = {name: Cell(None, top1, None, None, None) for name, top1 in values.items()}
-        rows.append(Row(row_label(row_kind, settings) + " (published)", row_kind, True, settings, cells))
-    return [row for row in rows if row.cells]
+        label = f"{row_label(row_kind, settings)} (published: {source.name}, {source.epoch})"
+        best = source.epoch == BEST
+        cells = {
+            name: Cell(None, top1 if best else None, None, None if best else top1, None)
+            for name, top1 in values.items()
+        }
+        rows.append(Row(label, row_kind, True, settings, cells))
+    return rows
 
 
 # ---- output ----------------------------------------------------------------------------------------
 
 
 def cell_text(cell: Cell) -> str:
-    """ "74.12 ± 0.21 / 73.90 ± 0.30 (n=3)"; a published number alone."""
+    """ "74.12 ± 0.21 / 73.90 ± 0.30 (n=3)", "(not comparable)" appended where the setting differs from the
+    published one; a published number under best or last: "71.97 / -", "- / 70.66"."""
     if cell.n is None:
-        return f"{cell.best_mean:.2f}"
+        return " / ".join("-" if value is None else f"{value:.2f}" for value in (cell.best_mean, cell.last_mean))
 
     def spread(std: float | None) -> str:
         return "-" if std is None else f"{std:.2f}"
 
     return (
         f"{cell.best_mean:.2f} ± {spread(cell.best_std)} / {cell.last_mean:.2f} ± {spread(cell.last_std)} (n={cell.n})"
+        + (f" {NOT_COMPARABLE}" if cell.not_comparable else "")
     )
 
 
-def format_markdown(table: Table) -> str:
-    lines = [CAPTION, "", "| method | " + " | ".join(table.columns) + " |", "|---" * (len(table.columns) + 1) + "|"]
+def format_markdown(table: Table, left_out: Iterable[str] = ()) -> str:
+    """The table, then (with --reference) each measured cell's setting, then the runs left out."""
+    caption = [CAPTION, REFERENCE_CAPTION] if table.reference else [CAPTION]
+    lines = [*caption, "", "| method | " + " | ".join(table.columns) + " |", "|---" * (len(table.columns) + 1) + "|"]
     for row in table.rows:
         cells = [cell_text(row.cells[name]) if name in row.cells else "" for name in table.columns]
         lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
+    if table.reference:
+        lines += ["", "Measured cells, their setting and whether it is the published one:"]
+        for row in table.rows:
+            for name, cell in row.cells.items():
+                if cell.n is not None:
+                    verdict = f"NOT comparable: {cell.not_comparable}" if cell.not_comparable else "comparable"
+                    lines.append(f"- {row.label}, {name}: {cell.setting}; {verdict}")
+    left_out = list(left_out)
+    if left_out:
+        lines += ["", "Left out (did not complete):", *(f"- {line}" for line in left_out)]
     return "\n".join(lines)
 
 
 def format_csv(table: Table) -> str:
-    """One line per filled cell: row, column, n, best_mean, best_std, last_mean, last_std (empty: none)."""
+    """One line per filled cell: row, column, n, best_mean, best_std, last_mean, last_std (empty: none), and with
+    --reference the measured cell's setting and how it differs from the published one."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["row", "column", "n", "best_mean", "best_std", "last_mean", "last_std"])
+    extra = ["setting", "not_comparable"] if table.reference else []
+    writer.writerow(["row", "column", "n", "best_mean", "best_std", "last_mean", "last_std", *extra])
     for row in table.rows:
         for name, cell in row.cells.items():
             numbers = (cell.n, cell.best_mean, cell.best_std, cell.last_mean, cell.last_std)
-            writer.writerow([row.label, name, *("" if x is None else x for x in numbers)])
+            notes = [cell.setting, cell.not_comparable] if table.reference else []
+            writer.writerow([row.label, name, *("" if x is None else x for x in numbers), *notes])
     return out.getvalue().rstrip("\n")
 
 
@@ -372,7 +459,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "runs", nargs="+", metavar="RUN_DIR", help="run folders or folders holding them (searched recursively)"
     )
     parser.add_argument("--format", choices=("markdown", "csv"), default="markdown", help="table format")
-    parser.add_argument("--reference", action="store_true", help="add the published CIFAR-100 numbers")
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="add the published numbers (CIFAR-100, ImageNet) with their source and best/last label, and mark "
+        "measured cells whose epochs or data differ from the published setting",
+    )
     parser.add_argument("--json", default="", metavar="FILE", help="also write the table rows as JSON")
 
 
@@ -386,7 +478,13 @@ def run(args: argparse.Namespace) -> int:
             "give the folders famkd train or famkd sweep wrote (run.dir)"
         )
     table = comparison_table(runs, reference=args.reference)
-    print(format_csv(table) if args.format == "csv" else format_markdown(table))
+    left_out = left_out_runs(args.runs)
+    if args.format == "csv":
+        print(format_csv(table))
+        for line in left_out:
+            print(f"famkd: note: left out {line}", file=sys.stderr)
+    else:
+        print(format_markdown(table, left_out))
     if args.json:
         write_text_atomic(args.json, json.dumps(table_rows(table), indent=2) + "\n")
     return 0
