@@ -529,3 +529,37 @@ def test_norm_layers_are_left_undecayed_unless_asked(norm_weight_decay: bool) ->
         assert groups == [(trained, 1e-4)]
     else:
         assert groups == [(trained - norm_names, 1e-4), (norm_names, 0.0)]
+
+
+def test_a_papers_config_trains_multi_scale_with_frozen_bn(coco: Path, teacher: Path, tmp_path: Path) -> None:
+    """configs/coco/reviewkd/resnet50_mobilenet_v2.yaml as published (sizes 640..800 drawn per image, evaluation
+    at 800 x 1333, frozen BN, L1 box losses, no decay on norms) builds that recipe and takes a step on the tiny
+    set (its 64 x 48 images scaled up; the teacher a resnet18 for speed)."""
+    config = Path(__file__).resolve().parents[1] / "configs" / "coco" / "reviewkd" / "resnet50_mobilenet_v2.yaml"
+    overrides = [
+        "teacher.name=resnet18",
+        f"teacher.checkpoint={teacher}",
+        f"data.root={coco}",
+        "data.workers=0",
+        "device=cpu",
+        "train.student_init=none",
+        "train.iterations=1",
+        "train.eval_batch_size=2",
+        *SCHEDULE,
+        f"run.dir={tmp_path / 'run'}",
+    ]
+    trainer = Trainer(DETECTION, load_detection_config(config, overrides), None, (), None)
+    transform = trainer.data.train_set.transform
+    assert transform.train_sizes == (640, 672, 704, 736, 768, 800) and transform.max_size == 1333
+    student = trainer.distiller.student
+    assert set(batch_norms(student.backbone.body).values()) == {FrozenBatchNorm2d}
+    assert (student.rpn.box_loss_beta, student.roi_heads.box_loss_beta) == (0.0, 0.0)
+    assert [group["weight_decay"] for group in trainer.optimizer.param_groups] == [1e-4, 0.0]  # the heads' BN
+    trainer.data.train_loader.set_epoch(0)
+    images, _ = next(iter(trainer.data.train_loader))
+    assert all(min(image.shape[-2:]) in transform.train_sizes for image in images)
+    summary = trainer.run()
+    assert summary["status"] == "completed"
+    assert all(
+        math.isfinite(value) for key, value in read_metrics(tmp_path / "run")[-1].items() if key.startswith("loss")
+    )
