@@ -23,13 +23,15 @@ from famkd.detection.coco import (
     WIDE,
     CocoCategories,
     CocoLoader,
+    CocoOptions,
+    DetectionTransform,
     GroupedBatchSampler,
     SampleKey,
     load_coco,
     resized_size,
 )
 from famkd.detection.evaluation import METRICS, collect_detections, evaluate_detections
-from famkd.errors import FamkdError
+from famkd.errors import ConfigError, FamkdError
 from tiny_coco import COLOURS, write_tiny_coco
 
 # min_size, max_size that keep the tiny 64 x 48 and 48 x 64 images at their size.
@@ -307,6 +309,61 @@ def test_flips_follow_from_seed_epoch_and_index_in_any_worker(tiny_coco):
         assert image_flips(in_workers, epoch, start=1) == flips[2:]  # a resumed epoch: its second batch on
     draws = [SampleKey(index, 3, epoch).uniform_draw() for index in range(4) for epoch in range(4)]
     assert 0 < sum(draw < 0.5 for draw in draws) < len(draws)  # the draws do flip some images, not all
+
+
+TRAIN_SIZES = (32, 40, 48)  # multi-scale training sizes for the tiny images (max_size 64)
+
+
+def shorter_sides(loader: CocoLoader, epoch: int, start: int = 0) -> list[tuple[int, int]]:
+    """(image id, shorter side) of each image the loader yields for `epoch` from batch `start` on; each batch's
+    images share an aspect group."""
+    loader.set_epoch(epoch, start)
+    sides = []
+    for images, targets in loader:
+        assert len({image.shape[-1] > image.shape[-2] for image in images}) == 1  # one aspect group a batch
+        sides.extend((int(target["image_id"]), min(image.shape[-2:])) for image, target in zip(images, targets))
+    return sides
+
+
+def test_multi_scale_sizes_follow_from_seed_epoch_and_index_in_any_worker(tiny_coco):
+    """data.min_size_train: each training image's shorter side is drawn per image from the list by its key's
+    second uniform draw (the first is the flip's, as before), the same in worker processes and from a resumed
+    batch on; the process's torch generator plays no part. Image and boxes equal the single-scale sample at
+    the drawn size."""
+    dataset = load_coco(tiny_coco, "train", **NATIVE, train_sizes=TRAIN_SIZES)
+    in_process = CocoLoader(dataset, batch_size=2, train=True, workers=0, seed=3)
+    in_workers = CocoLoader(dataset, batch_size=2, train=True, workers=2, seed=3)
+    drawn = []
+    for epoch in range(4):
+        sides = shorter_sides(in_process, epoch)
+        keys = [SampleKey(index, 3, epoch) for batch in in_process.batch_sampler.epoch_batches() for index in batch]
+        expected = [TRAIN_SIZES[int(key.uniform_draws(2)[1] * len(TRAIN_SIZES))] for key in keys]
+        assert sides == [(dataset.image_ids[key.item], size) for key, size in zip(keys, expected)]
+        assert all(key.uniform_draws(2)[0] == key.uniform_draw() for key in keys)  # the flips are unchanged
+        torch.manual_seed(epoch)
+        state = torch.get_rng_state()
+        assert shorter_sides(in_workers, epoch) == sides
+        assert torch.equal(torch.get_rng_state(), state)
+        assert shorter_sides(in_workers, epoch, start=1) == sides[2:]  # a resumed epoch: its second batch on
+        drawn.extend(expected)
+        for key, size in zip(keys, expected):
+            single = load_coco(tiny_coco, "train", min_size=size, max_size=64)
+            image, target = dataset[key]
+            single_image, single_target = single[key]
+            assert torch.equal(image, single_image) and torch.equal(target["boxes"], single_target["boxes"])
+    assert set(drawn) == set(TRAIN_SIZES)  # every size is drawn, and one epoch's images differ in size
+    one = load_coco(tiny_coco, "train", **NATIVE, train_sizes=(48,))  # one value: that size, as without a list
+    plain = load_coco(tiny_coco, "train", **NATIVE)
+    key = SampleKey(0, 3, 1)
+    assert torch.equal(one[key][0], plain[key][0]) and min(plain[key][0].shape[-2:]) == 48
+
+
+def test_multi_scale_sizes_are_checked() -> None:
+    assert CocoOptions(root="x", min_size_train=[640, 800]).min_size_train == [640, 800]
+    with pytest.raises(ConfigError, match="every size must lie in 1..data.max_size=1333"):
+        CocoOptions(root="x", min_size_train=[640, 1400])
+    with pytest.raises(ValueError, match="min_size <= max_size"):
+        DetectionTransform(48, 64, 0.5, (0, 48))
 
 
 # ---- evaluation -----------------------------------------------------------------------------

@@ -438,6 +438,12 @@ def test_coco_configs_carry_the_papers_schedule(method, pair):
     )
     if method == "reviewkd":
         assert cfg.distill["loss_weight"] == COCO_REVIEWKD_WEIGHT[pair]
+    # the published recipe (docs/detection.md): Detectron2's multi-scale sizes, the evaluation at 800 x 1333,
+    # frozen batch norm, L1 box regression in the RPN and the box head, no weight decay on norm layers
+    assert cfg.data.min_size_train == [640, 672, 704, 736, 768, 800]
+    assert (cfg.data.min_size, cfg.data.max_size) == (800, 1333)
+    assert (train.frozen_bn, train.rpn_smooth_l1_beta, train.box_smooth_l1_beta) == (True, 0.0, 0.0)
+    assert train.norm_weight_decay is False and train.weight_decay == 1e-4
 
 
 # ---------------------------------------------------------------- configs/examples

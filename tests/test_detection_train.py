@@ -16,6 +16,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from torchvision.models.detection.roi_heads import fastrcnn_loss
+from torchvision.models.detection.rpn import RegionProposalNetwork
+from torchvision.ops import FrozenBatchNorm2d
 
 from detectron2_layout import random_detectron2_weights, write_detectron2_pickle
 from famkd.cli import main
@@ -23,7 +26,16 @@ from famkd.detection import cli
 from famkd.detection.config import TASK, load_detection_config
 from famkd.detection.detectron2_import import Detectron2Spec, import_detectron2_faster_rcnn
 from famkd.detection.distill import FPN_LEVELS
-from famkd.detection.models import DetectorOutputs, build_detector, fpn_backbone, load_teacher, teacher_features
+from famkd.detection.models import (
+    DetectorOutputs,
+    SmoothL1RoIHeads,
+    SmoothL1RPN,
+    build_detector,
+    detector_forward,
+    fpn_backbone,
+    load_teacher,
+    teacher_features,
+)
 from famkd.detection.task import TASK as DETECTION
 from famkd.detection.task import train_detection
 from famkd.distill import create_distiller
@@ -31,6 +43,7 @@ from famkd.distill.kd import kd_loss
 from famkd.distill.levels import review_chain
 from famkd.distill.reviewkd import hierarchical_context_loss
 from famkd.engine.run_log import read_metrics
+from famkd.engine.schedule import build_optimizer
 from famkd.engine.trainer import Trainer
 from famkd.errors import ConfigError, FamkdError, TrainingInterrupted
 from famkd.weights import load_checkpoint
@@ -96,8 +109,11 @@ def test_fam_kd_trains_through_the_cli_and_is_evaluated(coco: Path, teacher: Pat
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_an_interrupted_run_resumes_exactly(coco: Path, teacher: Path, tmp_path: Path, workers: int) -> None:
+    """Ctrl-C mid-epoch, then --resume: the same metrics and weights as the run that was not interrupted, with
+    multi-scale training sizes and flips drawn per image (in the data workers when there are some)."""
     common = [*distill_overrides(coco, teacher, tmp_path / "x"), *FAM, "train.iterations=5", "train.log_interval=2"]
     common.append(f"data.workers={workers}")  # flips at the default 0.5, drawn in the workers when there are some
+    common.append("data.min_size_train=[48,56,64]")  # multi-scale: each image's size drawn from its key as well
     whole, interrupted = tmp_path / "whole", tmp_path / "interrupted"
     train_detection(load_detection_config(None, [*common, f"run.dir={whole}"]))
 
@@ -374,3 +390,176 @@ def test_torchvision_coco_weights_teach_the_datasets_categories(tmp_path: Path) 
     torch.testing.assert_close(deltas, reference_deltas.reshape(2, 91, 4)[:, [0, 1, 3, 7]].reshape(2, 16))
     with pytest.raises(FamkdError, match="category id 95"):
         load_teacher("resnet50", path, (1, 95), 64, 96)
+
+
+# ---- the published recipe: frozen batch norm, L1 box regression, no weight decay on norms --------------------
+
+
+def batch_norms(module: torch.nn.Module) -> dict[str, type]:
+    """Name -> type of every batch norm in `module`, frozen or not."""
+    kinds = (torch.nn.BatchNorm2d, FrozenBatchNorm2d)
+    return {name: type(layer) for name, layer in module.named_modules() if isinstance(layer, kinds)}
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "mobilenet_v2"])
+def test_frozen_bn_student_backbones_keep_their_batch_norm_through_training(backbone: str) -> None:
+    """train.frozen_bn (the default): every batch norm of the student's body is a FrozenBatchNorm2d and a training
+    step changes none of its statistics and affine values; without it MobileNetV2's are trainable BatchNorm2d, and
+    a ResNet's too but in its frozen stem and layer1."""
+    torch.manual_seed(0)
+    student = build_detector(backbone, 4, 64, 96)
+    norms = batch_norms(student.backbone.body)
+    assert norms and set(norms.values()) == {FrozenBatchNorm2d}
+    distiller = create_detection_distiller("vanilla", student, None, {}).train()
+    before = {key: value.clone() for key, value in student.backbone.body.state_dict().items()}
+    optimizer = build_optimizer(distiller, load_detection_config(None).train)
+    images = [torch.rand(3, 64, 96), torch.rand(3, 64, 96)]
+    targets = [{"boxes": torch.tensor([[4.0, 6.0, 40.0, 50.0]]), "labels": torch.tensor([2])}] * 2
+    sum(distiller(images, targets, iteration=1)[1].values()).backward()
+    optimizer.step()
+    after = student.backbone.body.state_dict()
+    frozen = [key for key in before if key.rsplit(".", 1)[0] in norms]
+    assert frozen and all(torch.equal(before[key], after[key]) for key in frozen)
+    assert any(not torch.equal(before[key], after[key]) for key in before if key not in frozen)  # convs train
+
+    trainable = batch_norms(build_detector(backbone, 4, 64, 96, frozen_bn=False).backbone.body)
+    if backbone == "mobilenet_v2":
+        assert set(trainable.values()) == {torch.nn.BatchNorm2d}
+    else:
+        assert {name for name, kind in trainable.items() if kind is FrozenBatchNorm2d} == {
+            name for name in trainable if name == "bn1" or name.startswith("layer1.")
+        }
+        assert trainable["layer2.0.bn1"] is torch.nn.BatchNorm2d
+
+
+def smooth_l1(difference: torch.Tensor, beta: float) -> torch.Tensor:
+    """Smooth L1 written out: 0.5 d^2 / beta where |d| < beta, |d| - 0.5 beta elsewhere (beta 0: |d|)."""
+    d = difference.abs()
+    return torch.where(d < beta, 0.5 * d**2 / beta, d - 0.5 * beta) if beta > 0 else d
+
+
+@pytest.mark.parametrize("beta", [0.0, 1 / 9])
+def test_box_losses_are_smooth_l1_of_the_configured_beta(beta: float) -> None:
+    """The box head's and the RPN's box losses on hand-made deltas and targets: the sum of smooth L1 at `beta`
+    over the positives' deltas (the box head: at each positive's own class), over the proposals' / sampled
+    anchors' count; the classification and objectness terms are untouched."""
+    torch.manual_seed(0)
+    model = build_detector("resnet18", 3, 64, 96, rpn_smooth_l1_beta=beta, box_smooth_l1_beta=beta)
+    heads, rpn = model.roi_heads, model.rpn
+    assert isinstance(heads, SmoothL1RoIHeads) and isinstance(rpn, SmoothL1RPN)
+    # three proposals: labels 2 (positive), 0 (background), 1 (positive); deltas of 3 classes x 4
+    labels = [torch.tensor([2, 0, 1])]
+    targets = [torch.tensor([[0.05, -0.5, 0.0, 1.0], [9.0, 9.0, 9.0, 9.0], [0.1, 0.2, -0.02, 0.3]])]
+    deltas = torch.zeros(3, 12)
+    deltas[0, 8:12] = torch.tensor([0.0, 0.0, 0.04, 0.5])  # label 2's deltas: differences -0.05, 0.5, 0.04, -0.5
+    deltas[2, 4:8] = torch.tensor([0.1, 0.0, 0.0, 0.0])  # label 1's deltas: differences 0, -0.2, 0.02, -0.3
+    logits = torch.randn(3, 3)
+    loss_classifier, loss_box = heads.box_losses(logits, deltas, labels, targets)
+    differences = torch.cat([deltas[0, 8:12] - targets[0][0], deltas[2, 4:8] - targets[0][2]])
+    torch.testing.assert_close(loss_box, smooth_l1(differences, beta).sum() / 3)
+    torch.testing.assert_close(loss_classifier, F.cross_entropy(logits, labels[0]))
+    if beta == 0:  # L1: each difference counts at its size, small ones too
+        torch.testing.assert_close(loss_box, differences.abs().sum() / 3)
+    else:  # torchvision's own loss
+        torch.testing.assert_close((loss_classifier, loss_box), fastrcnn_loss(logits, deltas, labels, targets))
+
+    # RPN: 4 anchors (1 positive, 2 negative, 1 ignored), all sampled (256 a image)
+    anchor_labels = [torch.tensor([1.0, 0.0, -1.0, 0.0])]
+    anchor_targets = [torch.tensor([[0.3, -0.05, 0.0, 0.02]] * 4)]
+    objectness, anchor_deltas = torch.randn(4, 1), torch.tensor([[0.0, 0.0, 0.1, 0.0]] * 4)
+    loss_objectness, loss_rpn_box = rpn.compute_loss(objectness, anchor_deltas, anchor_labels, anchor_targets)
+    torch.testing.assert_close(loss_rpn_box, smooth_l1(anchor_deltas[0] - anchor_targets[0][0], beta).sum() / 3)
+    sampled = torch.tensor([0, 1, 3])
+    torch.testing.assert_close(
+        loss_objectness, F.binary_cross_entropy_with_logits(objectness.flatten()[sampled], anchor_labels[0][sampled])
+    )
+    if beta != 0:
+        torch.manual_seed(1)
+        ours = rpn.compute_loss(objectness, anchor_deltas, anchor_labels, anchor_targets)
+        torch.manual_seed(1)
+        theirs = RegionProposalNetwork.compute_loss(rpn, objectness, anchor_deltas, anchor_labels, anchor_targets)
+        torch.testing.assert_close(ours, theirs)
+
+
+def test_the_detectors_own_training_forward_has_famkds_losses() -> None:
+    """model(images, targets) in training gives the losses detector_forward gives (the same betas, the images at
+    the size given), so both ways of training a famkd detector agree; and the betas are the config's."""
+    images = [torch.rand(3, 64, 96), torch.rand(3, 48, 64)]  # two sizes, as multi-scale batches hold
+    targets = [
+        {"boxes": torch.tensor([[4.0, 6.0, 40.0, 50.0]]), "labels": torch.tensor([2])},
+        {"boxes": torch.tensor([[10.0, 8.0, 30.0, 40.0]]), "labels": torch.tensor([1])},
+    ]
+    torch.manual_seed(0)
+    model = build_detector("resnet18", 4, 80, 120, rpn_smooth_l1_beta=0.0, box_smooth_l1_beta=0.5).train()
+    torch.manual_seed(1)
+    outputs = detector_forward(model, images, targets)
+    assert outputs.image_sizes == [(64, 96), (48, 64)]  # not resized to min_size 80
+    torch.manual_seed(1)
+    losses = model(images, targets)
+    assert set(losses) == set(outputs.losses)
+    for name, value in losses.items():
+        torch.testing.assert_close(value, outputs.losses[name])
+    train = load_detection_config(None, ["train.rpn_smooth_l1_beta=0.2", "train.box_smooth_l1_beta=0.3"]).train
+    assert (train.rpn_smooth_l1_beta, train.box_smooth_l1_beta) == (0.2, 0.3)
+    assert load_detection_config(None).train.rpn_smooth_l1_beta == 0.0
+
+
+@pytest.mark.parametrize("norm_weight_decay", [False, True])
+def test_norm_layers_are_left_undecayed_unless_asked(norm_weight_decay: bool) -> None:
+    """train.norm_weight_decay=false (detection's default): the parameters of normalisation layers (here the
+    reviewkd heads' BatchNorm and MobileNetV2's trainable BatchNorm) form a group without weight decay and every
+    other trained parameter keeps train.weight_decay; true: one group, all decayed."""
+    torch.manual_seed(0)
+    student = build_detector("mobilenet_v2", 4, 64, 96, frozen_bn=False)
+    teacher = build_detector("resnet18", 4, 64, 96).eval()
+    distiller = create_detection_distiller("reviewkd", student, teacher, {"mid_channels": 16})
+    train = load_detection_config(None, [f"train.norm_weight_decay={norm_weight_decay}"]).train
+    optimizer = build_optimizer(distiller, train)
+    norm_names = {
+        f"{module_name}.{name}"
+        for module_name, module in distiller.named_modules()
+        if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.GroupNorm))
+        for name, _ in module.named_parameters(recurse=False)
+    }
+    names = {id(p): name for name, p in distiller.named_parameters()}
+    trained = {name for name, p in distiller.named_parameters() if p.requires_grad and not name.startswith("teacher.")}
+    assert any(name.startswith("student.") for name in norm_names) and any(n.startswith("heads.") for n in norm_names)
+    groups = [({names[id(p)] for p in group["params"]}, group["weight_decay"]) for group in optimizer.param_groups]
+    if norm_weight_decay:
+        assert groups == [(trained, 1e-4)]
+    else:
+        assert groups == [(trained - norm_names, 1e-4), (norm_names, 0.0)]
+
+
+def test_a_papers_config_trains_multi_scale_with_frozen_bn(coco: Path, teacher: Path, tmp_path: Path) -> None:
+    """configs/coco/reviewkd/resnet50_mobilenet_v2.yaml as published (sizes 640..800 drawn per image, evaluation
+    at 800 x 1333, frozen BN, L1 box losses, no decay on norms) builds that recipe and takes a step on the tiny
+    set (its 64 x 48 images scaled up; the teacher a resnet18 for speed)."""
+    config = Path(__file__).resolve().parents[1] / "configs" / "coco" / "reviewkd" / "resnet50_mobilenet_v2.yaml"
+    overrides = [
+        "teacher.name=resnet18",
+        f"teacher.checkpoint={teacher}",
+        f"data.root={coco}",
+        "data.workers=0",
+        "device=cpu",
+        "train.student_init=none",
+        "train.iterations=1",
+        "train.eval_batch_size=2",
+        *SCHEDULE,
+        f"run.dir={tmp_path / 'run'}",
+    ]
+    trainer = Trainer(DETECTION, load_detection_config(config, overrides), None, (), None)
+    transform = trainer.data.train_set.transform
+    assert transform.train_sizes == (640, 672, 704, 736, 768, 800) and transform.max_size == 1333
+    student = trainer.distiller.student
+    assert set(batch_norms(student.backbone.body).values()) == {FrozenBatchNorm2d}
+    assert (student.rpn.box_loss_beta, student.roi_heads.box_loss_beta) == (0.0, 0.0)
+    assert [group["weight_decay"] for group in trainer.optimizer.param_groups] == [1e-4, 0.0]  # the heads' BN
+    trainer.data.train_loader.set_epoch(0)
+    images, _ = next(iter(trainer.data.train_loader))
+    assert all(min(image.shape[-2:]) in transform.train_sizes for image in images)
+    summary = trainer.run()
+    assert summary["status"] == "completed"
+    assert all(
+        math.isfinite(value) for key, value in read_metrics(tmp_path / "run")[-1].items() if key.startswith("loss")
+    )

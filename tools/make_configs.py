@@ -343,25 +343,32 @@ def quick_config_text(full_relative: str, options: dict) -> str:
 
 # MS-COCO (docs/detection.md): the pairs of ReviewKD and DKD, teacher -> student backbone, and ReviewKD's loss
 # weight per pair from mdistiller's detection/configs/ReviewKD/*.yaml. The schedule (180k iterations, batch 8,
-# lr 0.01, x0.1 at 120k and 160k) is famkd.detection.config's default, so the files do not repeat it.
+# lr 0.01, x0.1 at 120k and 160k) is famkd.detection.config's default, so the files do not repeat it; nor do
+# they repeat the recipe's defaults (Detectron2's: frozen batch norm, L1 box regression, no weight decay on norm
+# layers). They do state the multi-scale training sizes, mdistiller's detection/configs/Base-Distillation.yaml
+# INPUT.MIN_SIZE_TRAIN (single-scale data.min_size is famkd's default, as (800,) is Detectron2's).
 COCO_PAIRS = {("resnet101", "resnet18"): 1.2, ("resnet101", "resnet50"): 1.0, ("resnet50", "mobilenet_v2"): 2.0}
 COCO_METHODS = ("fam_kd", "reviewkd", "kd", "vanilla")
+COCO_MIN_SIZE_TRAIN = [640, 672, 704, 736, 768, 800]
+COCO_NOTES = {"min_size_train": "one drawn per image (Base-Distillation.yaml INPUT.MIN_SIZE_TRAIN, 'choice')"}
 
 
 def coco_config_text(method: str, teacher: str, student: str) -> str:
-    """configs/coco/<method>/<teacher>_<student>.yaml: the method, the pair, and ReviewKD's per-pair weight."""
+    """configs/coco/<method>/<teacher>_<student>.yaml: the method, the pair, the multi-scale training sizes and
+    ReviewKD's per-pair weight."""
     values: dict = {"method": method, "student": student}
     if method != "vanilla":
         values["teacher"] = {"name": teacher}
+    values["data"] = {"min_size_train": COCO_MIN_SIZE_TRAIN}
     if method == "reviewkd":
         values["distill"] = {"loss_weight": COCO_PAIRS[(teacher, student)]}
     teacher_note = " teacher.checkpoint=PATH" if method != "vanilla" else ""
     header = (
-        f"# {method} on MS-COCO, Faster R-CNN + FPN {teacher} -> {student} (docs/detection.md; the paper's schedule is "
-        f"the default). Run: famkd detect train configs/{COCO}/{method}/{teacher}_{student}.yaml data.root=PATH"
-        + teacher_note
+        f"# {method} on MS-COCO, Faster R-CNN + FPN {teacher} -> {student} (docs/detection.md; the paper's schedule "
+        "and recipe are the defaults: frozen BN, L1 box regression, no weight decay on norms). "
+        f"Run: famkd detect train configs/{COCO}/{method}/{teacher}_{student}.yaml data.root=PATH" + teacher_note
     )
-    return "\n".join([header, *yaml_lines(values, {})]) + "\n"
+    return "\n".join([header, *yaml_lines(values, COCO_NOTES)]) + "\n"
 
 
 def coco_config_texts() -> dict[str, str]:

@@ -68,6 +68,7 @@ class TrainConfig:
     lr: float = setting(0.05, minimum=0.0)
     momentum: float = setting(0.9, minimum=0.0)
     weight_decay: float = setting(5e-4, minimum=0.0)
+    norm_weight_decay: bool = True  # false: no weight decay on normalisation layers (Detectron2's WEIGHT_DECAY_NORM 0)
     nesterov: bool = False
     lr_milestones: list[int] = setting(factory=default_milestones)
     lr_decay: float = setting(0.1, minimum=0.0)

@@ -78,7 +78,12 @@ class SampleKey(NamedTuple):
 
     def uniform_draw(self) -> float:
         """The sample's uniform draw in [0, 1) (e.g. for its flip), a function of (seed, epoch, item) alone."""
-        return float(np.random.default_rng([self.seed, self.epoch, self.item]).random())
+        return self.uniform_draws(1)[0]
+
+    def uniform_draws(self, count: int) -> list[float]:
+        """The sample's first `count` uniform draws in [0, 1) (e.g. its flip, then its training size), a function
+        of (seed, epoch, item) alone; the first is `uniform_draw()`."""
+        return [float(draw) for draw in np.random.default_rng([self.seed, self.epoch, self.item]).random(count)]
 
 
 class SkipFirst(Sampler):

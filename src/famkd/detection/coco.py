@@ -29,10 +29,13 @@ Transforms (`DetectionTransform`): resize so that the shorter side is `min_size`
 side `max_size` (1333) where the shorter side at `min_size` would make it longer (sizes rounded half up
 to whole pixels as Detectron2's ResizeShortestEdge rounds them; antialiased bilinear, as its PIL
 resize; boxes scaled by the same per-axis factors), then, for training, a horizontal flip with
-probability 0.5 (image and boxes: x1' = W - x2). A loader indexes the dataset with `SampleKey`s, and a
-sample's flip follows from its key's (seed, epoch, index) alone (`SampleKey.uniform_draw`): the same in
-any worker process, on any number of processes, and again when a run resumes mid-epoch. Indexed with a
-plain int, the dataset draws the flip from torch's generator instead.
+probability 0.5 (image and boxes: x1' = W - x2). Multi-scale training (`train_sizes`, e.g. Detectron2's
+(640, 672, 704, 736, 768, 800)): each training image's shorter side is drawn from the list, uniformly,
+per image, as Detectron2's ResizeShortestEdge with sample_style "choice" draws it; the longer side is
+still at most `max_size`. A loader indexes the dataset with `SampleKey`s, and a sample's flip and size
+follow from its key's (seed, epoch, index) alone (`SampleKey.uniform_draws`: the flip's draw first, the
+size's second): the same in any worker process, on any number of processes, and again when a run resumes
+mid-epoch. Indexed with a plain int, the dataset draws them from torch's generator instead.
 
 famkd resizes here, not in the model: the teacher and the student of a distillation run see one image
 and one set of boxes, made the way Detectron2 (whose teachers famkd imports) makes them. Build
@@ -80,6 +83,9 @@ from famkd.settings import setting
 
 SPLITS = ("train", "val")
 MIN_SIZE, MAX_SIZE = 800, 1333
+# Detectron2's multi-scale training sizes (Base-RCNN-FPN; mdistiller's detection/configs/Base-Distillation.yaml
+# INPUT.MIN_SIZE_TRAIN), each image's shorter side drawn from them ("choice").
+MULTI_SCALE_MIN_SIZES = (640, 672, 704, 736, 768, 800)
 FLIP_PROB = 0.5
 WIDE, TALL = 0, 1
 LAYOUT = (
@@ -144,23 +150,35 @@ def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple
 
 @dataclass(frozen=True)
 class DetectionTransform:
-    """Resize (see `resized_size`), then a horizontal flip with probability `flip_prob`, of an image and its boxes."""
+    """Resize (see `resized_size`), then a horizontal flip with probability `flip_prob`, of an image and its boxes.
+
+    The shorter side is `min_size`, or, where `train_sizes` lists sizes (multi-scale training), the one of them
+    the sample's size draw picks (each equally likely)."""
 
     min_size: int = MIN_SIZE
     max_size: int = MAX_SIZE
     flip_prob: float = 0.0
+    train_sizes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        if not 1 <= self.min_size <= self.max_size:
-            raise ValueError(f"need 1 <= min_size <= max_size, got min_size={self.min_size}, max_size={self.max_size}")
+        for size in (self.min_size, *self.train_sizes):
+            if not 1 <= size <= self.max_size:
+                raise ValueError(f"need 1 <= min_size <= max_size, got min_size={size}, max_size={self.max_size}")
         if not 0 <= self.flip_prob <= 1:
             raise ValueError(f"flip_prob must lie in [0, 1], got {self.flip_prob}")
 
-    def __call__(self, image: Tensor, boxes: Tensor, flip_draw: float) -> tuple[Tensor, Tensor]:
+    def shorter_side(self, size_draw: float) -> int:
+        """The shorter side for a size draw uniform in [0, 1): train_sizes[floor(draw * count)], or min_size."""
+        if not self.train_sizes:
+            return self.min_size
+        return self.train_sizes[min(int(size_draw * len(self.train_sizes)), len(self.train_sizes) - 1)]
+
+    def __call__(self, image: Tensor, boxes: Tensor, flip_draw: float, size_draw: float = 0.0) -> tuple[Tensor, Tensor]:
         """uint8 (3, H, W) image and float (N, 4) xyxy boxes -> float image in [0, 1] and boxes, both transformed;
-        the image is flipped when `flip_draw` (uniform in [0, 1)) is below flip_prob."""
+        the image is flipped when `flip_draw` (uniform in [0, 1)) is below flip_prob, and its shorter side is
+        `shorter_side(size_draw)`."""
         height, width = image.shape[-2:]
-        new_height, new_width = resized_size(height, width, self.min_size, self.max_size)
+        new_height, new_width = resized_size(height, width, self.shorter_side(size_draw), self.max_size)
         if (new_height, new_width) != (height, width):
             image = TF.resize(image, [new_height, new_width], antialias=True)
             boxes = boxes * torch.tensor([new_width / width, new_height / height] * 2)
@@ -205,18 +223,18 @@ class CocoDetection(Dataset[Sample]):
         return len(self.image_ids)
 
     def __getitem__(self, key: int | SampleKey) -> Sample:
-        """The sample at an index (flip drawn from torch's generator) or at a SampleKey (flip from the key)."""
+        """The sample at an index (flip and size drawn from torch's generator) or at a SampleKey (from the key)."""
         if isinstance(key, SampleKey):
-            index, flip_draw = key.item, key.uniform_draw()
+            index, (flip_draw, size_draw) = key.item, key.uniform_draws(2)
         else:
-            index, flip_draw = key, float(torch.rand(()))
+            index, (flip_draw, size_draw) = key, torch.rand(2).tolist()
         image_id = self.image_ids[index]
         info = self.coco.imgs[image_id]
         width, height = info["width"], info["height"]
         annotations = [ann for ann in self.coco.imgToAnns[image_id] if is_usable(ann, width, height)]
         boxes = torch.tensor([clipped_box(ann["bbox"], width, height) for ann in annotations], dtype=torch.float32)
         labels = [self.categories.label(ann["category_id"]) for ann in annotations]
-        image, boxes = self.transform(self._read_image(info), boxes.reshape(-1, 4), flip_draw)
+        image, boxes = self.transform(self._read_image(info), boxes.reshape(-1, 4), flip_draw, size_draw)
         target = {
             "boxes": boxes,
             "labels": torch.tensor(labels, dtype=torch.int64),
@@ -283,11 +301,13 @@ def load_coco(
     min_size: int = MIN_SIZE,
     max_size: int = MAX_SIZE,
     flip_prob: float | None = None,
+    train_sizes: Sequence[int] = (),
 ) -> CocoDetection:
     """The `split` ("train" or "val") of the COCO 2017 folders at `root` (layout: the module docstring).
 
-    flip_prob: of the horizontal flip; None is FLIP_PROB for train, 0 for val. Training keeps only the
-    images with a usable annotation; images are in the order of their ids.
+    flip_prob: of the horizontal flip; None is FLIP_PROB for train, 0 for val. train_sizes: the shorter sides
+    a training image is resized to, one drawn per image (empty: min_size). Training keeps only the images
+    with a usable annotation; images are in the order of their ids.
     """
     image_dir, annotation_file = coco_paths(root, split)
     coco = read_annotations(annotation_file)
@@ -302,7 +322,7 @@ def load_coco(
     if flip_prob is None:
         flip_prob = FLIP_PROB if split == "train" else 0.0
     description = f"COCO 2017 at {root}, {split}, {len(image_ids)} images of {len(categories.ids)} categories"
-    transform = DetectionTransform(min_size, max_size, flip_prob)
+    transform = DetectionTransform(min_size, max_size, flip_prob, tuple(train_sizes))
     return CocoDetection(coco, image_dir, image_ids, categories, transform, description)
 
 
@@ -473,24 +493,43 @@ class CocoLoader:
 @dataclass
 class CocoOptions(DataOptions):
     """COCO 2017 under data.root (train2017/, val2017/, annotations/), the resize both models use (shorter side
-    `min_size`, longer at most `max_size`), the training flip's probability and the DataLoader workers."""
+    `min_size`, longer at most `max_size`), the training sizes, the training flip's probability and the
+    DataLoader workers.
+
+    min_size_train: the shorter sides of training images, one drawn per image (multi-scale training, as
+    Detectron2's INPUT.MIN_SIZE_TRAIN with "choice" sampling; the paper's configs give
+    MULTI_SCALE_MIN_SIZES); empty (the default), or one value equal to min_size: every training image at
+    min_size. Evaluation is always at min_size (Detectron2's MIN_SIZE_TEST)."""
 
     dataset: str = "coco"
     min_size: int = setting(MIN_SIZE, minimum=1)
     max_size: int = setting(MAX_SIZE, minimum=1)
+    min_size_train: list[int] = setting(factory=list)
     flip_prob: float = setting(FLIP_PROB, minimum=0.0)
     workers: int = setting(4, minimum=0)
 
     def __post_init__(self) -> None:
         if self.min_size > self.max_size:
             raise ConfigError(f"data.min_size={self.min_size} must not exceed data.max_size={self.max_size}")
+        bad = [size for size in self.min_size_train if not 1 <= size <= self.max_size]
+        if bad:
+            raise ConfigError(
+                f"data.min_size_train={self.min_size_train}: every size must lie in 1..data.max_size={self.max_size}"
+            )
 
 
 def load_coco_splits(options: CocoOptions) -> tuple[CocoDetection, CocoDetection]:
     """(train, val) of the COCO folders `options` name, with the same categories."""
-    size = {"min_size": options.min_size, "max_size": options.max_size}
-    train = load_coco(options.root, "train", flip_prob=options.flip_prob, **size)
-    val = load_coco(options.root, "val", **size)
+    min_size, max_size = options.min_size, options.max_size
+    train = load_coco(
+        options.root,
+        "train",
+        min_size=min_size,
+        max_size=max_size,
+        flip_prob=options.flip_prob,
+        train_sizes=options.min_size_train,
+    )
+    val = load_coco(options.root, "val", min_size=min_size, max_size=max_size)
     if val.categories != train.categories:
         raise DataFormatError(f"the train and val annotation files of {options.root} list different categories")
     return train, val

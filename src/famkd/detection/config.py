@@ -18,7 +18,7 @@ from famkd.config import AMP_MODES, DEVICES, RunConfig, TeacherConfig, TrainConf
 from famkd.data import DataOptions
 from famkd.detection import distill  # noqa: F401  (registers the detection methods)
 from famkd.detection.coco import CocoOptions
-from famkd.detection.models import BACKBONES
+from famkd.detection.models import BACKBONES, DETECTRON2_SMOOTH_L1_BETA
 from famkd.distill import needs_teacher, resolve_method_options
 from famkd.errors import ConfigError
 from famkd.settings import load_settings, setting, settings_with_overrides
@@ -32,14 +32,24 @@ def default_lr_milestones() -> list[int]:
 
 @dataclass
 class DetectionTrainConfig(TrainConfig):
-    """The shared train section with Detectron2's COCO schedule as defaults, and where the student's backbone
-    starts: "imagenet" (torchvision's weights), "none", or a local file of them."""
+    """The shared train section with Detectron2's COCO schedule and recipe as defaults, and where the student's
+    backbone starts: "imagenet" (torchvision's weights), "none", or a local file of them.
+
+    The recipe (docs/detection.md gives each source): `frozen_bn`, the student backbone's batch norms frozen
+    (Detectron2's RESNETS.NORM and mdistiller's MOBILENETV2.NORM "FrozenBN"); `rpn_smooth_l1_beta` and
+    `box_smooth_l1_beta`, the smooth-L1 beta of the RPN's and the box head's box-regression losses (Detectron2's
+    0.0, L1; torchvision's is 1/9); `norm_weight_decay` false, no weight decay on normalisation layers
+    (Detectron2's SOLVER.WEIGHT_DECAY_NORM 0.0)."""
 
     epochs: int = setting(0, minimum=0)
     iterations: int = setting(180000, minimum=0)
     batch_size: int = setting(8, minimum=1)
     lr: float = setting(0.01, minimum=0.0)
     weight_decay: float = setting(1e-4, minimum=0.0)
+    norm_weight_decay: bool = False
+    frozen_bn: bool = True
+    rpn_smooth_l1_beta: float = setting(DETECTRON2_SMOOTH_L1_BETA, minimum=0.0)
+    box_smooth_l1_beta: float = setting(DETECTRON2_SMOOTH_L1_BETA, minimum=0.0)
     lr_milestones: list[int] = setting(factory=default_lr_milestones)
     warmup_iters: int = setting(1000, minimum=0)
     eval_every: int = setting(0, minimum=0)

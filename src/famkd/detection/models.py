@@ -1,14 +1,20 @@
 """Faster R-CNN + FPN teachers and students (torchvision), and one training forward that keeps the FPN features.
 
-Backbones (`BACKBONES`): ResNet-18/50/101 as torchvision's `resnet_fpn_backbone` builds them (frozen batch
-norm, stem and layer1 frozen, FPN over layer1..layer4 plus a max-pooled P6), and MobileNetV2 with an FPN over
-the outputs of its stride-4, 8, 16 and 32 stages (24, 32, 96 and 320 channels) plus the same P6, all of it
-trainable, as the MobileNetV2 student of ReviewKD/DKD's detection code (FREEZE_AT 0). Every model has the
-FPN levels "0".."3" (P2..P5, strides 4..32) and "pool" (P6, stride 64), 256 channels each.
+Backbones (`BACKBONES`): ResNet-18/50/101 as torchvision's `resnet_fpn_backbone` builds them (stem and layer1
+frozen, FPN over layer1..layer4 plus a max-pooled P6), and MobileNetV2 with an FPN over the outputs of its
+stride-4, 8, 16 and 32 stages (24, 32, 96 and 320 channels) plus the same P6, all of it trainable, as the
+MobileNetV2 student of ReviewKD/DKD's detection code (FREEZE_AT 0). Every model has the FPN levels "0".."3"
+(P2..P5, strides 4..32) and "pool" (P6, stride 64), 256 channels each. `frozen_bn` (the default) builds the
+body's batch norms as FrozenBatchNorm2d: the ImageNet statistics and affine, never trained (Detectron2's
+RESNETS.NORM "FrozenBN", mdistiller's MOBILENETV2.NORM "FrozenBN"); without it they are trainable
+BatchNorm2d, except in a ResNet's frozen stem and layer1, which stay frozen altogether.
 
 The RPN and box-head settings are Detectron2's Base-RCNN-FPN (`FASTER_RCNN_SETTINGS` of
-famkd.detection.detectron2_import), the recipe of the teachers famkd imports. `min_size` and `max_size` must
-be the dataset's (famkd.detection.coco resizes; the model's transform then scales by exactly 1).
+famkd.detection.detectron2_import), the recipe of the teachers famkd imports. The box-regression losses of
+the RPN and the box head are smooth L1 with a beta of their own (`SmoothL1RPN`, `SmoothL1RoIHeads`; 0 is
+L1, Detectron2's; torchvision hard-codes 1/9). `min_size` and `max_size` must be the dataset's: famkd.detection.coco
+resizes, and the model takes a training image at the size it is given (multi-scale training), and resizes
+an image to evaluate to `min_size`, which is then a scale of exactly 1.
 
 `detector_forward` is torchvision's `GeneralizedRCNN.forward` in training, written out so that the
 distillers get the FPN features, the sampled proposals and their class logits of the same forward that
@@ -22,13 +28,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import MobileNet_V2_Weights, ResNet18_Weights, ResNet50_Weights, ResNet101_Weights
 from torchvision.models._api import WeightsEnum
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
-from torchvision.models.detection.roi_heads import fastrcnn_loss
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.models.mobilenetv2 import mobilenet_v2
+from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from famkd.detection.detectron2_import import FASTER_RCNN_SETTINGS, Detectron2Spec, import_detectron2_faster_rcnn
@@ -59,6 +70,8 @@ UNUSED_CLASSIFIER_KEYS = {
 DETECTRON2_DEPTHS = {"resnet50": 50, "resnet101": 101}
 TORCHVISION_COCO_CLASSES = 91  # torchvision's COCO detectors: the background and category ids 1..90
 BOX_PREDICTOR = "roi_heads.box_predictor"
+TORCHVISION_SMOOTH_L1_BETA = 1 / 9  # torchvision's RPN and box losses (hard-coded in rpn.py and roi_heads.py)
+DETECTRON2_SMOOTH_L1_BETA = 0.0  # Detectron2's MODEL.RPN.SMOOTH_L1_BETA and MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA: L1
 
 
 def imagenet_state(backbone: str, init: str) -> dict[str, Tensor] | None:
@@ -104,32 +117,150 @@ def load_backbone_body(body: nn.Module, state: dict[str, Tensor], backbone: str,
         raise FamkdError(f"{source} does not fit a {backbone}: {str(error).splitlines()[-1].strip()}") from None
 
 
-def fpn_backbone(backbone: str, init: str = "none") -> BackboneWithFPN:
+def frozen_batch_norms(module: nn.Module) -> nn.Module:
+    """`module` with each BatchNorm2d in it replaced by a FrozenBatchNorm2d of the same statistics, affine and eps."""
+    if isinstance(module, nn.BatchNorm2d):
+        frozen = FrozenBatchNorm2d(module.num_features, module.eps)
+        assert module.running_mean is not None and module.running_var is not None  # tracked, as torchvision's
+        for name, value in (("weight", module.weight), ("bias", module.bias)):
+            getattr(frozen, name).copy_(value.detach())
+        frozen.running_mean.copy_(module.running_mean)
+        frozen.running_var.copy_(module.running_var)
+        return frozen
+    for name, child in module.named_children():
+        setattr(module, name, frozen_batch_norms(child))
+    return module
+
+
+def fpn_backbone(backbone: str, init: str = "none", frozen_bn: bool = True) -> BackboneWithFPN:
     """The backbone + FPN (levels FPN_LEVELS, FPN_CHANNELS each) of `backbone`, its body initialised as `init`
-    says (`imagenet_state`), the FPN random."""
+    says (`imagenet_state`), the FPN random; the body's batch norms frozen (FrozenBatchNorm2d) where
+    `frozen_bn`, else trainable (but for a ResNet's frozen stem and layer1, frozen whole, statistics too)."""
     state = imagenet_state(backbone, init)
+    norm_layer = FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
     if backbone == "mobilenet_v2":
-        features = mobilenet_v2().features
+        features = mobilenet_v2(norm_layer=norm_layer).features
         model = BackboneWithFPN(features, MOBILENET_STAGES, MOBILENET_CHANNELS, FPN_CHANNELS, LastLevelMaxPool())
     else:
-        model = resnet_fpn_backbone(backbone_name=backbone, weights=None, trainable_layers=RESNET_TRAINABLE_LAYERS)
+        model = resnet_fpn_backbone(
+            backbone_name=backbone, weights=None, norm_layer=norm_layer, trainable_layers=RESNET_TRAINABLE_LAYERS
+        )
+        for name, child in model.body.named_children():  # Detectron2 freezes a frozen stage's norms as well
+            if not any(parameter.requires_grad for parameter in child.parameters()):
+                setattr(model.body, name, frozen_batch_norms(child))
     if state is not None:
         load_backbone_body(model.body, state, backbone, f"train.student_init={init}")
     return model
 
 
+def box_regression_loss(deltas: Tensor, targets: Tensor, beta: float, count: int) -> Tensor:
+    """The smooth-L1 loss (transition at `beta`; 0: L1) of box deltas, summed over them and divided by `count`."""
+    return F.smooth_l1_loss(deltas, targets, beta=beta, reduction="sum") / count
+
+
+class SmoothL1RPN(RegionProposalNetwork):
+    """torchvision's RPN with the smooth-L1 beta of its box-regression loss an attribute, `box_loss_beta`.
+
+    The loss is torchvision's otherwise: the same anchor sampling (its fg_bg_sampler), the objectness
+    cross-entropy over the sampled anchors, the box term summed over the sampled positive anchors and divided
+    by the number of sampled anchors."""
+
+    box_loss_beta: float = TORCHVISION_SMOOTH_L1_BETA
+
+    def compute_loss(
+        self, objectness: Tensor, pred_bbox_deltas: Tensor, labels: list[Tensor], regression_targets: list[Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        positive_masks, negative_masks = self.fg_bg_sampler(labels)
+        positive = torch.where(torch.cat(positive_masks))[0]
+        sampled = torch.cat([positive, torch.where(torch.cat(negative_masks))[0]])
+        all_labels, all_targets = torch.cat(labels), torch.cat(regression_targets)
+        box_loss = box_regression_loss(
+            pred_bbox_deltas[positive], all_targets[positive], self.box_loss_beta, sampled.numel()
+        )
+        objectness_loss = F.binary_cross_entropy_with_logits(objectness.flatten()[sampled], all_labels[sampled])
+        return objectness_loss, box_loss
+
+
+class SmoothL1RoIHeads(RoIHeads):
+    """torchvision's box head with the smooth-L1 beta of its box-regression loss an attribute, `box_loss_beta`.
+
+    `box_losses` is torchvision's fastrcnn_loss otherwise (cross-entropy over the sampled proposals; the box
+    term at each positive proposal's class, summed and divided by the number of proposals). Its training
+    forward (boxes only: famkd's detectors have no mask or keypoint head) uses it; evaluation is torchvision's.
+    """
+
+    box_loss_beta: float = TORCHVISION_SMOOTH_L1_BETA
+
+    def box_losses(
+        self, class_logits: Tensor, box_regression: Tensor, labels: list[Tensor], regression_targets: list[Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """(loss_classifier, loss_box_reg) of the sampled proposals' logits and deltas (C + 1 classes x 4)."""
+        all_labels, all_targets = torch.cat(labels), torch.cat(regression_targets)
+        positive = torch.where(all_labels > 0)[0]
+        deltas = box_regression.reshape(len(all_labels), -1, 4)[positive, all_labels[positive]]
+        box_loss = box_regression_loss(deltas, all_targets[positive], self.box_loss_beta, all_labels.numel())
+        return F.cross_entropy(class_logits, all_labels), box_loss
+
+    def training_forward(
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_sizes: list[tuple[int, int]],
+        targets: list[dict[str, Tensor]],
+    ) -> tuple[list[Tensor], Tensor, dict[str, Tensor]]:
+        """The sampled proposals, their class logits and the two box-head losses."""
+        proposals, _, labels, regression_targets = self.select_training_samples(proposals, targets)
+        class_logits, box_regression = self.box_predictor(
+            self.box_head(self.box_roi_pool(features, proposals, image_sizes))
+        )
+        loss_classifier, loss_box_reg = self.box_losses(class_logits, box_regression, labels, regression_targets)
+        return proposals, class_logits, {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+
+    def forward(
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_shapes: list[tuple[int, int]],
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+        if not self.training:
+            return super().forward(features, proposals, image_shapes, targets)
+        if targets is None:
+            raise ValueError("the box head needs targets in training")
+        return [], self.training_forward(features, proposals, image_shapes, targets)[2]
+
+
 def build_detector(
-    backbone: str, num_classes: int, min_size: int, max_size: int, backbone_init: str = "none"
+    backbone: str,
+    num_classes: int,
+    min_size: int,
+    max_size: int,
+    backbone_init: str = "none",
+    *,
+    frozen_bn: bool = True,
+    rpn_smooth_l1_beta: float = DETECTRON2_SMOOTH_L1_BETA,
+    box_smooth_l1_beta: float = DETECTRON2_SMOOTH_L1_BETA,
 ) -> FasterRCNN:
     """A Faster R-CNN + FPN over `backbone` for num_classes (C + 1) labels and the dataset's min/max size,
-    the backbone initialised as `backbone_init` says (`imagenet_state`)."""
-    return FasterRCNN(
-        fpn_backbone(backbone, backbone_init),
+    the backbone initialised as `backbone_init` says (`imagenet_state`), its batch norms frozen where
+    `frozen_bn`, the RPN's and the box head's box-regression losses smooth L1 of the betas given (0: L1).
+    In training it takes the images at the size it is given (the data resized them, at one of several sizes
+    in multi-scale training); to evaluate it resizes them to `min_size` / `max_size`."""
+    model = FasterRCNN(
+        fpn_backbone(backbone, backbone_init, frozen_bn),
         num_classes=num_classes,
         min_size=min_size,
         max_size=max_size,
+        _skip_resize=True,  # GeneralizedRCNNTransform's own switch: no resize in training
         **FASTER_RCNN_SETTINGS,
     )
+    # The subclasses add a beta attribute and override the loss methods, nothing else: the modules keep the
+    # state torchvision built.
+    model.rpn.__class__ = SmoothL1RPN
+    model.rpn.box_loss_beta = rpn_smooth_l1_beta
+    model.roi_heads.__class__ = SmoothL1RoIHeads
+    model.roi_heads.box_loss_beta = box_smooth_l1_beta
+    return model
 
 
 def load_teacher(
@@ -209,25 +340,32 @@ class DetectorOutputs:
     image_sizes: list[tuple[int, int]]
 
 
+def presized_input(transform: GeneralizedRCNNTransform, images: list[Tensor]) -> ImageList:
+    """`images` as a model's transform makes its input, but not resized (the data resized them): normalised
+    and padded together to a multiple of its size_divisible, with each image's (height, width)."""
+    normalised = [transform.normalize(image) for image in images]
+    padded = transform.batch_images(normalised, size_divisible=transform.size_divisible)
+    return ImageList(padded, [(int(image.shape[-2]), int(image.shape[-1])) for image in images])
+
+
 def detector_forward(model: FasterRCNN, images: list[Tensor], targets: list[dict[str, Tensor]]) -> DetectorOutputs:
-    """The training forward of `model` (GeneralizedRCNN.forward and RoIHeads.forward for boxes), keeping the
-    FPN features, the sampled proposals and their class logits."""
-    image_list, targets_in = model.transform(images, targets)
-    assert targets_in is not None  # the transform returns the targets it was given
-    features = model.backbone(image_list.tensors)
-    proposals, rpn_losses = model.rpn(image_list, features, targets_in)
+    """The training forward of `model` (GeneralizedRCNN.forward and RoIHeads.forward for boxes) on the images
+    as given, keeping the FPN features, the sampled proposals and their class logits. `model` is one of
+    `build_detector`, whose losses have the betas it was built with."""
     heads = model.roi_heads
-    proposals, _, labels, regression_targets = heads.select_training_samples(proposals, targets_in)
-    box_features = heads.box_head(heads.box_roi_pool(features, proposals, image_list.image_sizes))
-    class_logits, box_regression = heads.box_predictor(box_features)
-    loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
-    losses = {**rpn_losses, "loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
-    return DetectorOutputs(losses, features, proposals, class_logits, image_list.image_sizes)
+    if not isinstance(heads, SmoothL1RoIHeads):
+        raise FamkdError("detector_forward trains a detector of famkd.detection.models.build_detector")
+    image_list = presized_input(model.transform, images)
+    features = model.backbone(image_list.tensors)
+    proposals, rpn_losses = model.rpn(image_list, features, targets)
+    proposals, class_logits, box_losses = heads.training_forward(features, proposals, image_list.image_sizes, targets)
+    return DetectorOutputs({**rpn_losses, **box_losses}, features, proposals, class_logits, image_list.image_sizes)
 
 
 def teacher_features(teacher: FasterRCNN, images: list[Tensor]) -> tuple[dict[str, Tensor], list[tuple[int, int]]]:
-    """The teacher's FPN maps of `images` (its own normalisation; resize factor 1) and the image sizes."""
-    image_list, _ = teacher.transform(images)
+    """The teacher's FPN maps of `images` at the size they are given (its own normalisation) and the image
+    sizes: in multi-scale training the teacher sees the student's images, whatever their size."""
+    image_list = presized_input(teacher.transform, images)
     return teacher.backbone(image_list.tensors), image_list.image_sizes
 
 

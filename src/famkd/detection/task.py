@@ -106,7 +106,16 @@ class DetectionTask(Task):
         categories, size = data.train_set.categories, (coco.min_size, coco.max_size)
         # A resumed run loads its student from the checkpoint: no ImageNet weights to fetch.
         init = "none" if resumed else cfg.train.student_init
-        student = build_detector(cfg.student, categories.num_classes, *size, backbone_init=init)
+        train = cfg.train
+        student = build_detector(
+            cfg.student,
+            categories.num_classes,
+            *size,
+            backbone_init=init,
+            frozen_bn=train.frozen_bn,
+            rpn_smooth_l1_beta=train.rpn_smooth_l1_beta,
+            box_smooth_l1_beta=train.box_smooth_l1_beta,
+        )
         teacher = None
         if needs_teacher(cfg.method, TASK_NAME):
             if cfg.teacher.sha256:

@@ -13,19 +13,53 @@ import bisect
 from typing import Any
 
 import torch
+from torch import nn
 
 from famkd.config import TrainConfig
 from famkd.distill.base import Distiller
+
+# The normalisation layers whose parameters `train.norm_weight_decay=false` leaves undecayed (Detectron2's list).
+NORM_LAYERS = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.GroupNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
+)
+
+
+def norm_parameter_ids(module: nn.Module) -> set[int]:
+    """The ids of the parameters that belong to a normalisation layer (NORM_LAYERS) of `module`."""
+    return {
+        id(parameter)
+        for layer in module.modules()
+        if isinstance(layer, NORM_LAYERS)
+        for parameter in layer.parameters(recurse=False)
+    }
 
 
 def build_optimizer(distiller: Distiller, train_cfg: TrainConfig) -> torch.optim.SGD:
     """SGD (momentum, weight decay, optional Nesterov) over the student's and the heads' trainable parameters.
 
     The frozen teacher is left out; weight decay applies to every trained parameter, as in the
-    published CIFAR recipes. The fused kernel is used where the parameters' device has one (one
-    pass over each parameter instead of several: FAM-KD's heads hold tens of millions).
+    published CIFAR recipes, unless `train.norm_weight_decay` is false: then the parameters of the
+    normalisation layers (NORM_LAYERS) form a second group without weight decay, as Detectron2's
+    SOLVER.WEIGHT_DECAY_NORM 0 leaves them. The fused kernel is used where the parameters' device has one
+    (one pass over each parameter instead of several: FAM-KD's heads hold tens of millions).
     """
     parameters = list(distiller.student_parameters()) + list(distiller.head_parameters())
+    groups: list[Any] = parameters
+    if not train_cfg.norm_weight_decay:
+        norms = norm_parameter_ids(distiller)
+        undecayed = [parameter for parameter in parameters if id(parameter) in norms]
+        if undecayed:
+            decayed = [parameter for parameter in parameters if id(parameter) not in norms]
+            groups = [{"params": decayed}, {"params": undecayed, "weight_decay": 0.0}]
     options: dict[str, Any] = {
         "lr": train_cfg.lr,
         "momentum": train_cfg.momentum,
@@ -33,9 +67,9 @@ def build_optimizer(distiller: Distiller, train_cfg: TrainConfig) -> torch.optim
         "nesterov": train_cfg.nesterov,
     }
     try:
-        return torch.optim.SGD(parameters, fused=True, **options)
+        return torch.optim.SGD(groups, fused=True, **options)
     except RuntimeError:  # no fused SGD for this device or dtype in this torch version
-        return torch.optim.SGD(parameters, **options)
+        return torch.optim.SGD(groups, **options)
 
 
 def lr_factor(units_done: int, iterations_done: int, train_cfg: TrainConfig) -> float:
