@@ -37,10 +37,11 @@ def quiet_openmp_waits(environ: MutableMapping[str, str]) -> None:
     """OMP_WAIT_POLICY=PASSIVE unless OMP_WAIT_POLICY or GOMP_SPINCOUNT is set: a thread of torch's OpenMP pool
     that waits at the end of a parallel region sleeps at once instead of spinning (libgomp spins up to 300000
     rounds first). On a core shared with another busy process a spinning thread burns the share of the core the
-    scheduler gives it, and then waits behind that process for its next slice while the pool waits for it: the
-    step measured 3.5-4.2x slower at 2 threads beside a busy loop with libgomp's default, 0.8-2.3x with
-    PASSIVE (README, "Shared machines"). The OpenMP runtime reads it once, when torch is loaded: this must run
-    before `import torch`, as it does for the `famkd` command, `python -m famkd` and torchrun's `-m famkd`."""
+    scheduler gives it, and then waits behind that process for its next slice while the pool waits for it: beside
+    a busy loop on a loaded 2-CPU machine, fam_kd's step at 2 threads took 4.5-8.8 s with libgomp's default and
+    0.4-1.1 s with PASSIVE (README, "Shared machines"). The OpenMP runtime reads it once, when torch is loaded:
+    this must run before `import torch`, as it does for the `famkd` command, `python -m famkd` and torchrun's
+    `-m famkd`."""
     if "OMP_WAIT_POLICY" not in environ and "GOMP_SPINCOUNT" not in environ:
         environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
