@@ -6,16 +6,28 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from famkd.bench import TRAIN_SET_SIZE, add_arguments, benchmark
+from famkd.bench import (
+    TRAIN_SET_SIZE,
+    Competitor,
+    add_arguments,
+    benchmark,
+    competitor_benchmark,
+    competitor_cpu,
+    format_competitor_table,
+    parse_thread_counts,
+)
 from famkd.cli import main
 from famkd.distill import Distiller, register_distiller
 from famkd.distill.registry import DISTILLERS
+from famkd.errors import FamkdError
 
 REQUIRED_KEYS = {"method", "ms_per_step", "images_per_s", "peak_mem_mb", "ratio_to_kd"}
 TINY = [
@@ -222,3 +234,55 @@ def test_timm_and_torchvision_names_are_benchmarked(tmp_path):
     assert [r["method"] for r in records] == ["kd", "fam_kd"]
     assert (records[1]["teacher"], records[1]["student"]) == ("timm:resnet10t", "torchvision:mobilenet_v3_small")
     assert records[0]["head_params"] == 0 < records[1]["head_params"]
+
+
+def competitor_args(**changes) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(TINY[1:] + ["--competitor"])
+    return argparse.Namespace(**{**vars(args), **changes})
+
+
+def test_competitor_mode_alternates_the_phases_and_divides_the_medians():
+    busy_calls, now, threads_seen = [], [0.0], []
+    cost = {"kd": 1.0, "fam_kd": 3.0}
+
+    def set_busy(running: bool) -> None:
+        busy_calls.append(running)
+
+    def step(bench_run, images, labels, indices, autocast):  # twice as slow beside the competitor
+        threads_seen.append(torch.get_num_threads())
+        now[0] += cost[bench_run.method] * (2.0 if busy_calls[-1] else 1.0)
+
+    before = torch.get_num_threads()
+    results = competitor_benchmark(
+        competitor_args(steps=3, warmup=1), ["kd", "fam_kd"], [1, 2], set_busy, step=step, clock=lambda: now[0]
+    )
+    assert torch.get_num_threads() == before and sorted(set(threads_seen)) == [1, 2]
+    assert [(r["threads"], r["method"]) for r in results] == [(1, "kd"), (1, "fam_kd"), (2, "kd"), (2, "fam_kd")]
+    for r in results:
+        assert r["ms_per_step_alone"] == 1000.0 * cost[r["method"]] and r["slowdown"] == 2.0
+    rounds = [busy_calls[i : i + 3] for i in range(0, 4 * 3, 3)]  # per round: two phases, then paused
+    assert rounds == [[False, True, False], [True, False, False]] * 2
+    assert "slowdown" in format_competitor_table(results) and "2.00x" in format_competitor_table(results)
+
+
+def test_the_competitor_runs_when_busy_pauses_otherwise_and_is_killed_on_exit():
+    def state(pid: int) -> str:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+    with Competitor(competitor_cpu()) as competitor:
+        pid = competitor.process.pid
+        assert state(pid) == "T"  # started paused
+        competitor.busy(True)
+        assert state(pid) in "RS"
+        competitor.busy(False)
+        time.sleep(0.05)
+        assert state(pid) == "T"
+    assert competitor.process.returncode is not None
+
+
+def test_competitor_threads_are_checked():
+    assert parse_thread_counts("1,2") == [1, 2]
+    with pytest.raises(FamkdError, match="--competitor-threads"):
+        parse_thread_counts("0,x")

@@ -248,7 +248,7 @@ def test_torchrun_fam_kd_on_imagenet_folders_trains_logs_the_whole_val_set_and_r
     assert summary["status"] == "completed" and summary["epochs_completed"] == 2
 
 
-def test_the_same_torchrun_command_trains_a_cifar_config(tiny_cifar_npy, tmp_path):
+def test_the_same_torchrun_command_trains_a_cifar_config_with_compressed_gradients(tiny_cifar_npy, tmp_path):
     run_dir = tmp_path / "cifar"
     argv = [
         "student=resnet8",
@@ -256,10 +256,12 @@ def test_the_same_torchrun_command_trains_a_cifar_config(tiny_cifar_npy, tmp_pat
         "data.classes=10",
         "train.epochs=1",
         f"run.dir={run_dir}",
+        "train.grad_compression=bf16",
         *COMMON,
     ]
     out = check(torchrun(*argv))
-    assert "2 processes sharing the global batch of 8" in out
+    assert "2 processes sharing the global batch of 8, gradients all-reduced in bf16" in out
+    assert "device cpu, 1 threads (auto)" in out  # torchrun's OMP_NUM_THREADS=1 caps the automatic value
     (record,) = read_metrics(run_dir)
     assert record["test_images"] == 30 and record["global_step"] == 60 // GLOBAL_BATCH
 

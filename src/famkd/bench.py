@@ -19,6 +19,13 @@ Peak memory, per method:
 
 The JSON output is a list with one object per method: method, ms_per_step (median),
 images_per_s, peak_mem_mb, ratio_to_kd (null when kd was not timed), plus the settings.
+
+`--competitor` measures instead what a busy neighbour costs (a shared workstation, a CI runner, another
+training job): it starts a CPU-bound process (a Python busy loop pinned to the last CPU this process may
+use) and, for each thread count of `--competitor-threads` (default 1,2), times every method's step with
+the competitor running and with it paused (SIGSTOP), alternating the two phases round by round so that
+both see the same machine. It prints, per thread count and method, the median step time alone, beside
+the competitor, and their ratio (the slowdown); its JSON list holds one object per thread count and method.
 """
 
 from __future__ import annotations
@@ -26,8 +33,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -96,6 +105,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="skip the peak-memory measurement (on cpu it starts one process per method)",
     )
     parser.add_argument("--json", default="", metavar="PATH", help="also write the results as a JSON list here")
+    parser.add_argument(
+        "--competitor",
+        action="store_true",
+        help="time each method alone and beside a busy process pinned to one CPU, and print the slowdown (cpu)",
+    )
+    parser.add_argument(
+        "--competitor-threads",
+        default="1,2",
+        metavar="N,M",
+        help="with --competitor: the thread counts to measure at (default 1,2)",
+    )
 
 
 @dataclass
@@ -120,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
     methods = parse_methods(args.methods)
     check_settings(args)
     device = resolve_device(args.device)
+    if getattr(args, "competitor", False):
+        return run_competitor(args, methods, device)
     if args.threads:
         torch.set_num_threads(args.threads)
     results = benchmark(args, methods, device)
@@ -363,4 +385,146 @@ def format_table(results: list[dict]) -> str:
         ratio = f"{r['ratio_to_kd']:.2f}" if r["ratio_to_kd"] is not None else "-"
         lines.append(f"{r['method']:<14}{r['ms_per_step']:>10.1f}{r['images_per_s']:>10.1f}{memory:>10}{ratio:>8}")
     lines.append(f"peak memory: {first['peak_mem_measure']}")
+    return "\n".join(lines)
+
+
+# ---- --competitor: the step beside a busy process ------------------------------------------------
+
+BUSY_LOOP = "import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\nwhile True:\n    pass\n"
+
+
+class Competitor:
+    """A CPU-bound process (a Python busy loop) pinned to `cpu`, started paused; `busy(True|False)` runs or
+    pauses it (SIGCONT, SIGSTOP). A context manager: it is killed on exit."""
+
+    def __init__(self, cpu: int):
+        self.cpu = cpu
+        self.process = subprocess.Popen([sys.executable, "-c", BUSY_LOOP, str(cpu)])
+        self.busy(False)
+
+    def busy(self, running: bool) -> None:
+        os.kill(self.process.pid, signal.SIGCONT if running else signal.SIGSTOP)
+        if running:
+            time.sleep(0.02)  # let the scheduler see it before the step starts
+            return
+        stat, deadline = Path(f"/proc/{self.process.pid}/stat"), time.monotonic() + 1.0
+        while time.monotonic() < deadline:  # the stop is delivered asynchronously: wait until it took
+            try:
+                if stat.read_text().rsplit(")", 1)[1].split()[0] == "T":
+                    return
+            except (OSError, IndexError):
+                return
+            time.sleep(0.001)
+
+    def __enter__(self) -> Competitor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+def competitor_cpu() -> int:
+    """The last CPU of this process's affinity mask (the machine's last CPU where there is no mask)."""
+    try:
+        return max(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity masks (macOS): not pinned where it cannot be
+        raise FamkdError("--competitor needs CPU affinity (Linux)") from None
+
+
+def parse_thread_counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise FamkdError(f"--competitor-threads must list thread counts >= 1, e.g. 1,2; got {text!r}")
+    return counts
+
+
+def run_competitor(args: argparse.Namespace, methods: list[str], device: torch.device) -> int:
+    if device.type != "cpu":
+        raise FamkdError("--competitor measures the CPU step: use --device cpu")
+    counts = parse_thread_counts(args.competitor_threads)
+    with Competitor(competitor_cpu()) as competitor:
+        results = competitor_benchmark(args, methods, counts, competitor.busy)
+        for result in results:
+            result["competitor_cpu"] = competitor.cpu
+    print(format_competitor_table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def competitor_benchmark(
+    args: argparse.Namespace,
+    methods: list[str],
+    thread_counts: list[int],
+    set_busy: Callable[[bool], None],
+    *,
+    step: TrainingStep | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> list[dict]:
+    """For each thread count, every method's median step time with the competitor paused and running
+    (`set_busy(False | True)`), the two phases alternating round by round; one result per count and method."""
+    step = step or training_step
+    device = torch.device("cpu")
+    torch.manual_seed(args.seed)
+    images, labels = random_batch(args.batch_size, args.image_size, args.num_classes, device, args.channels_last)
+    teacher = create_model(args.teacher, num_classes=args.num_classes, image_size=args.image_size)
+    if args.channels_last:
+        to_channels_last(teacher)
+    runs = [build_method(args, method, teacher, device) for method in methods]
+    indices = torch.randperm(TRAIN_SET_SIZE)[: args.batch_size]
+    autocast = autocast_factory(args.amp, device)
+    previous_threads = torch.get_num_threads()
+    results = []
+    try:
+        for threads in thread_counts:
+            torch.set_num_threads(threads)
+            times: dict[tuple[str, bool], list[float]] = {(r.method, busy): [] for r in runs for busy in (False, True)}
+            for round_index in range(args.warmup + args.steps):
+                phases = (False, True) if round_index % 2 == 0 else (True, False)
+                for busy in phases:
+                    set_busy(busy)
+                    shift = round_index % len(runs)
+                    for bench_run in runs[shift:] + runs[:shift]:
+                        start = clock()
+                        step(bench_run, images, labels, indices, autocast)
+                        if round_index >= args.warmup:
+                            times[bench_run.method, busy].append(clock() - start)
+                set_busy(False)
+            for bench_run in runs:
+                alone = statistics.median(times[bench_run.method, False])
+                beside = statistics.median(times[bench_run.method, True])
+                results.append(
+                    {
+                        "method": bench_run.method,
+                        "threads": threads,
+                        "ms_per_step_alone": 1000.0 * alone,
+                        "ms_per_step_with_competitor": 1000.0 * beside,
+                        "slowdown": beside / alone,
+                        **{k: v for k, v in settings_record(args, device).items() if k not in ("threads",)},
+                        "peak_mem_measure": "not measured",
+                    }
+                )
+    finally:
+        torch.set_num_threads(previous_threads)
+    return results
+
+
+def format_competitor_table(results: list[dict]) -> str:
+    first = results[0]
+    header = (
+        f"famkd bench --competitor: {first['teacher']} -> {first['student']}, batch {first['batch_size']}, "
+        f"{first['image_size']}x{first['image_size']} images, cpu ({first['device_name']}), {os.cpu_count()} CPUs, "
+        f"a busy loop pinned to CPU {first.get('competitor_cpu', '?')}; "
+        f"median of {first['steps']} steps per phase after {first['warmup']} warm-up rounds"
+    )
+    lines = [header, f"{'threads':>7}  {'method':<14}{'alone ms':>10}{'beside ms':>11}{'slowdown':>10}"]
+    for r in results:
+        lines.append(
+            f"{r['threads']:>7}  {r['method']:<14}{r['ms_per_step_alone']:>10.1f}"
+            f"{r['ms_per_step_with_competitor']:>11.1f}{r['slowdown']:>9.2f}x"
+        )
     return "\n".join(lines)

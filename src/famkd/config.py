@@ -29,6 +29,7 @@ from famkd.settings import load_settings, setting, settings_from_dict, settings_
 
 DEVICES = ("cpu", "cuda", "auto")
 AMP_MODES = ("off", "bf16", "fp16")
+GRAD_COMPRESSIONS = ("none", "bf16", "fp16")
 
 
 @dataclass
@@ -59,7 +60,8 @@ class TrainConfig:
     non-finite check, and in an iteration schedule a metrics record). Under torchrun, a process that waits
     `dist_timeout` seconds for a peer in a collective gives the peer up and the run stops (a dead peer's
     connection usually fails at once); it must exceed the longest time one process works alone (process 0
-    writing a checkpoint, an evaluation).
+    writing a checkpoint, an evaluation). `threads` sets torch's intra-op threads (famkd.engine.threads);
+    `grad_compression` all-reduces the gradients in half precision (famkd.engine.distributed).
     """
 
     epochs: int = setting(240, minimum=0)
@@ -83,6 +85,10 @@ class TrainConfig:
     compile: bool = False
     sync_bn: bool = False  # several processes (torchrun): batch-norm statistics over the global batch
     dist_timeout: int = setting(300, minimum=1)  # seconds a process waits for a peer (torchrun) before giving up
+    # intra-op threads of each process; 0: the CPUs it may use (affinity, cgroup quota) / its processes on the host
+    threads: int = setting(0, minimum=0)
+    # several processes (torchrun): gradients all-reduced as bf16 or fp16 (DDP's compression hooks), half the bytes
+    grad_compression: str = setting("none", choices=GRAD_COMPRESSIONS)
 
     def __post_init__(self) -> None:
         if (self.epochs > 0) == (self.iterations > 0):

@@ -18,6 +18,11 @@ sees the connection reset at once, a peer that hangs or whose node vanished is g
 `train.dist_timeout` seconds (the group's timeout). `lost_peer_error` tells such a failure from any
 other error and `lost_ranks` names the ranks whose processes are gone, where they ran on this host
 (each process's host and pid are gathered when the group is joined).
+
+`train.grad_compression=bf16|fp16` registers torch's own DDP communication hook (`bf16_compress_hook`,
+`fp16_compress_hook`): each gradient bucket is cast to the half format, all-reduced (half the bytes of
+float32) and cast back, so the averaged gradients carry the format's precision (about 3 significant digits
+for fp16, 2 for bf16; fp16 also flushes gradients below about 6e-8 to zero). Both work on gloo (CPU) and NCCL.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -158,12 +164,28 @@ def gather_objects(value: Any) -> list[Any]:
     return values
 
 
-def wrap_for_training(distiller: nn.Module, processes: Processes, device: torch.device, sync_bn: bool) -> nn.Module:
+def compression_hook(grad_compression: str) -> Callable[..., Any] | None:
+    """torch's DDP communication hook for `train.grad_compression` (none: None, DDP's own float all-reduce)."""
+    if grad_compression == "none":
+        return None
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    hooks = {"bf16": default_hooks.bf16_compress_hook, "fp16": default_hooks.fp16_compress_hook}
+    if grad_compression not in hooks:
+        choices = ", ".join(("none", *hooks))
+        raise ConfigError(f"train.grad_compression={grad_compression!r} is not allowed; choose one of: {choices}")
+    return hooks[grad_compression]
+
+
+def wrap_for_training(
+    distiller: nn.Module, processes: Processes, device: torch.device, sync_bn: bool, grad_compression: str = "none"
+) -> nn.Module:
     """`distiller` (a classification or detection distiller: a module with a `teacher` attribute) for the training
     step: as it is with one process, else a DistributedDataParallel around the student and the heads
     (find_unused_parameters=False: every trainable parameter gets a gradient), with the frozen teacher's
     parameters and buffers left out of the synchronisation, and, with `sync_bn`, the student's and the heads'
-    batch norms computing their statistics over the global batch."""
+    batch norms computing their statistics over the global batch; `grad_compression` (bf16 | fp16) all-reduces
+    the gradients in that format (`compression_hook`)."""
     if not processes.distributed:
         return distiller
     teacher = getattr(distiller, "teacher", None)
@@ -179,7 +201,11 @@ def wrap_for_training(distiller: nn.Module, processes: Processes, device: torch.
     if ignore is not None:  # without it the teacher's tensors are synchronised too: identical, so harmless
         ignore(distiller, teacher_state)
     device_ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(distiller, device_ids=device_ids, find_unused_parameters=False)
+    wrapped = DistributedDataParallel(distiller, device_ids=device_ids, find_unused_parameters=False)
+    hook = compression_hook(grad_compression)
+    if hook is not None:
+        wrapped.register_comm_hook(None, hook)  # state None: the default process group
+    return wrapped
 
 
 def convert_sync_batchnorm(module: nn.Module) -> None:

@@ -53,6 +53,7 @@ from famkd.engine.schedule import Schedule, build_optimizer
 from famkd.engine.seeding import seed_everything, set_deterministic_algorithms
 from famkd.engine.step import optimizer_step
 from famkd.engine.task import Task
+from famkd.engine.threads import training_threads
 from famkd.errors import FamkdError, LostPeerError, NonFiniteLossError, TrainingInterrupted
 from famkd.files import copy_file_atomic, write_text_atomic
 from famkd.settings import absolute_paths, dump_settings, settings_differences, settings_to_dict
@@ -68,6 +69,7 @@ AUTO_RESUME_MAY_DIFFER = (
     "run.tensorboard",
     "train.log_interval",
     "train.dist_timeout",
+    "train.threads",
 )
 EXIT_CTRL_C, EXIT_RESUMABLE = 130, 75  # the command's status after Ctrl-C, after a preemption signal (EX_TEMPFAIL)
 
@@ -86,7 +88,7 @@ def train(
     saved config with `key=value` `overrides` applied. `on_step` is called after every optimiser step (used
     by tests and tools; it must not synchronise with the device).
     """
-    previous_determinism = torch.are_deterministic_algorithms_enabled()
+    previous_determinism, previous_threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     group_broken = False
     try:
         return Trainer(task, cfg, resume_dir, overrides, on_step).run()
@@ -95,6 +97,7 @@ def train(
         raise
     finally:
         set_deterministic_algorithms(previous_determinism)
+        torch.set_num_threads(previous_threads)  # train.threads holds for the run only
         if not group_broken:
             leave_processes()
 
@@ -162,6 +165,7 @@ class Trainer:
             checkpoint = self._resume_same_run(task, cfg)
         task.check(cfg)
         self.processes = join_processes(cfg.device, cfg.train.dist_timeout)  # one process, or one of torchrun's
+        torch.set_num_threads(training_threads(cfg.train.threads))
         self.main = self.processes.is_main  # process 0 alone prints and writes the run folder
         seed_everything(cfg.run.seed, cfg.run.deterministic)
         self.device = process_device(resolve_device(cfg.device), self.processes)
@@ -171,7 +175,9 @@ class Trainer:
         self.optimizer = build_optimizer(self.distiller, cfg.train)
         self.schedule = Schedule(cfg.train, len(self.data.train_loader))
         self.grad_scaler = torch.amp.GradScaler(self.device.type) if cfg.amp == "fp16" else None
-        step_model = wrap_for_training(self.distiller, self.processes, self.device, cfg.train.sync_bn)
+        step_model = wrap_for_training(
+            self.distiller, self.processes, self.device, cfg.train.sync_bn, cfg.train.grad_compression
+        )
         self.step_model = torch.compile(step_model) if cfg.train.compile else step_model
         self.state = RunState()
         self.saved_at = ""  # where the last checkpoint was taken, e.g. "epoch 3"
@@ -256,6 +262,9 @@ class Trainer:
         student_params = sum(p.numel() for p in distiller.student.parameters())
         teacher = f", teacher {cfg.teacher.name or '?'} ({cfg.teacher.checkpoint})" if distiller.teacher else ""
         sharing = f", {processes} processes sharing the global batch of {cfg.train.batch_size}" if processes > 1 else ""
+        if processes > 1 and cfg.train.grad_compression != "none":
+            sharing += f", gradients all-reduced in {cfg.train.grad_compression}"
+        threads = f"{torch.get_num_threads()} threads" + (" (auto)" if not cfg.train.threads else "")
         schedule = self.schedule
         self._say(
             f"{self.task.command}: method {cfg.method}, student {cfg.student} ({student_params / 1e6:.3f}M params), "
@@ -264,7 +273,7 @@ class Trainer:
         for line in self.data.lines:
             self._say(line)
         self._say(
-            f"device {self.device}, amp {cfg.amp}, {schedule.total} {schedule.unit}s, "
+            f"device {self.device}, {threads}, amp {cfg.amp}, {schedule.total} {schedule.unit}s, "
             f"{schedule.steps_per_epoch} steps/epoch{sharing}, run dir {cfg.run.dir}"
         )
         state = self.state
