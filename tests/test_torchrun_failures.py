@@ -200,12 +200,33 @@ def test_train_dist_timeout_is_the_process_groups_timeout(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setattr(dist, "is_initialized", lambda: False)
-    monkeypatch.setattr(dist, "init_process_group", lambda backend, timeout: joined.update(timeout=timeout))
+    monkeypatch.setattr(distributed, "attempt_store", lambda rank, world_size, timeout: "store")
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **options: joined.update(options))
     monkeypatch.setattr(distributed, "gather_objects", lambda value: [("other", 1), value])
     processes = distributed.join_processes("cpu", 20)
-    assert joined["timeout"] == timedelta(seconds=20) and processes.rank == 1
+    assert joined == {"store": "store", "rank": 1, "world_size": 2, "timeout": timedelta(seconds=20)}
+    assert processes.rank == 1
     assert processes.hosts_and_pids[1][1] == os.getpid()
     assert TrainConfig(epochs=1).dist_timeout == 300
     gloo = RuntimeError("[gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:42394: Connection reset by peer")
     assert distributed.lost_peer_error(gloo) and not distributed.lost_peer_error(RuntimeError("shape mismatch"))
     assert distributed.lost_ranks(distributed.Processes(1, 0, 0, ()), wait_s=0) == []
+
+
+def test_each_torchrun_attempt_keeps_its_keys_apart(monkeypatch):
+    """After a restart the process group must not read the dead attempt's addresses: every key goes under
+    famkd/attempt-<TORCHELASTIC_RESTART_COUNT>/ of torchrun's store."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from famkd.engine.distributed import attempt_store
+
+    server = dist.TCPStore("127.0.0.1", 0, 1, is_master=True, timeout=timedelta(seconds=10))
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(server.port))
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")  # the agent's store: every process is a client
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "2")
+    attempt_store(0, 1, timedelta(seconds=10)).set("rank_0", "address")
+    assert server.get("famkd/attempt-2/rank_0") == b"address"
+    assert not server.check(["rank_0"])

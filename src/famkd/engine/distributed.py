@@ -85,6 +85,22 @@ class Processes:
         return int(tensor.item())
 
 
+def attempt_store(rank: int, world_size: int, timeout: timedelta | None) -> dist.Store:
+    """The store torchrun describes (MASTER_ADDR:MASTER_PORT; served by its agent, else by rank 0), its keys
+    prefixed by the attempt (TORCHELASTIC_RESTART_COUNT): after `--max-restarts` starts the processes again, the
+    process group must not read the dead attempt's addresses, which made gloo connect to a closed port."""
+    agent_serves = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world_size,
+        is_master=rank == 0 and not agent_serves,
+        timeout=timeout or timedelta(minutes=30),
+        multi_tenant=True,
+    )
+    return dist.PrefixStore(f"famkd/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+
+
 def join_processes(device_setting: str, timeout_s: float | None = None) -> Processes:
     """The process group torchrun describes in the environment, joined (a single process: nothing to join); a
     collective that waits longer than `timeout_s` seconds for a peer fails (None: torch's default)."""
@@ -97,7 +113,9 @@ def join_processes(device_setting: str, timeout_s: float | None = None) -> Proce
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         timeout = timedelta(seconds=timeout_s) if timeout_s is not None else None
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout)
+        backend = "nccl" if use_cuda else "gloo"
+        store = attempt_store(rank, world_size, timeout)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
     hosts_and_pids = gather_objects((socket.gethostname(), os.getpid()))
     return Processes(world_size, rank, local_rank, tuple((str(h), int(p)) for h, p in hosts_and_pids))
 
