@@ -1,6 +1,11 @@
 """Time the training iteration of famkd's detection distillers (Faster R-CNN + FPN) side by side.
 
     PYTHONPATH=src python benchmarks/bench_detection.py --threads 2 --steps 10
+    PYTHONPATH=src python benchmarks/bench_detection.py --methods reviewkd,fam_kd,fam_kd:form=review \
+        --min-size 800 --max-size 1333 --batch-size 1
+
+A method may carry options, each after a colon: `method:key=value:key=value` (e.g. `fam_kd:form=review`);
+the values are read as a config override's are.
 
 Every method trains its own student (same seed) and heads against one shared, randomly initialised
 teacher, on one fixed synthetic batch: B images of (3, min_size, max_size), uniform in [0, 1], so that the
@@ -28,8 +33,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
 from torch import Tensor
 
 from famkd.bench import MEMORY_CHILD_STEPS, max_rss_mb, resident_bytes
@@ -62,7 +69,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", default="resnet101")
     parser.add_argument("--student", default="resnet18")
-    parser.add_argument("--methods", default="vanilla,kd,reviewkd,fam_kd", help="comma-separated detection methods")
+    parser.add_argument(
+        "--methods",
+        default="vanilla,kd,reviewkd,fam_kd",
+        help="comma-separated detection methods, each optionally with options: fam_kd:form=review",
+    )
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--min-size", type=int, default=128, help="image height")
     parser.add_argument("--max-size", type=int, default=192, help="image width")
@@ -88,6 +99,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def method_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """'fam_kd:form=review:mid_channels=32' -> ('fam_kd', {'form': 'review', 'mid_channels': 32}) (YAML values)."""
+    name, *pairs = spec.split(":")
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise FamkdError(f"--methods: {spec!r}: options are written method:key=value, got {pair!r}")
+        options[key] = yaml.safe_load(value)
+    return name, options
+
+
 def synthetic_batch(
     batch_size: int, height: int, width: int, num_classes: int, device: torch.device
 ) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
@@ -111,7 +134,9 @@ def build_run(
     docstring)."""
     torch.manual_seed(args.seed)
     student = build_detector(args.student, args.num_classes, args.min_size, args.max_size)
-    distiller = create_distiller(method, task=TASK, student=student, teacher=teacher).to(device).train()
+    name, options = method_spec(method)
+    distiller = create_distiller(name, task=TASK, student=student, teacher=teacher, **options)
+    distiller = distiller.to(device).train()
     optimizer = build_optimizer(distiller, DetectionTrainConfig(lr=0.0))
     return DetectionRun(method, distiller, optimizer)
 
@@ -130,7 +155,7 @@ def benchmark(args: argparse.Namespace, device: torch.device) -> list[DetectionR
     torch.manual_seed(args.seed)
     images, targets = synthetic_batch(args.batch_size, args.min_size, args.max_size, args.num_classes, device)
     teacher = None  # built only for the methods that need it, so that vanilla's memory child has none
-    if any(needs_teacher(method, TASK) for method in args.methods):
+    if any(needs_teacher(method_spec(method)[0], TASK) for method in args.methods):
         teacher = build_detector(args.teacher, args.num_classes, args.min_size, args.max_size).to(device).eval()
     runs = [build_run(args, method, teacher, device) for method in args.methods]
     batch_bytes = sum(image.nbytes for image in images)
@@ -167,7 +192,7 @@ def child_max_rss_mb(args: argparse.Namespace, method: str) -> float:
 def run(args: argparse.Namespace) -> dict:
     """Benchmark the methods of `args`; returns {"settings": ..., "results": one dict per method}."""
     for method in args.methods:
-        distiller_class(method, TASK)  # a ConfigError naming the nearest method
+        distiller_class(method_spec(method)[0], TASK)  # a ConfigError naming the nearest method
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)

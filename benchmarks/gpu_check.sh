@@ -9,7 +9,8 @@
 #   2. `famkd bench` for resnet32x4 -> resnet8x4 and resnet56 -> resnet20, fp32, then bf16 + channels-last;
 #      2d. the ImageNet pair resnet34 -> resnet18 at 224 x 224 (1000 classes), kd, reviewkd and fam_kd, at batch
 #      64 and 128 per GPU (IMAGENET_BATCHES), fp32 and bf16 + channels-last: step time and peak memory per GPU;
-#      2e. the detection distillers (benchmarks/bench_detection.py), R101 -> R18 at 800 x 1333, batch 2;
+#      2e. the detection distillers (benchmarks/bench_detection.py, both fam_kd forms), R101 -> R18 at 800 x 1333,
+#      batch 2;
 #   3. a 2-epoch fam_kd run (resnet56 -> resnet20, bf16) on ./.cifar_slice (10k real CIFAR-100 images),
 #      with the slice's teacher checkpoint (.cifar_slice/teacher.pth).
 # Settings (environment): DEVICE (cuda), STEPS (20), WARMUP (3), TRAIN_STEPS (0 = whole epochs),
@@ -87,7 +88,7 @@ done
 section "2e. detection: R101 -> R18 Faster R-CNN at COCO's size (${DETECTION_SIZE}), batch 2 per GPU, fp32"
 "$PYTHON" benchmarks/bench_detection.py --teacher resnet101 --student resnet18 --min-size "${DETECTION_SIZE%x*}" \
     --max-size "${DETECTION_SIZE#*x}" --batch-size 2 --steps "$STEPS" --warmup "$WARMUP" --device "$DEVICE" \
-    --json "$OUT/detection_resnet101_resnet18.json"
+    --methods vanilla,kd,reviewkd,fam_kd,fam_kd:form=review --json "$OUT/detection_resnet101_resnet18.json"
 
 section "3. 2-epoch fam_kd on $SLICE (resnet56 -> resnet20, bf16)"
 if [ ! -f "$SLICE/meta.json" ] || [ ! -f "$SLICE/teacher.pth" ]; then

@@ -66,3 +66,13 @@ def test_report_medians_ratios_and_throughput_follow_the_recorded_times(report):
 def test_an_unknown_method_is_an_error_naming_the_nearest(bench):
     with pytest.raises(SystemExit, match="did you mean 'fam_kd'"):
         bench.main(TINY.split() + ["--methods", "fam_dk", "--no-memory"])
+
+
+def test_a_method_may_carry_options(bench):
+    assert bench.method_spec("fam_kd") == ("fam_kd", {})
+    assert bench.method_spec("fam_kd:form=review:tile_sizes=[8,4,2,2,1]") == (
+        "fam_kd",
+        {"form": "review", "tile_sizes": [8, 4, 2, 2, 1]},
+    )
+    with pytest.raises(SystemExit, match="options are written method:key=value"):
+        bench.main(TINY.split() + ["--methods", "fam_kd:form", "--no-memory"])

@@ -563,3 +563,113 @@ def test_a_papers_config_trains_multi_scale_with_frozen_bn(coco: Path, teacher: 
     assert all(
         math.isfinite(value) for key, value in read_metrics(tmp_path / "run")[-1].items() if key.startswith("loss")
     )
+
+
+REVIEW_FAM = ["distill.form=review", "distill.tile_sizes=[8,4,2,2,1]", "distill.mid_channels=16"]
+
+
+def test_fam_kd_review_form_trains_through_the_cli_and_is_evaluated(coco: Path, teacher: Path, tmp_path: Path) -> None:
+    """distill.form=review (ABF + HCL at native resolution, tiled FAM output heads) trains on the tiny COCO through
+    `famkd detect train` as the pooled form does, and its term falls."""
+    run_dir = tmp_path / "fam_kd_review"
+    overrides = [*distill_overrides(coco, teacher, run_dir), *REVIEW_FAM, "data.flip_prob=0", "train.iterations=16"]
+    config = tmp_path / "fam_kd_review.yaml"
+    config.write_text("train:\n  lr: 0.01\n  log_interval: 4\n")
+    assert detect("train", str(config), *overrides) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and set(summary) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    records = read_metrics(run_dir)
+    assert [record["iteration"] for record in records] == [4, 8, 12, 16]
+    fam_kd = [record["loss_fam_kd"] for record in records]
+    assert all(math.isfinite(value) for value in fam_kd) and fam_kd == sorted(fam_kd, reverse=True), fam_kd
+    assert fam_kd[-1] < fam_kd[0]  # HCL of BN-normalised heads against the teacher's signed maps falls slowly
+    heads = load_checkpoint(run_dir / "checkpoints" / "last.pt")["heads"]
+    assert any(key.endswith("output_head.0.fam.global_filter") for key in heads)  # the review form's heads were saved
+
+
+def batch_norm_written_out(x: torch.Tensor, norm: torch.nn.BatchNorm2d) -> torch.Tensor:
+    """Training-mode BatchNorm: each channel normalised over the batch and the map (biased variance)."""
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    var = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+    return (x - mean) / torch.sqrt(var + norm.eps) * norm.weight[:, None, None] + norm.bias[:, None, None]
+
+
+def tiled_fam_written_out(x: torch.Tensor, fam) -> torch.Tensor:
+    """FAM on each T x T tile of x, zero-padded at the bottom and right to multiples of T, one tile at a time."""
+    tile, (height, width) = fam.size, x.shape[-2:]
+    padded = x.new_zeros(*x.shape[:2], -(-height // tile) * tile, -(-width // tile) * tile)
+    padded[..., :height, :width] = x
+    out = x.new_zeros(x.shape[0], fam.out_channels, *padded.shape[-2:])
+    for top in range(0, padded.shape[-2], tile):
+        for left in range(0, padded.shape[-1], tile):
+            out[..., top : top + tile, left : left + tile] = fam(padded[..., top : top + tile, left : left + tile])
+    return out[..., :height, :width]
+
+
+def test_fam_kd_review_term_is_hcl_of_abf_and_tiled_fam_heads(detectors) -> None:
+    """The review form's term, written out: ABF down P6..P2 at native size (the deeper map nearest-upsampled and
+    fused through two sigmoid maps), then each level's FAM tile by tile (tile sides that do not divide the maps,
+    so padding and cropping are exercised) + training-mode BN, then HCL against the teacher's FPN maps. Every
+    head parameter gets a gradient."""
+    student, teacher = detectors
+    options = {"form": "review", "tile_sizes": [8, 5, 3, 2, 1], "mid_channels": 8}
+    distiller = create_detection_distiller("fam_kd", student, teacher, options).train()
+    images = [torch.rand(3, 64, 96), torch.rand(3, 64, 96)]
+    outputs = fixed_outputs(student, images)
+    loss = distiller.distill_loss(outputs, images)
+    teacher_maps = distiller.teacher_maps(images)[0]
+    heads_out, residual = [], None
+    for head, level in zip(distiller.heads, reversed(range(5))):
+        x = head.input_proj(outputs.features[FPN_LEVELS[level]])
+        if residual is not None:
+            up = F.interpolate(residual, size=x.shape[-2:], mode="nearest")
+            maps = head.attention(torch.cat([x, up], dim=1))
+            x = x * maps[:, 0:1] + up * maps[:, 1:2]
+        tiled, norm = head.output_head
+        out = batch_norm_written_out(tiled_fam_written_out(x, tiled.fam), norm)
+        assert out.shape == teacher_maps[FPN_LEVELS[level]].shape
+        heads_out.insert(0, out)
+        residual = x
+    expected = hierarchical_context_loss(heads_out, [teacher_maps[name] for name in FPN_LEVELS])
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    named = list(distiller.heads.named_parameters())
+    assert named and all(p.grad is not None and p.grad.abs().sum() > 0 for _, p in named), [
+        n for n, p in named if p.grad is None or not p.grad.abs().sum() > 0
+    ]
+
+
+def test_fam_kd_review_form_with_only_fams_local_branch_is_reviewkd(detectors) -> None:
+    """With gamma1 = 0 and gamma2 = 1 a FAM is its 1x1 convolution (+ a bias, which training-mode BN removes), so
+    the review form's term equals ReviewKD's detection term whose 3x3 output convolutions hold that 1x1 weight at
+    their centre tap, the ABF weights being the same."""
+    student, teacher = detectors
+    review = create_detection_distiller(
+        "fam_kd", student, teacher, {"form": "review", "tile_sizes": [8, 4, 2, 2, 1], "mid_channels": 16}
+    ).train()
+    reviewkd = create_detection_distiller("reviewkd", student, teacher, {"mid_channels": 16}).train()
+    with torch.no_grad():
+        for fam_head, conv_head in zip(review.heads, reviewkd.heads):
+            fam = fam_head.output_head[0].fam
+            fam.gamma1.zero_()
+            fam.gamma2.fill_(1.0)
+            fam.local.bias.normal_()  # any bias: BN subtracts it with the batch mean
+            conv_head.input_proj.load_state_dict(fam_head.input_proj.state_dict())
+            if conv_head.attention is not None:
+                conv_head.attention.load_state_dict(fam_head.attention.state_dict())
+            conv = conv_head.output_head[0]
+            conv.weight.zero_()
+            conv.weight[:, :, 1, 1] = fam.local.weight[:, :, 0, 0]
+    images = [torch.rand(3, 64, 96), torch.rand(3, 64, 96)]
+    outputs = fixed_outputs(student, images)
+    expected = reviewkd.distill_loss(outputs, images)
+    torch.testing.assert_close(review.distill_loss(outputs, images), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_bad_fam_kd_form_or_tile_list_is_a_config_error(detectors) -> None:
+    with pytest.raises(ConfigError, match=r"distill.form='reveiw' is not allowed \(did you mean 'review'\?\)"):
+        create_detection_distiller("fam_kd", *detectors, {"form": "reveiw"})
+    with pytest.raises(ConfigError, match="distill.tile_sizes must give one positive side per FPN level"):
+        create_detection_distiller("fam_kd", *detectors, {"form": "review", "tile_sizes": [8, 4, 2]})
+    with pytest.raises(ConfigError, match="choose one of: pooled, review"):
+        load_detection_config(None, ["method=fam_kd", "teacher.checkpoint=t.pt", "distill.form=native"])

@@ -17,14 +17,18 @@ Methods, on the FPN levels P2..P6 ("0".."3", "pool", 256 channels each):
 - `reviewkd`: ReviewKD's detection form: ABF (famkd.distill.reviewkd.AttentionFusion, C_mid 256) down the
   levels from P6 to P2 at their own sizes (the deeper residual nearest-upsampled to each level's size),
   3x3 conv + BN output heads, and the hierarchical context loss against the teacher's FPN maps.
-- `fam_kd`: famkd's detection form of FAM-KD (the paper gives no detection details; see docs/detection.md):
-  per level, 1x1 projection 256 -> C_mid (+ GroupNorm of one group + ReLU), cross-attention with the deeper
-  level's fused map (as on CIFAR), adaptive average pooling to a fixed square side S_l, FAM(C_mid -> 256,
-  S_l) + GroupNorm (32 groups; no ReLU: the teacher's FPN maps are signed, unlike the post-ReLU stage
-  outputs FAM-KD matches on CIFAR), and the MSE against the teacher's FPN map pooled to S_l in the same way;
-  the sum over the levels. GroupNorm (per image), not the classification head's BatchNorm: a detection batch
-  holds 1 or 2 images per process, and batch statistics over so few values (at P6 of a small image, 2 per
-  channel) blow the gradients up.
+- `fam_kd`: famkd's detection forms of FAM-KD (the paper gives no detection details; see docs/detection.md),
+  chosen by `form`. `review`: ReviewKD's chain above (ABF at native resolution, C_mid `mid_channels`, HCL) with
+  each 3x3 conv output head replaced by a FAM (C_mid -> 256) run tile by tile (`TiledFam`, tile side T_l from
+  `tile_sizes`, the map zero-padded to multiples of T_l and the output cropped back) + BN, as `fam_reviewkd`
+  replaces it on classification; a FAM for a whole padded map would need billions of parameters at P2.
+  `pooled` (the default): per level, 1x1 projection 256 -> C_mid (+ GroupNorm of one group + ReLU),
+  cross-attention with the deeper level's fused map (as on CIFAR), adaptive average pooling to a fixed square
+  side S_l, FAM(C_mid -> 256, S_l) + GroupNorm (32 groups; no ReLU: the teacher's FPN maps are signed, unlike
+  the post-ReLU stage outputs FAM-KD matches on CIFAR), and the MSE against the teacher's FPN map pooled to
+  S_l in the same way; the sum over the levels. GroupNorm (per image), not the classification head's
+  BatchNorm: a detection batch holds 1 or 2 images per process, and batch statistics over so few values (at P6
+  of a small image, 2 per channel) blow the gradients up.
 """
 
 from __future__ import annotations
@@ -88,13 +92,19 @@ def default_pool_sizes() -> list[int]:
     return [32, 16, 8, 4, 2]
 
 
+FAM_KD_FORMS = ("pooled", "review")
+
+
 @dataclass
 class FamKDDetectionOptions(FamFilterOptions, DetectionOptions):
-    """fam_kd: the FAM filter options, the head width C_mid (even, for the cross-attention) and the fixed
-    square side S_l each level is pooled to, P2..P6."""
+    """fam_kd: the form (`pooled` or `review`, docs/detection.md), the FAM filter options, the head width C_mid
+    (even in the pooled form, for the cross-attention), the pooled form's fixed square side S_l each level is
+    pooled to, and the review form's FAM tile side T_l, P2..P6."""
 
+    form: str = setting("pooled", choices=FAM_KD_FORMS)
     mid_channels: int = setting(64, minimum=2)
     pool_sizes: list[int] = setting(factory=default_pool_sizes)
+    tile_sizes: list[int] = setting(factory=default_pool_sizes)
 
 
 @dataclass
@@ -220,9 +230,38 @@ class PooledFamHead(nn.Module):
         return out, x
 
 
+class TiledFam(nn.Module):
+    """A FAM of side T run on every T x T tile of a map of any size: the map is zero-padded at the bottom and
+    right to multiples of T (as the batch is padded), cut into tiles, each tile filtered alone, and the output
+    put back together and cropped to the map's size. Native resolution, every frequency of each tile kept."""
+
+    def __init__(self, fam: FrequencyAttention):
+        super().__init__()
+        self.fam = fam
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, channels, height, width = x.shape
+        tile = self.fam.size
+        x = F.pad(x, (0, -width % tile, 0, -height % tile))
+        rows, cols = x.shape[-2] // tile, x.shape[-1] // tile
+        tiles = x.reshape(batch, channels, rows, tile, cols, tile).permute(0, 2, 4, 1, 3, 5)
+        out = self.fam(tiles.reshape(batch * rows * cols, channels, tile, tile))
+        out = out.reshape(batch, rows, cols, -1, tile, tile).permute(0, 3, 1, 4, 2, 5)
+        return out.reshape(batch, -1, rows * tile, cols * tile)[..., :height, :width]
+
+
+def tiled_fam_output_head(mid_channels: int, tile: int, fam_options: dict[str, Any]) -> nn.Module:
+    """The review form's output head: ReviewKD's 3x3 conv + BN with the conv replaced by a tiled FAM, as
+    fam_reviewkd replaces it by FAM on classification (famkd.distill.reviewkd.fam_output_head)."""
+    fam = FrequencyAttention(mid_channels, FPN_CHANNELS, tile, **fam_options)
+    return nn.Sequential(TiledFam(fam), nn.BatchNorm2d(FPN_CHANNELS))
+
+
 @register_distiller("fam_kd", task="detection")
 class FamKDDetection(DetectionDistiller):
-    """loss_weight * sum over P2..P6 of MSE(FAM head(student map), teacher map), both pooled to S_l x S_l."""
+    """form=pooled: loss_weight * sum over P2..P6 of MSE(FAM head(student map), teacher map), both pooled to
+    S_l x S_l. form=review: loss_weight * HCL(ABF heads with tiled FAM + BN output heads (student FPN maps),
+    teacher FPN maps), ReviewKD's detection chain at native resolution (docs/detection.md)."""
 
     Options = FamKDDetectionOptions
     loss_name = "fam_kd"
@@ -233,27 +272,43 @@ class FamKDDetection(DetectionDistiller):
         super().__init__(student, teacher, options, data)
         check_fam_options(options)
         deepest = len(FPN_LEVELS) - 1
+        mid, fam_options = options.mid_channels, options.fam_options()
+        if options.form == "review":
+            self.heads.extend(
+                AttentionFusion(
+                    fpn_level(),
+                    mid,
+                    index != deepest,
+                    tiled_fam_output_head(mid, options.tile_sizes[index], fam_options),
+                )
+                for index in reversed(range(len(FPN_LEVELS)))
+            )
+            return
         self.heads.extend(
-            PooledFamHead(options.mid_channels, options.pool_sizes[index], index != deepest, options.fam_options())
+            PooledFamHead(mid, options.pool_sizes[index], index != deepest, fam_options)
             for index in reversed(range(len(FPN_LEVELS)))
         )
 
     def distill_loss(self, outputs: DetectorOutputs, images: list[Tensor]) -> Tensor:
         features, _ = self.teacher_maps(images)
         heads_out = review_chain(self.heads, student_maps(outputs))
+        if self.options.form == "review":
+            return hierarchical_context_loss(heads_out, [features[name] for name in FPN_LEVELS])
         sizes = self.options.pool_sizes
         targets = [F.adaptive_avg_pool2d(features[name], size) for name, size in zip(FPN_LEVELS, sizes)]
         return torch.stack([F.mse_loss(out, target) for out, target in zip(heads_out, targets)]).sum()
 
 
 def check_fam_options(options: FamKDDetectionOptions) -> None:
-    """One positive pooled side per FPN level, and an even C_mid (the cross-attention halves it)."""
-    if len(options.pool_sizes) != len(FPN_LEVELS) or min(options.pool_sizes) < 1:
+    """pooled: one positive pooled side per FPN level, and an even C_mid (the cross-attention halves it);
+    review: one positive tile side per FPN level."""
+    name, sides = ("tile_sizes", options.tile_sizes) if options.form == "review" else ("pool_sizes", options.pool_sizes)
+    if len(sides) != len(FPN_LEVELS) or min(sides) < 1:
         raise ConfigError(
-            f"distill.pool_sizes must give one positive side per FPN level P2..P6 ({len(FPN_LEVELS)} values, "
-            f"e.g. [32, 16, 8, 4, 2]), got {options.pool_sizes}"
+            f"distill.{name} must give one positive side per FPN level P2..P6 ({len(FPN_LEVELS)} values, "
+            f"e.g. [32, 16, 8, 4, 2]), got {sides}"
         )
-    if options.mid_channels % 2:
+    if options.form == "pooled" and options.mid_channels % 2:
         raise ConfigError(
             f"distill.mid_channels must be even (the cross-attention halves it), got {options.mid_channels}"
         )
