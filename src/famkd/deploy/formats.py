@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from famkd.deploy.student import Student, build_model
+from famkd.detection.models import for_inference as inference_detector
 from famkd.errors import FamkdError
 
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript", "safetensors": ".safetensors"}
@@ -71,7 +72,11 @@ def write_export(student: Student, name: str, path: Path, example: Tensor, opset
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the zoo's shape checks, constant once traced
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated in torch; asked for by name
-            module = torch.jit.script(student.model) if detection else torch.jit.trace(student.model, example)
+            module = (
+                torch.jit.script(inference_detector(student.model))
+                if detection
+                else torch.jit.trace(student.model, example)
+            )
             torch.jit.save(module, str(path), _extra_files={f"{CARD_KEY}.json": card_text})
     else:
         from safetensors.torch import save_file

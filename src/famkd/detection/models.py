@@ -263,6 +263,14 @@ def build_detector(
     return model
 
 
+def for_inference(model: FasterRCNN) -> FasterRCNN:
+    """`model` with torchvision's own RPN and box-head classes back: the smooth-L1 subclasses change training
+    losses only, and TorchScript cannot compile their training forward (an exported detector predicts)."""
+    model.rpn.__class__ = RegionProposalNetwork
+    model.roi_heads.__class__ = RoIHeads
+    return model
+
+
 def load_teacher(
     backbone: str, checkpoint: str | os.PathLike, category_ids: tuple[int, ...], min_size: int, max_size: int
 ) -> FasterRCNN:
