@@ -2,7 +2,7 @@
 process (OMP_WAIT_POLICY is read when the OpenMP runtime starts).
 
     python benchmarks/bench_competitor.py [--teacher resnet56] [--student resnet20] [--steps 5] [--warmup 1]
-                                          [--variants famkd,gomp,active,spin10k,interop1,no_retain] [--out DIR]
+                                          [--variants passive,gomp,active,spin10k,interop1,no_retain] [--out DIR]
 
 Each variant prints kd's and fam_kd's median step time alone and beside a Python busy loop pinned to one CPU, at 1
 and 2 threads, and the slowdown; the last lines sum them up, one per variant, thread count and method.
@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 VARIANTS = {
-    "famkd": ({}, ""),  # the famkd command's default: OMP_WAIT_POLICY=PASSIVE (famkd.cli.quiet_openmp_waits)
-    "gomp": ({"GOMP_SPINCOUNT": "300000"}, ""),  # libgomp's own default: spin 300000 rounds, then sleep
+    "passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, ""),  # a waiting thread sleeps at once (README, Shared machines)
+    "gomp": ({}, ""),  # libgomp's own default (famkd's): spin 300000 rounds, then sleep
     "active": ({"OMP_WAIT_POLICY": "ACTIVE"}, ""),  # and spin
     "spin10k": ({"GOMP_SPINCOUNT": "10000"}, ""),  # libgomp spins 10000 rounds (default 300000), then sleeps
     "interop1": ({"GOMP_SPINCOUNT": "300000"}, "torch.set_num_interop_threads(1); "),  # on libgomp's default

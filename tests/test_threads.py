@@ -4,16 +4,11 @@ famkd command's OpenMP wait policy."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from famkd.classification import task as task_module
 from famkd.classification import train
-from famkd.cli import quiet_openmp_waits
 from famkd.config import load_config
 from famkd.engine import threads as threads_module
 from famkd.engine.threads import auto_threads, cgroup_cpu_limit, local_processes, omp_num_threads, training_threads
@@ -97,21 +92,3 @@ def test_a_run_uses_its_threads_says_so_and_restores_the_callers(tmp_path, monke
     train(load_config(None, overrides), on_step=lambda *_: seen.append(torch.get_num_threads()))
     assert seen == [3] and torch.get_num_threads() == before
     assert "device cpu, 3 threads, amp off" in capsys.readouterr().out
-
-
-def test_idle_openmp_threads_sleep_unless_the_user_chose():
-    for given, expected in (
-        ({}, {"OMP_WAIT_POLICY": "PASSIVE"}),
-        ({"OMP_WAIT_POLICY": "active"}, {"OMP_WAIT_POLICY": "active"}),
-        ({"GOMP_SPINCOUNT": "300000"}, {"GOMP_SPINCOUNT": "300000"}),
-    ):
-        environ = dict(given)
-        quiet_openmp_waits(environ)
-        assert environ == expected
-
-
-def test_the_famkd_command_sets_the_wait_policy_before_torch_is_loaded():
-    code = "import os, sys, famkd.cli; print('torch' in sys.modules, os.environ['OMP_WAIT_POLICY'])"
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    completed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert completed.stdout.split() == ["False", "PASSIVE"]

@@ -14,8 +14,7 @@
     famkd predict MODEL IMAGE_OR_FOLDER... [--top-k 5]    (famkd.deploy.predict)
 
 Subcommands living in other modules provide `add_arguments(parser)` and `run(args) -> int`;
-they are imported only when chosen, so `famkd --help` stays fast. Importing this module, before torch
-is loaded, makes idle OpenMP threads sleep (`quiet_openmp_waits`); every command first has malloc
+they are imported only when chosen, so `famkd --help` stays fast. Every command first has malloc
 keep freed memory (famkd.engine.host_memory). Errors the user can fix (famkd.errors.FamkdError)
 are printed as one line on stderr with exit status 1, famkd's warnings as one line each; Ctrl-C
 exits with 130.
@@ -25,30 +24,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 import warnings
-from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any, TextIO
 
-
-def quiet_openmp_waits(environ: MutableMapping[str, str]) -> None:
-    """OMP_WAIT_POLICY=PASSIVE unless OMP_WAIT_POLICY or GOMP_SPINCOUNT is set: a thread of torch's OpenMP pool
-    that waits at the end of a parallel region sleeps at once instead of spinning (libgomp spins up to 300000
-    rounds first). On a core shared with another busy process a spinning thread burns the share of the core the
-    scheduler gives it, and then waits behind that process for its next slice while the pool waits for it: beside
-    a busy loop on a loaded 2-CPU machine, fam_kd's step at 2 threads took 4.5-8.8 s with libgomp's default and
-    0.4-1.1 s with PASSIVE (README, "Shared machines"). The OpenMP runtime reads it once, when torch is loaded:
-    this must run before `import torch`, as it does for the `famkd` command, `python -m famkd` and torchrun's
-    `-m famkd`."""
-    if "OMP_WAIT_POLICY" not in environ and "GOMP_SPINCOUNT" not in environ:
-        environ["OMP_WAIT_POLICY"] = "PASSIVE"
-
-
-quiet_openmp_waits(os.environ)
-
-from famkd.errors import FamkdDeprecationWarning, FamkdError, TrainingInterrupted  # noqa: E402
+from famkd.errors import FamkdDeprecationWarning, FamkdError, TrainingInterrupted
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
