@@ -370,11 +370,16 @@ def max_rss_mb() -> float:
     return max_rss / 2**20 if sys.platform == "darwin" else max_rss / 1024  # macOS reports bytes, others KiB
 
 
+def pair_and_batch(result: dict) -> str:
+    """ "<teacher> -> <student>, batch B, SxS images" of a result record, for the tables' headers."""
+    size = result["image_size"]
+    return f"{result['teacher']} -> {result['student']}, batch {result['batch_size']}, {size}x{size} images"
+
+
 def format_table(results: list[dict]) -> str:
     first = results[0]
     header = (
-        f"famkd bench: {first['teacher']} -> {first['student']}, batch {first['batch_size']}, "
-        f"{first['image_size']}x{first['image_size']} images, {first['num_classes']} classes, "
+        f"famkd bench: {pair_and_batch(first)}, {first['num_classes']} classes, "
         f"{first['device']} ({first['device_name']}), {first['threads']} threads, amp {first['amp']}, "
         f"channels_last {first['channels_last']}, compile {first['compile']}, torch {first['torch']}; "
         f"median of {first['steps']} steps after {first['warmup']} warm-up"
@@ -516,8 +521,7 @@ def competitor_benchmark(
 def format_competitor_table(results: list[dict]) -> str:
     first = results[0]
     header = (
-        f"famkd bench --competitor: {first['teacher']} -> {first['student']}, batch {first['batch_size']}, "
-        f"{first['image_size']}x{first['image_size']} images, cpu ({first['device_name']}), {os.cpu_count()} CPUs, "
+        f"famkd bench --competitor: {pair_and_batch(first)}, cpu ({first['device_name']}), {os.cpu_count()} CPUs, "
         f"a busy loop pinned to CPU {first.get('competitor_cpu', '?')}; "
         f"median of {first['steps']} steps per phase after {first['warmup']} warm-up rounds"
     )
