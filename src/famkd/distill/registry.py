@@ -14,13 +14,14 @@ teacher is read.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from famkd.distill.base import Distiller, TrainingData
 from famkd.errors import ConfigError
 from famkd.models import FeatureModel, attach_taps, tap_reader
+from famkd.models.features import classifier_path
 from famkd.registry import Registry
 
 CLASSIFICATION = "classification"
@@ -114,8 +115,8 @@ def check_compatible(student: torch.nn.Module, teacher: torch.nn.Module) -> None
 
 
 def output_classes(model: torch.nn.Module) -> int | None:
-    last_linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    return last_linear[-1].out_features if last_linear else None
+    path = classifier_path(model)
+    return None if path is None else cast(torch.nn.Linear, model.get_submodule(path)).out_features
 
 
 def list_distillers(task: str = CLASSIFICATION) -> list[str]:

@@ -50,6 +50,12 @@ class Features(NamedTuple):
     logits: Tensor
 
 
+def classifier_path(model: nn.Module) -> str | None:
+    """The module path of a classifier's head, its last nn.Linear (None where it has none)."""
+    linears = [path for path, module in model.named_modules() if isinstance(module, nn.Linear)]
+    return linears[-1] if linears else None
+
+
 class FeatureModel(nn.Module):
     """Base class of every zoo model: `forward` gives logits, `forward_features` gives all taps."""
 

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from famkd.errors import FamkdError, shown
+from famkd.models.features import classifier_path
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -112,15 +113,9 @@ def strip_data_parallel_prefix(state_dict: dict[str, Tensor]) -> dict[str, Tenso
     return state_dict
 
 
-def classifier_name(model: torch.nn.Module) -> str | None:
-    """The module path of the model's classifier: its last nn.Linear."""
-    linears = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
-    return linears[-1] if linears else None
-
-
 def head_class_count(model: torch.nn.Module, state_dict: dict[str, Tensor]) -> int | None:
     """The class count of the classifier in `state_dict` where it differs from `model`'s, else None."""
-    name = classifier_name(model)
+    name = classifier_path(model)
     weight = state_dict.get(f"{name}.weight")
     ours = model.state_dict().get(f"{name}.weight")
     if weight is None or ours is None or weight.dim() != 2 or weight.shape[0] == ours.shape[0]:

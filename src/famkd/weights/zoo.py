@@ -11,8 +11,8 @@ from torch import nn
 
 from famkd.errors import FamkdError
 from famkd.models import create_model
+from famkd.models.features import classifier_path
 from famkd.weights.files import (
-    classifier_name,
     file_sha256,
     head_class_count,
     load_checkpoint,
@@ -143,7 +143,7 @@ def load_student_init(model: nn.Module, path: str | os.PathLike) -> str:
     note = f"student starts from {path}"
     classes = head_class_count(model, state_dict)
     if classes is not None:
-        head = f"{classifier_name(model)}."
+        head = f"{classifier_path(model)}."
         fresh = {key: value for key, value in model.state_dict().items() if key.startswith(head)}
         state_dict = {**{key: v for key, v in state_dict.items() if not key.startswith(head)}, **fresh}
         note += f" (its {classes}-class head replaced by a new one for these classes)"
