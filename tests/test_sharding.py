@@ -4,7 +4,9 @@ Two processes (torch.multiprocessing, float64) take two optimiser steps on their
 batches with the heads sharded; one process takes the same steps unsharded, with the trainer's optimiser. The
 losses and the updated weights and momentum must agree, each process must hold only its shard of every head
 parameter and momentum buffer, the checkpointed state must have the unsharded run's names and numbering, and that
-state, put back into fresh sharded processes, must train on exactly as the processes that saved it.
+state, put back into fresh sharded processes, must train on exactly as the processes that saved it. With
+train.grad_compression=bf16 the sharded heads' gradients must carry bf16's rounding, and a torchrun fam_kd run
+with sharded heads must resume mid-epoch to the uninterrupted run's weights.
 """
 
 from __future__ import annotations
@@ -210,3 +212,42 @@ def test_torchrun_fam_kd_with_sharded_heads_resumed_mid_epoch_ends_like_the_unin
     for part in ("student", "heads"):
         assert all(torch.equal(final[part][k], reference[part][k]) for k in reference[part]), part
     assert all("gamma1/heads.0.fam" in record for record in read_metrics(resumed))  # read from the gathered heads
+
+
+def compressed_worker(rank: int, world_size: int, rendezvous: str, out: str) -> None:
+    """The full head gradients of one float32 fam_kd step with sharded heads and train.grad_compression=bf16."""
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size)
+    try:
+        processes = Processes(world_size, rank, rank)
+        gradients = head_gradients_of_one_step(processes, "bf16", shard_heads=True)
+        if rank == 0:
+            save_checkpoint(out, gradients)
+    finally:
+        dist.destroy_process_group()
+
+
+def head_gradients_of_one_step(processes: Processes, grad_compression: str, shard_heads: bool) -> dict:
+    distiller = fam_kd_distiller()
+    step_model = wrap_for_training(distiller, processes, torch.device("cpu"), False, grad_compression, shard_heads)
+    distiller.eval()
+    share, replicas, rank = GLOBAL_BATCH // processes.world_size, processes.world_size, processes.rank
+    loader = BatchLoader(tiny_dataset(), share, train=True, seed=3, num_replicas=replicas, rank=rank)
+    loader.set_epoch(1)
+    images, labels = next(iter(loader))
+    sum(step_model(images, labels, 25)[1].values()).backward()
+    gradients = {
+        name: p.grad for name, p in distiller.named_parameters() if not name.startswith(("student.", "teacher."))
+    }
+    return {name: g.full_tensor() if isinstance(g, DTensor) else g.clone() for name, g in gradients.items()}
+
+
+def test_sharded_heads_reduce_their_gradients_in_bf16_with_grad_compression(tmp_path):
+    torch.set_num_threads(1)
+    out = str(tmp_path / "gradients.pt")
+    mp.spawn(compressed_worker, args=(2, str(tmp_path / "rendezvous"), out), nprocs=2)
+    compressed, exact = load_checkpoint(out), head_gradients_of_one_step(Processes(), "none", shard_heads=False)
+    assert compressed.keys() == exact.keys() and len(exact) > 40
+    whole_exact = torch.cat([g.flatten() for g in exact.values()])
+    whole = torch.cat([compressed[name].flatten() for name in exact])
+    error = float((whole - whole_exact).norm() / whole_exact.norm())
+    assert 1e-5 < error <= 2.0**-8  # rounded to bf16 (float32 sums differ by about 1e-7), to its precision
