@@ -21,7 +21,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.distributed.tensor import DTensor
 
-from famkd.config import TrainConfig
+from famkd.classification import task as task_module
+from famkd.classification import train
+from famkd.config import TrainConfig, load_config
 from famkd.data import BatchLoader
 from famkd.engine.checkpoint import save_checkpoint
 from famkd.engine.distributed import Processes, wrap_for_training
@@ -31,6 +33,7 @@ from famkd.engine.sharding import full_training_state, head_modules, load_full_t
 from famkd.models import create_model
 from famkd.weights import load_checkpoint
 from test_distributed import COMMON, GLOBAL_BATCH, check, fam_kd_distiller, tiny_dataset, torchrun
+from tiny_cifar import tiny_datasets
 
 SHARD_HEADS = True  # what the workers pass as shard_heads
 
@@ -251,3 +254,12 @@ def test_sharded_heads_reduce_their_gradients_in_bf16_with_grad_compression(tmp_
     whole = torch.cat([compressed[name].flatten() for name in exact])
     error = float((whole - whole_exact).norm() / whole_exact.norm())
     assert 1e-5 < error <= 2.0**-8  # rounded to bf16 (float32 sums differ by about 1e-7), to its precision
+
+
+def test_one_process_trains_unsharded_and_says_the_setting_has_no_effect(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(task_module, "build_datasets", lambda data_cfg: tiny_datasets())
+    overrides = ["student=resnet8", "data.classes=10", "device=cpu", "run.tensorboard=false", "train.epochs=1"]
+    overrides += ["train.batch_size=8", "train.max_steps_per_epoch=1", f"run.dir={tmp_path / 'run'}"]
+    assert load_config(None).train.shard_heads is False
+    train(load_config(None, [*overrides, "train.shard_heads=true"]))
+    assert "steps/epoch, train.shard_heads has no effect with one process, run dir" in capsys.readouterr().out

@@ -185,7 +185,7 @@ class Trainer:
             train_cfg.shard_heads,
         )
         self.sharded = is_sharded(self.distiller)  # train.shard_heads with several processes
-        self.optimizer = build_optimizer(self.distiller, cfg.train)  # over the sharded parameters, if any
+        self.optimizer = build_optimizer(self.distiller, train_cfg)  # over the sharded parameters, if any
         self.step_model = torch.compile(step_model) if cfg.train.compile else step_model
         self.state = RunState()
         self.saved_at = ""  # where the last checkpoint was taken, e.g. "epoch 3"
@@ -275,8 +275,10 @@ class Trainer:
         sharing = f", {processes} processes sharing the global batch of {cfg.train.batch_size}" if processes > 1 else ""
         if processes > 1 and cfg.train.grad_compression != "none":
             sharing += f", gradients all-reduced in {cfg.train.grad_compression}"
-        if cfg.train.shard_heads:
+        if cfg.train.shard_heads and processes > 1:
             sharing += f", heads sharded over the {processes} processes" if self.sharded else ", no heads to shard"
+        elif cfg.train.shard_heads:
+            sharing += ", train.shard_heads has no effect with one process"
         threads = f"{torch.get_num_threads()} threads" + (" (auto)" if not cfg.train.threads else "")
         schedule = self.schedule
         self._say(
