@@ -14,7 +14,11 @@ used outside the training step by some processes only (process 0 exports it and 
 evaluates its share of the test set, whose batches may differ in number), where sharded parameters would need
 every process in a collective. The parameters keep their names, so checkpoints hold the state dicts of unsharded
 runs: process 0 gathers the full heads and optimiser state (`full_training_state`), and every process takes its
-shards back from the full state on resume (`load_full_training_state`).
+shards back from the full state on resume (`load_full_training_state`). torch.distributed.checkpoint, each
+process writing its shards into a folder, saves faster and never holds the full heads (resnet50 -> MobileNetV1 on
+2 gloo processes: 4.4 s against 34.7 s, the same 6.67 GB; benchmarks/sharded_checkpoint.py), but the single file
+keeps what reads checkpoints (checksum, rotation, best.pt, report, export, resume with or without sharding and
+with any number of processes) unchanged.
 """
 
 from __future__ import annotations
