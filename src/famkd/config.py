@@ -61,7 +61,8 @@ class TrainConfig:
     `dist_timeout` seconds for a peer in a collective gives the peer up and the run stops (a dead peer's
     connection usually fails at once); it must exceed the longest time one process works alone (process 0
     writing a checkpoint, an evaluation). `threads` sets torch's intra-op threads (famkd.engine.threads);
-    `grad_compression` all-reduces the gradients in half precision (famkd.engine.distributed).
+    `grad_compression` all-reduces the gradients in half precision (famkd.engine.distributed); `shard_heads`
+    shards the distillation heads over the processes (famkd.engine.sharding).
     """
 
     epochs: int = setting(240, minimum=0)
@@ -89,6 +90,8 @@ class TrainConfig:
     threads: int = setting(0, minimum=0)
     # several processes (torchrun): gradients all-reduced as bf16 or fp16 (DDP's compression hooks), half the bytes
     grad_compression: str = setting("none", choices=GRAD_COMPRESSIONS)
+    # several processes (torchrun): the heads' parameters, gradients and optimiser state sharded over them (FSDP2)
+    shard_heads: bool = False
 
     def __post_init__(self) -> None:
         if (self.epochs > 0) == (self.iterations > 0):

@@ -23,6 +23,10 @@ other error and `lost_ranks` names the ranks whose processes are gone, where the
 `fp16_compress_hook`): each gradient bucket is cast to the half format, all-reduced (half the bytes of
 float32) and cast back, so the averaged gradients carry the format's precision (about 3 significant digits
 for fp16, 2 for bf16; fp16 also flushes gradients below about 6e-8 to zero). Both work on gloo (CPU) and NCCL.
+
+`train.shard_heads=true` shards the distillation heads' parameters, gradients and optimiser state over the
+processes with FSDP2 (famkd.engine.sharding); the student stays under DDP. With gradient compression the heads'
+gradients are reduce-scattered in the same half format.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from famkd.engine import sharding
 from famkd.errors import ConfigError
 from famkd.models.taps import refresh_taps
 
@@ -196,14 +201,22 @@ def compression_hook(grad_compression: str) -> Callable[..., Any] | None:
 
 
 def wrap_for_training(
-    distiller: nn.Module, processes: Processes, device: torch.device, sync_bn: bool, grad_compression: str = "none"
+    distiller: nn.Module,
+    processes: Processes,
+    device: torch.device,
+    sync_bn: bool,
+    grad_compression: str = "none",
+    shard_heads: bool = False,
 ) -> nn.Module:
     """`distiller` (a classification or detection distiller: a module with a `teacher` attribute) for the training
     step: as it is with one process, else a DistributedDataParallel around the student and the heads
-    (find_unused_parameters=False: every trainable parameter gets a gradient), with the frozen teacher's
+    (find_unused_parameters=False: every trainable parameter gets a gradient; gradient_as_bucket_view: no second
+    copy of the gradients in the all-reduce buckets), with the frozen teacher's
     parameters and buffers left out of the synchronisation, and, with `sync_bn`, the student's and the heads'
     batch norms computing their statistics over the global batch; `grad_compression` (bf16 | fp16) all-reduces
-    the gradients in that format (`compression_hook`)."""
+    the gradients in that format (`compression_hook`). With `shard_heads` the heads are sharded over the processes
+    first (famkd.engine.sharding) and their parameters left out of DDP too; build the optimiser after this call,
+    over the sharded parameters."""
     if not processes.distributed:
         return distiller
     teacher = getattr(distiller, "teacher", None)
@@ -214,12 +227,16 @@ def wrap_for_training(
         refresh_taps(distiller.get_submodule("student"))
         if teacher is not None:
             distiller.register_module("teacher", teacher)
-    teacher_state = [f"teacher.{name}" for name in teacher.state_dict()] if teacher is not None else []
+    ignored = [f"teacher.{name}" for name in teacher.state_dict()] if teacher is not None else []
+    if shard_heads:
+        ignored += sharding.shard_heads(distiller, processes.world_size, device, grad_compression)
     ignore = getattr(DistributedDataParallel, "_set_params_and_buffers_to_ignore_for_model", None)
     if ignore is not None:  # without it the teacher's tensors are synchronised too: identical, so harmless
-        ignore(distiller, teacher_state)
+        ignore(distiller, ignored)
     device_ids = [device.index] if device.type == "cuda" else None
-    wrapped = DistributedDataParallel(distiller, device_ids=device_ids, find_unused_parameters=False)
+    wrapped = DistributedDataParallel(  # the gradients are views into DDP's buckets, not a second copy
+        distiller, device_ids=device_ids, find_unused_parameters=False, gradient_as_bucket_view=True
+    )
     hook = compression_hook(grad_compression)
     if hook is not None:
         wrapped.register_comm_hook(None, hook)  # state None: the default process group

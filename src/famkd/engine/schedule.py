@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from famkd.config import TrainConfig
 from famkd.distill.base import Distiller
@@ -33,6 +34,9 @@ NORM_LAYERS = (
 )
 
 
+IMPLEMENTATION_FLAGS = ("fused", "foreach")  # SGD settings that choose the kernel, not the arithmetic
+
+
 def norm_parameter_ids(module: nn.Module) -> set[int]:
     """The ids of the parameters that belong to a normalisation layer (NORM_LAYERS) of `module`."""
     return {
@@ -50,7 +54,9 @@ def build_optimizer(distiller: Distiller, train_cfg: TrainConfig) -> torch.optim
     published CIFAR recipes, unless `train.norm_weight_decay` is false: then the parameters of the
     normalisation layers (NORM_LAYERS) form a second group without weight decay, as Detectron2's
     SOLVER.WEIGHT_DECAY_NORM 0 leaves them. The fused kernel is used where the parameters' device has one
-    (one pass over each parameter instead of several: FAM-KD's heads hold tens of millions).
+    (one pass over each parameter instead of several: FAM-KD's heads hold tens of millions). With sharded heads
+    (`train.shard_heads`: DTensors beside the student's plain tensors, which the fused and foreach kernels do not
+    take together) SGD updates one parameter at a time.
     """
     parameters = list(distiller.student_parameters()) + list(distiller.head_parameters())
     groups: list[Any] = parameters
@@ -66,10 +72,23 @@ def build_optimizer(distiller: Distiller, train_cfg: TrainConfig) -> torch.optim
         "weight_decay": train_cfg.weight_decay,
         "nesterov": train_cfg.nesterov,
     }
+    if any(isinstance(parameter, DTensor) for parameter in parameters):
+        return torch.optim.SGD(groups, foreach=False, **options)
     try:
         return torch.optim.SGD(groups, fused=True, **options)
     except RuntimeError:  # no fused SGD for this device or dtype in this torch version
         return torch.optim.SGD(groups, **options)
+
+
+def with_own_implementation(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> dict[str, Any]:
+    """The optimiser state dict `saved` with `optimizer`'s own implementation choice (fused, foreach) in its
+    groups: loading a state dict takes its groups' settings, and a checkpoint of a run with sharded heads (one
+    parameter at a time) and one of a run without (fused) are resumed either way."""
+    groups = [
+        {**group, **{flag: own[flag] for flag in IMPLEMENTATION_FLAGS if flag in own}}
+        for group, own in zip(saved["param_groups"], optimizer.param_groups)
+    ]
+    return {**saved, "param_groups": groups}
 
 
 def lr_factor(units_done: int, iterations_done: int, train_cfg: TrainConfig) -> float:

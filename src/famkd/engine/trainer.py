@@ -49,8 +49,9 @@ from famkd.engine.distributed import (
 from famkd.engine.progress import PeriodProgress, RunState, StopRequest, timed_batches
 from famkd.engine.run_dir import RunDir
 from famkd.engine.run_log import ProgressDisplay, RunLog, format_record
-from famkd.engine.schedule import Schedule, build_optimizer
+from famkd.engine.schedule import Schedule, build_optimizer, with_own_implementation
 from famkd.engine.seeding import seed_everything, set_deterministic_algorithms
+from famkd.engine.sharding import full_training_state, gathered_heads, is_sharded, load_full_training_state
 from famkd.engine.step import optimizer_step
 from famkd.engine.task import Task
 from famkd.engine.threads import training_threads
@@ -172,12 +173,19 @@ class Trainer:
         self.autocast = autocast_factory(cfg.amp, self.device)
         self.data = task.build_data(cfg, self.processes, self.device)
         self._build_distiller(resumed=checkpoint is not None)
-        self.optimizer = build_optimizer(self.distiller, cfg.train)
         self.schedule = Schedule(cfg.train, len(self.data.train_loader))
         self.grad_scaler = torch.amp.GradScaler(self.device.type) if cfg.amp == "fp16" else None
+        train_cfg = cfg.train
         step_model = wrap_for_training(
-            self.distiller, self.processes, self.device, cfg.train.sync_bn, cfg.train.grad_compression
+            self.distiller,
+            self.processes,
+            self.device,
+            train_cfg.sync_bn,
+            train_cfg.grad_compression,
+            train_cfg.shard_heads,
         )
+        self.sharded = is_sharded(self.distiller)  # train.shard_heads with several processes
+        self.optimizer = build_optimizer(self.distiller, train_cfg)  # over the sharded parameters, if any
         self.step_model = torch.compile(step_model) if cfg.train.compile else step_model
         self.state = RunState()
         self.saved_at = ""  # where the last checkpoint was taken, e.g. "epoch 3"
@@ -215,8 +223,11 @@ class Trainer:
         full_state.update(checkpoint["heads"])
         if self.distiller.teacher is not None:
             full_state.update({f"teacher.{k}": v for k, v in self.distiller.teacher.state_dict().items()})
-        self.distiller.load_state_dict(full_state)
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if self.sharded:  # each process keeps its shards of the full state
+            load_full_training_state(self.distiller, full_state, self.optimizer, checkpoint["optimizer"])
+        else:
+            self.distiller.load_state_dict(full_state)
+            self.optimizer.load_state_dict(with_own_implementation(self.optimizer, checkpoint["optimizer"]))
         if self.grad_scaler is not None and checkpoint["grad_scaler"] is not None:
             self.grad_scaler.load_state_dict(checkpoint["grad_scaler"])
         restore_rng_state(checkpoint["rng"])
@@ -264,6 +275,10 @@ class Trainer:
         sharing = f", {processes} processes sharing the global batch of {cfg.train.batch_size}" if processes > 1 else ""
         if processes > 1 and cfg.train.grad_compression != "none":
             sharing += f", gradients all-reduced in {cfg.train.grad_compression}"
+        if cfg.train.shard_heads and processes > 1:
+            sharing += f", heads sharded over the {processes} processes" if self.sharded else ", no heads to shard"
+        elif cfg.train.shard_heads:
+            sharing += ", train.shard_heads has no effect with one process"
         threads = f"{torch.get_num_threads()} threads" + (" (auto)" if not cfg.train.threads else "")
         schedule = self.schedule
         self._say(
@@ -485,7 +500,10 @@ class Trainer:
             if is_best:
                 state.best, state.best_at = value, record[schedule.unit]
         if schedule.by_epoch:
-            extras = self.task.epoch_extras(self.cfg, self.distiller, self.data, self.run_dir, state.epoch, self.main)
+            with gathered_heads(self.distiller):  # the FAM logs read the heads (sharded: on process 0 alone)
+                extras = self.task.epoch_extras(
+                    self.cfg, self.distiller, self.data, self.run_dir, state.epoch, self.main
+                )
             record.update(extras)
         assert self.log is not None
         self.log.log_epoch(record)  # before the checkpoint: a crash in between replays this period on resume
@@ -540,18 +558,26 @@ class Trainer:
         partial_state = progress.state_dict() if progress is not None else None
         if partial_state is not None and self.processes.distributed:
             partial_state["processes"] = gather_objects(dict(partial_state))
+        trained = self._trained_state()
         if self.main:
-            self._write_checkpoint(partial_state)
+            self._write_checkpoint(partial_state, trained)
         self.saved_at = self._position_text()
 
-    def _write_checkpoint(self, partial_state: dict[str, Any] | None) -> None:
+    def _trained_state(self) -> dict[str, Any]:
+        """The student's, the heads' and the optimiser's state dicts for a checkpoint; sharded heads and their
+        optimiser state are gathered on process 0 (famkd.engine.sharding), every process taking part."""
+        if self.sharded:
+            gathered = full_training_state(self.distiller, self.optimizer)
+        else:
+            gathered = {"heads": self.distiller.head_state_dict(), "optimizer": self.optimizer.state_dict()}
+        return {"student": self.distiller.student.state_dict(), **gathered}
+
+    def _write_checkpoint(self, partial_state: dict[str, Any] | None, trained: dict[str, Any]) -> None:
         """checkpoints/last.pt with its checksum, the previous ones kept; a full disk is one line saying what to do."""
         path = self.run_dir.checkpoint()
         state = {
             "task": self.task.name,
-            "student": self.distiller.student.state_dict(),
-            "heads": self.distiller.head_state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            **trained,
             "grad_scaler": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
             **dataclasses.asdict(self.state),
             "wall_time_s": self._wall_time(),
