@@ -2,7 +2,7 @@
 process (OMP_WAIT_POLICY is read when the OpenMP runtime starts).
 
     python benchmarks/bench_competitor.py [--teacher resnet56] [--student resnet20] [--steps 5] [--warmup 1]
-                                          [--variants passive,gomp,active,spin10k,interop1,no_retain] [--out DIR]
+                                          [--variants famkd,passive,gomp,active,spin10k,spin1k,...] [--out DIR]
 
 Each variant prints kd's and fam_kd's median step time alone and beside a Python busy loop pinned to one CPU, at 1
 and 2 threads, and the slowdown; the last lines sum them up, one per variant, thread count and method.
@@ -19,9 +19,11 @@ from pathlib import Path
 
 VARIANTS = {
     "passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, ""),  # a waiting thread sleeps at once (README, Shared machines)
-    "gomp": ({}, ""),  # libgomp's own default (famkd's): spin 300000 rounds, then sleep
+    "famkd": ({}, ""),  # the famkd command's default: 1000 rounds if busy at start (famkd.cli.short_openmp_spins)
+    "gomp": ({"GOMP_SPINCOUNT": "300000"}, ""),  # libgomp's own default: spin 300000 rounds, then sleep
     "active": ({"OMP_WAIT_POLICY": "ACTIVE"}, ""),  # and spin
     "spin10k": ({"GOMP_SPINCOUNT": "10000"}, ""),  # libgomp spins 10000 rounds (default 300000), then sleeps
+    "spin1k": ({"GOMP_SPINCOUNT": "1000"}, ""),  # and 1000 rounds (libgomp's own count when threads outnumber CPUs)
     "interop1": ({"GOMP_SPINCOUNT": "300000"}, "torch.set_num_interop_threads(1); "),  # on libgomp's default
     # malloc returns freed blocks to the system (famkd.engine.host_memory), on libgomp's default
     "no_retain": ({"GOMP_SPINCOUNT": "300000", "FAMKD_RETAIN_HOST_MEMORY": "0"}, ""),

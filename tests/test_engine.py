@@ -142,14 +142,19 @@ def test_optimizer_trains_student_and_heads_but_not_the_teacher():
     assert (group["lr"], group["momentum"], group["weight_decay"], group["nesterov"]) == (0.03, 0.8, 1e-3, True)
 
 
-@pytest.mark.parametrize("nesterov", [False, True])
-def test_optimizer_steps_follow_the_sgd_formula(nesterov):
-    """Three steps against v = mu v + g + wd p; p -= lr (g + wd p + mu v if nesterov else v), in float64."""
+@pytest.mark.parametrize(("method", "nesterov"), [("vanilla", False), ("vanilla", True), ("fam_kd", False)])
+def test_optimizer_steps_follow_the_sgd_formula(method, nesterov):
+    """Three steps against v = mu v + g + wd p; p -= lr (g + wd p + mu v if nesterov else v), in float64. fam_kd's
+    FAM filters are stored frequency-major (not contiguous): SGD takes its foreach path, which reads them in place,
+    rather than the fused kernel, which copies them to contiguous tensors and back on every step."""
     torch.manual_seed(0)
-    distiller = create_distiller("vanilla", student=create_model("resnet8", num_classes=10)).double()
+    student = create_model("resnet8", num_classes=10)
+    teacher = create_model("resnet8", num_classes=10) if method == "fam_kd" else None
+    distiller = create_distiller(method, student=student, teacher=teacher, image_size=32).double()
     cfg = TrainConfig(lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=nesterov)
     optimizer = build_optimizer(distiller, cfg)
-    params = list(distiller.student.parameters())
+    params = list(distiller.student.parameters()) + list(distiller.head_parameters())
+    assert bool(optimizer.param_groups[0]["fused"]) is (method == "vanilla")
     expected = [p.detach().clone() for p in params]
     velocity = [torch.zeros_like(p) for p in params]
     for step in range(3):

@@ -4,11 +4,16 @@ famkd command's OpenMP wait policy."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from famkd.classification import task as task_module
 from famkd.classification import train
+from famkd.cli import short_openmp_spins
 from famkd.config import load_config
 from famkd.engine import threads as threads_module
 from famkd.engine.threads import auto_threads, cgroup_cpu_limit, local_processes, omp_num_threads, training_threads
@@ -92,3 +97,27 @@ def test_a_run_uses_its_threads_says_so_and_restores_the_callers(tmp_path, monke
     train(load_config(None, overrides), on_step=lambda *_: seen.append(torch.get_num_threads()))
     assert seen == [3] and torch.get_num_threads() == before
     assert "device cpu, 3 threads, amp off" in capsys.readouterr().out
+
+
+def test_openmp_threads_spin_briefly_on_a_busy_machine_unless_the_user_chose():
+    for given, load, expected in (
+        ({}, 1.3, {"GOMP_SPINCOUNT": "1000"}),
+        ({}, 0.5, {"GOMP_SPINCOUNT": "1000"}),
+        ({}, 0.2, {}),  # an idle machine keeps libgomp's default
+        ({"GOMP_SPINCOUNT": "300000"}, 4.0, {"GOMP_SPINCOUNT": "300000"}),
+        ({"OMP_WAIT_POLICY": "passive"}, 4.0, {"OMP_WAIT_POLICY": "passive"}),
+    ):
+        environ = dict(given)
+        short_openmp_spins(environ, load)
+        assert environ == expected
+
+
+@pytest.mark.parametrize(("load", "expected"), [(5.0, "1000"), (0.0, "unset")])
+def test_the_famkd_command_sets_the_spin_count_before_torch_is_loaded(load, expected):
+    code = (
+        f"import os, sys; os.getloadavg = lambda: ({load}, {load}, {load}); import famkd.cli; "
+        "print('torch' in sys.modules, os.environ.get('GOMP_SPINCOUNT', 'unset'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    completed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert completed.stdout.split() == ["False", expected]

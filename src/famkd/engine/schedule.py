@@ -54,9 +54,12 @@ def build_optimizer(distiller: Distiller, train_cfg: TrainConfig) -> torch.optim
     published CIFAR recipes, unless `train.norm_weight_decay` is false: then the parameters of the
     normalisation layers (NORM_LAYERS) form a second group without weight decay, as Detectron2's
     SOLVER.WEIGHT_DECAY_NORM 0 leaves them. The fused kernel is used where the parameters' device has one
-    (one pass over each parameter instead of several: FAM-KD's heads hold tens of millions). With sharded heads
-    (`train.shard_heads`: DTensors beside the student's plain tensors, which the fused and foreach kernels do not
-    take together) SGD updates one parameter at a time.
+    (one pass over each parameter instead of several: FAM-KD's heads hold tens of millions), unless a parameter
+    is not contiguous (FAM's frequency-major filter): the fused kernel copies such a parameter, its gradient and
+    its momentum to contiguous tensors and back on every step, and the foreach path, which reads them in place,
+    is faster (resnet32x4 -> resnet8x4's 25M FAM filter parameters on 2 CPU threads: 37 ms a step against 51 ms;
+    4 ms fused were they contiguous). With sharded heads (`train.shard_heads`: DTensors beside the student's plain
+    tensors, which the fused and foreach kernels do not take together) SGD updates one parameter at a time.
     """
     parameters = list(distiller.student_parameters()) + list(distiller.head_parameters())
     groups: list[Any] = parameters
@@ -74,6 +77,8 @@ def build_optimizer(distiller: Distiller, train_cfg: TrainConfig) -> torch.optim
     }
     if any(isinstance(parameter, DTensor) for parameter in parameters):
         return torch.optim.SGD(groups, foreach=False, **options)
+    if not all(parameter.is_contiguous() for parameter in parameters):
+        return torch.optim.SGD(groups, foreach=True, **options)
     try:
         return torch.optim.SGD(groups, fused=True, **options)
     except RuntimeError:  # no fused SGD for this device or dtype in this torch version
