@@ -307,7 +307,10 @@ def epochs_of(framework: str, out: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if "test_acc" in r and "epoch" in r]
+    records = [r for r in records if "test_acc" in r and "epoch" in r]
+    for record in records:  # famkd's metrics.jsonl calls the epoch's mean training loss "loss"
+        record.setdefault("train_loss", record.get("loss"))
+    return records
 
 
 def run_all(args: argparse.Namespace) -> int:
@@ -369,39 +372,45 @@ def one_run_arguments(args: argparse.Namespace, method: str, seed: int, out: Pat
 
 
 def print_tables(args: argparse.Namespace) -> None:
+    """Per method: test top-1 after each epoch, then the epoch's mean training loss (CE + distillation
+    term), one column per run; with two seeds, each framework's seed-to-seed spread and the gap between the
+    frameworks' two-seed means."""
     columns = [(framework, seed) for framework in FRAMEWORKS for seed in args.seed]
+    metrics = [("test_acc", "test top-1 (%) after each epoch"), ("train_loss", "mean training loss of each epoch")]
     for method in args.method:
         results = {c: epochs_of(c[0], args.out / method / f"{c[0]}-seed{c[1]}") for c in columns}
-        print(f"\n{method}: resnet56 -> resnet20, test top-1 (%) after each epoch")
-        print("| epoch | " + " | ".join(f"{f} seed {s}" for f, s in columns) + " |")
-        print("|---:|" + "---:|" * len(columns))
-        for epoch in range(1, args.epochs + 1):
-            cells = []
-            for column in columns:
-                found = [r["test_acc"] for r in results[column] if r["epoch"] == epoch]
-                cells.append(f"{found[0]:.2f}" if found else "-")
-            print(f"| {epoch} | " + " | ".join(cells) + " |")
-        if len(args.seed) == 2 and all(len(r) >= args.epochs for r in results.values()):
-            acc = {c: [r["test_acc"] for r in results[c][: args.epochs]] for c in columns}
-            a, b = args.seed
-            noise = {f: max(abs(x - y) for x, y in zip(acc[(f, a)], acc[(f, b)])) for f in FRAMEWORKS}
-            mean = {f: [(x + y) / 2 for x, y in zip(acc[(f, a)], acc[(f, b)])] for f in FRAMEWORKS}
-            gaps = [y - x for x, y in zip(mean["mdistiller"], mean["famkd"])]
-            cross = max(
-                abs(acc[("famkd", s)][e] - acc[("mdistiller", t)][e])
-                for s in (a, b)
-                for t in (a, b)
-                for e in range(args.epochs)
-            )
-            print(
-                f"seed-to-seed noise, max over epochs of |seed {a} - seed {b}|: "
-                + ", ".join(f"{f} {noise[f]:.2f}" for f in FRAMEWORKS)
-            )
-            print(
-                "famkd - mdistiller, mean of the two seeds, per epoch: "
-                + ", ".join(f"{g:+.2f}" for g in gaps)
-                + f"; largest |famkd run - mdistiller run| over epochs and seed pairs: {cross:.2f}"
-            )
+        for key, title in metrics:
+            print(f"\n{method}: resnet56 -> resnet20, {title}")
+            print("| epoch | " + " | ".join(f"{f} seed {s}" for f, s in columns) + " |")
+            print("|---:|" + "---:|" * len(columns))
+            for epoch in range(1, args.epochs + 1):
+                cells = []
+                for column in columns:
+                    found = [r[key] for r in results[column] if r["epoch"] == epoch]
+                    cells.append(
+                        f"{found[0]:.2f}" if found and key == "test_acc" else f"{found[0]:.4f}" if found else "-"
+                    )
+                print(f"| {epoch} | " + " | ".join(cells) + " |")
+            if len(args.seed) == 2 and all(len(r) >= args.epochs for r in results.values()):
+                print_spread(args, {c: [r[key] for r in results[c][: args.epochs]] for c in columns})
+
+
+def print_spread(args: argparse.Namespace, values: dict[tuple[str, int], list[float]]) -> None:
+    a, b = args.seed
+    noise = {f: [abs(x - y) for x, y in zip(values[(f, a)], values[(f, b)])] for f in FRAMEWORKS}
+    mean = {f: [(x + y) / 2 for x, y in zip(values[(f, a)], values[(f, b)])] for f in FRAMEWORKS}
+    gaps = [y - x for x, y in zip(mean["mdistiller"], mean["famkd"])]
+    print(
+        f"|seed {a} - seed {b}| per epoch: "
+        + "; ".join(
+            f"{f} " + " ".join(f"{n:.2f}" for n in noise[f]) + f" (max {max(noise[f]):.2f})" for f in FRAMEWORKS
+        )
+    )
+    print(
+        "famkd - mdistiller (two-seed means) per epoch: "
+        + " ".join(f"{g:+.2f}" for g in gaps)
+        + f" (max |gap| {max(abs(g) for g in gaps):.2f})"
+    )
 
 
 def main() -> int:
