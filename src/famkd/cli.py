@@ -28,18 +28,22 @@ import argparse
 import importlib
 import os
 import sys
+import time
 import warnings
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any, TextIO
 
 SHARED_SPIN_ROUNDS = "1000"  # libgomp's own spin count where its threads outnumber the CPUs
-BUSY_LOAD = 0.5  # a 1-minute load average from this much up: other processes keep the CPUs busy
+BUSY_CPUS = 0.5  # other processes using this much of this process's CPUs, or more: the CPUs are shared
+BUSY_SAMPLE_S = 0.1  # how long famkd watches the CPUs at start
+IDLE_FIELDS = (3, 4)  # idle and iowait among a /proc/stat cpu line's times; the others are busy (guest: in user)
 
 
-def short_openmp_spins(environ: MutableMapping[str, str], load: float) -> None:
-    """GOMP_SPINCOUNT=1000 where other processes keep the CPUs busy (the 1-minute load average `load`, read before
-    famkd does any work, is at least BUSY_LOAD), unless GOMP_SPINCOUNT or OMP_WAIT_POLICY is set.
+def short_openmp_spins(environ: MutableMapping[str, str], busy_cpus: float) -> None:
+    """GOMP_SPINCOUNT=1000 where other processes keep this process's CPUs busy (`busy_cpus`, measured by
+    `other_processes_busy_cpus` before famkd does any work, is at least BUSY_CPUS), unless GOMP_SPINCOUNT or
+    OMP_WAIT_POLICY is set.
 
     A thread of torch's OpenMP pool that waits at the end of a parallel region spins up to 300000 rounds
     (libgomp's default) before it sleeps. On a core shared with another busy process a spinning thread burns the
@@ -49,19 +53,46 @@ def short_openmp_spins(environ: MutableMapping[str, str], load: float) -> None:
     rounds cost 3-5% (README, "Shared machines"), so an idle machine keeps libgomp's default. The OpenMP runtime
     reads the variable once, when torch is loaded: this runs when this module is imported, before `import torch`,
     for the `famkd` command, `python -m famkd` and torchrun's `-m famkd`."""
-    if "GOMP_SPINCOUNT" not in environ and "OMP_WAIT_POLICY" not in environ and load >= BUSY_LOAD:
+    if "GOMP_SPINCOUNT" not in environ and "OMP_WAIT_POLICY" not in environ and busy_cpus >= BUSY_CPUS:
         environ["GOMP_SPINCOUNT"] = SHARED_SPIN_ROUNDS
 
 
-def one_minute_load() -> float:
-    """The 1-minute load average, or 0 where the system has none."""
+def cpu_times(stat: str, cpus: set[int]) -> tuple[int, int]:
+    """(busy, total) clock ticks of `cpus` since boot, from the text of /proc/stat."""
+    busy = total = 0
+    for line in stat.splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            ticks = [int(field) for field in fields]
+            total += sum(ticks[:8])  # user nice system idle iowait irq softirq steal (guest is within user)
+            busy += sum(ticks[:8]) - sum(ticks[index] for index in IDLE_FIELDS)
+    return busy, total
+
+
+def busy_cpus_between(before: str, after: str, cpus: set[int]) -> float:
+    """How many of `cpus` were busy, on average, between two readings of /proc/stat."""
+    (busy_before, total_before), (busy_after, total_after) = cpu_times(before, cpus), cpu_times(after, cpus)
+    elapsed = total_after - total_before
+    return len(cpus) * (busy_after - busy_before) / elapsed if elapsed > 0 else 0.0
+
+
+def other_processes_busy_cpus() -> float:
+    """The CPUs' worth of this process's CPUs (its affinity mask) that other processes use, watched for
+    BUSY_SAMPLE_S seconds while this one sleeps; 0 where /proc/stat or the affinity mask cannot be read. A
+    load average would count a famkd run that has just ended (a sweep's previous seed) as a busy neighbour."""
     try:
-        return os.getloadavg()[0]
-    except OSError:
+        cpus = os.sched_getaffinity(0)
+        with open("/proc/stat") as file:
+            before = file.read()
+        time.sleep(BUSY_SAMPLE_S)
+        with open("/proc/stat") as file:
+            after = file.read()
+    except (OSError, AttributeError, ValueError):
         return 0.0
+    return busy_cpus_between(before, after, cpus)
 
 
-short_openmp_spins(os.environ, one_minute_load())
+short_openmp_spins(os.environ, other_processes_busy_cpus())
 
 from famkd.errors import FamkdDeprecationWarning, FamkdError, TrainingInterrupted  # noqa: E402
 
