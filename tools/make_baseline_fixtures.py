@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -31,6 +30,8 @@ from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+
+import published_checkout  # noqa: E402  (tools/, the script's folder, is on sys.path)
 
 import baseline_parity_setup as setup  # noqa: E402
 
@@ -58,32 +59,15 @@ def published_head_name(method: str, key: str) -> str:
     raise KeyError(f"no published name for {method} head key {key}")
 
 
-def commit_of(checkout: Path) -> str:
-    try:
-        return subprocess.run(
-            ["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        return "unknown (not a git work tree: pass --*-commit)"
-
-
 def import_mdistiller(checkout: Path) -> dict[str, Any]:
-    """mdistiller's CIFAR models and the KD, DKD and ReviewKD modules, without running the package
-    __init__ files (they import the trainer, datasets, yacs and wandb)."""
-    for package, folder in [
-        ("mdistiller", "mdistiller"),
-        ("mdistiller.models", "mdistiller/models"),
-        ("mdistiller.distillers", "mdistiller/distillers"),
-    ]:
-        module = types.ModuleType(package)
-        module.__path__ = [str(checkout / folder)]
-        sys.modules[package] = module
-    return {
-        "models": importlib.import_module("mdistiller.models.cifar"),
-        "KD": importlib.import_module("mdistiller.distillers.KD"),
-        "DKD": importlib.import_module("mdistiller.distillers.DKD"),
-        "ReviewKD": importlib.import_module("mdistiller.distillers.ReviewKD"),
+    """mdistiller's CIFAR models and the KD, DKD and ReviewKD modules."""
+    modules = {
+        "models": "mdistiller.models.cifar",
+        "KD": "mdistiller.distillers.KD",
+        "DKD": "mdistiller.distillers.DKD",
+        "ReviewKD": "mdistiller.distillers.ReviewKD",
     }
+    return published_checkout.import_mdistiller(checkout, ("mdistiller.models", "mdistiller.distillers"), modules)
 
 
 def import_repdistiller(checkout: Path) -> dict[str, Any]:
@@ -313,8 +297,8 @@ def main() -> None:
     md, rd = import_mdistiller(args.mdistiller.resolve()), import_repdistiller(args.repdistiller.resolve())
     record: dict[str, Any] = {
         "sources": {
-            "mdistiller": args.mdistiller_commit or commit_of(args.mdistiller),
-            "RepDistiller": args.repdistiller_commit or commit_of(args.repdistiller),
+            "mdistiller": args.mdistiller_commit or published_checkout.commit_of(args.mdistiller),
+            "RepDistiller": args.repdistiller_commit or published_checkout.commit_of(args.repdistiller),
             "torch": str(torch.__version__),
         },
         "epoch": setup.EPOCH,

@@ -29,7 +29,6 @@ in --out is not run again. Each run's per-epoch records are in OUT/<method>/<fra
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import random
@@ -40,6 +39,8 @@ import time
 import types
 from pathlib import Path
 from typing import Any
+
+import published_checkout  # tools/, the script's folder, is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMEWORKS = ("mdistiller", "famkd")
@@ -72,34 +73,17 @@ MDISTILLER_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def commit_of(checkout: Path) -> str:
-    try:
-        return subprocess.run(
-            ["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        return "unknown (not a git work tree: pass --mdistiller-commit)"
-
-
 def import_mdistiller(checkout: Path) -> dict[str, Any]:
-    """The published modules these runs use, without running the package __init__ files."""
-    for package, folder in [
-        ("mdistiller", "mdistiller"),
-        ("mdistiller.models", "mdistiller/models"),
-        ("mdistiller.distillers", "mdistiller/distillers"),
-        ("mdistiller.dataset", "mdistiller/dataset"),
-        ("mdistiller.engine", "mdistiller/engine"),
-    ]:
-        module = types.ModuleType(package)
-        module.__path__ = [str(checkout / folder)]
-        sys.modules[package] = module
-    return {
-        "models": importlib.import_module("mdistiller.models.cifar"),
-        "dkd": importlib.import_module("mdistiller.distillers.DKD"),
-        "reviewkd": importlib.import_module("mdistiller.distillers.ReviewKD"),
-        "cifar100": importlib.import_module("mdistiller.dataset.cifar100"),
-        "utils": importlib.import_module("mdistiller.engine.utils"),
+    """The published modules these runs use."""
+    packages = ("mdistiller.models", "mdistiller.distillers", "mdistiller.dataset", "mdistiller.engine")
+    modules = {
+        "models": "mdistiller.models.cifar",
+        "dkd": "mdistiller.distillers.DKD",
+        "reviewkd": "mdistiller.distillers.ReviewKD",
+        "cifar100": "mdistiller.dataset.cifar100",
+        "utils": "mdistiller.engine.utils",
     }
+    return published_checkout.import_mdistiller(checkout, packages, modules)
 
 
 def ns(values: dict[str, Any]) -> types.SimpleNamespace:
@@ -236,7 +220,7 @@ def run_mdistiller(args: argparse.Namespace, seed: int, out: Path) -> None:
     teacher_top1, _ = validate(lambda image: teacher(image)[0])  # the loaded teacher, checked once
     header = {
         "framework": "mdistiller",
-        "commit": args.mdistiller_commit or commit_of(checkout),
+        "commit": args.mdistiller_commit or published_checkout.commit_of(checkout),
         "seed": seed,
         "train_images": len(train_labels),
         "test_images": len(test_labels),
