@@ -110,6 +110,7 @@ def sharded_worker(rank: int, world_size: int, rendezvous: str, out: str) -> Non
         for source in ("saved", "single"):  # the sharded run's checkpoint state, and the single process's
             result[source] = resumed_steps(processes, load_checkpoint(f"{out}.{source}"))
         save_checkpoint(f"{out}.{rank}", result)
+        dist.barrier()  # every process done before any leaves (see compressed_worker)
     finally:
         dist.destroy_process_group()
 
@@ -228,6 +229,9 @@ def compressed_worker(rank: int, world_size: int, rendezvous: str, out: str) -> 
         gradients = head_gradients_of_one_step(processes, "bf16", shard_heads=True)
         if rank == 0:
             save_checkpoint(out, gradients)
+        # Every process done before any leaves: a process that left the gloo group while the other was still in
+        # its last collectives was once aborted at exit ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -252,6 +252,14 @@ def convert_sync_batchnorm(module: nn.Module) -> None:
     convert(module)
 
 
+def wait_for_peers() -> None:
+    """Wait until every process of the group gets here (nothing to wait for with one process). A process that
+    leaves the gloo group while a peer's last collectives (e.g. gathering sharded heads for the final checkpoint)
+    are still under way may be aborted at exit; the collectives run in order, so the barrier ends after them."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def leave_processes() -> None:
     """Leave the process group, if this process joined one."""
     if dist.is_available() and dist.is_initialized():

@@ -44,6 +44,7 @@ from famkd.engine.distributed import (
     lost_peer_error,
     lost_ranks,
     process_device,
+    wait_for_peers,
     wrap_for_training,
 )
 from famkd.engine.progress import PeriodProgress, RunState, StopRequest, timed_batches
@@ -92,7 +93,9 @@ def train(
     previous_determinism, previous_threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     group_broken = False
     try:
-        return Trainer(task, cfg, resume_dir, overrides, on_step).run()
+        summary = Trainer(task, cfg, resume_dir, overrides, on_step).run()
+        wait_for_peers()  # a finished run: every process done before any leaves
+        return summary
     except LostPeerError:
         group_broken = True  # leaving it would wait for the lost process
         raise
