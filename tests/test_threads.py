@@ -108,8 +108,16 @@ def test_openmp_threads_spin_briefly_on_busy_cpus_unless_the_user_chose():
         ({"OMP_WAIT_POLICY": "passive"}, 2.0, {"OMP_WAIT_POLICY": "passive"}),
     ):
         environ = dict(given)
-        short_openmp_spins(environ, busy)
+        short_openmp_spins(environ, lambda busy=busy: busy)
         assert environ == expected
+
+
+def test_the_cpus_are_not_watched_where_the_user_chose_the_wait():
+    def watch() -> float:
+        raise AssertionError("the CPUs were watched although the user chose the wait")
+
+    for given in ({"GOMP_SPINCOUNT": "300000"}, {"OMP_WAIT_POLICY": "passive"}):
+        short_openmp_spins(dict(given), watch)
 
 
 def proc_stat(*cpus: tuple[int, ...]) -> str:

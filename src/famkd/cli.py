@@ -15,9 +15,8 @@
 
 Subcommands living in other modules provide `add_arguments(parser)` and `run(args) -> int`;
 they are imported only when chosen, so `famkd --help` stays fast. Importing this module, before torch
-is loaded, shortens the spinning of idle OpenMP threads on a busy machine (`short_openmp_spins`); every command
-first has malloc
-keep freed memory (famkd.engine.host_memory). Errors the user can fix (famkd.errors.FamkdError)
+is loaded, shortens the spinning of idle OpenMP threads on a busy machine (`short_openmp_spins`); every
+command first has malloc keep freed memory (famkd.engine.host_memory). Errors the user can fix (famkd.errors.FamkdError)
 are printed as one line on stderr with exit status 1, famkd's warnings as one line each; Ctrl-C
 exits with 130.
 """
@@ -30,7 +29,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -40,10 +39,10 @@ BUSY_SAMPLE_S = 0.1  # how long famkd watches the CPUs at start
 IDLE_FIELDS = (3, 4)  # idle and iowait among a /proc/stat cpu line's times; the others are busy (guest: in user)
 
 
-def short_openmp_spins(environ: MutableMapping[str, str], busy_cpus: float) -> None:
-    """GOMP_SPINCOUNT=1000 where other processes keep this process's CPUs busy (`busy_cpus`, measured by
-    `other_processes_busy_cpus` before famkd does any work, is at least BUSY_CPUS), unless GOMP_SPINCOUNT or
-    OMP_WAIT_POLICY is set.
+def short_openmp_spins(environ: MutableMapping[str, str], busy_cpus: Callable[[], float]) -> None:
+    """GOMP_SPINCOUNT=1000 where other processes keep this process's CPUs busy (`busy_cpus()`, e.g.
+    `other_processes_busy_cpus`, called before famkd does any work, is at least BUSY_CPUS), unless GOMP_SPINCOUNT
+    or OMP_WAIT_POLICY is set: then the CPUs are not watched at all.
 
     A thread of torch's OpenMP pool that waits at the end of a parallel region spins up to 300000 rounds
     (libgomp's default) before it sleeps. On a core shared with another busy process a spinning thread burns the
@@ -53,7 +52,9 @@ def short_openmp_spins(environ: MutableMapping[str, str], busy_cpus: float) -> N
     rounds cost 3-5% (README, "Shared machines"), so an idle machine keeps libgomp's default. The OpenMP runtime
     reads the variable once, when torch is loaded: this runs when this module is imported, before `import torch`,
     for the `famkd` command, `python -m famkd` and torchrun's `-m famkd`."""
-    if "GOMP_SPINCOUNT" not in environ and "OMP_WAIT_POLICY" not in environ and busy_cpus >= BUSY_CPUS:
+    if "GOMP_SPINCOUNT" in environ or "OMP_WAIT_POLICY" in environ:
+        return
+    if busy_cpus() >= BUSY_CPUS:
         environ["GOMP_SPINCOUNT"] = SHARED_SPIN_ROUNDS
 
 
@@ -92,7 +93,7 @@ def other_processes_busy_cpus() -> float:
     return busy_cpus_between(before, after, cpus)
 
 
-short_openmp_spins(os.environ, other_processes_busy_cpus())
+short_openmp_spins(os.environ, other_processes_busy_cpus)
 
 from famkd.errors import FamkdDeprecationWarning, FamkdError, TrainingInterrupted  # noqa: E402
 
